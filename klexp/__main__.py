@@ -1,0 +1,3 @@
+from klexp.cli import main
+
+main()

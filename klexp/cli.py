@@ -1,0 +1,77 @@
+"""The ``klexp`` command: the Hydra app (``klexp [overrides]``, ``klexp -m ...`` for sweeps), plus
+``klexp report <sweep dir>`` and ``klexp rerun <run dir>``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+from klexp.errors import KlexpError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_NAME = "config"
+
+
+class UserError(CompactHydraException):
+    """A user mistake: Hydra prints its one-line message, without a traceback, and exits 1."""
+
+
+def _product(*values: float) -> float:
+    result = 1.0
+    for value in values:
+        result *= float(value)
+    return result
+
+
+def register_resolvers() -> None:
+    """Arithmetic for configs, e.g. a distillation weight ``${mul:${alpha},${T},${T}}``."""
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", _product)
+    if not OmegaConf.has_resolver("sub"):
+        OmegaConf.register_new_resolver("sub", lambda a, b: float(a) - float(b))
+    if not OmegaConf.has_resolver("div"):
+        OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
+
+
+register_resolvers()
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose the app's config inside a running Hydra app (used for stages)."""
+    return hydra.compose(config_name=CONFIG_NAME, overrides=list(overrides))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=CONFIG_NAME)
+def app(cfg: DictConfig) -> Any:
+    from klexp.runner import run  # heavy imports only once the config composed
+
+    overrides = list(HydraConfig.get().overrides.task)
+    try:
+        summary = run(cfg, cfg.paths.output_dir, overrides=overrides, compose=compose_config)
+    except KlexpError as error:
+        raise UserError(f"klexp: {error}") from None
+    return summary.get("objective")
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "report":
+        from klexp.report import main as report_main
+
+        return sys.exit(report_main(args[1:]))
+    if args and args[0] == "rerun":
+        from klexp.rerun import main as rerun_main
+
+        return sys.exit(rerun_main(args[1:]))
+    return app()
+
+
+if __name__ == "__main__":
+    main()

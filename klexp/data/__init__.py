@@ -1,0 +1,1 @@
+"""Data: in-memory image DataModules (digits, IDX files, synthetic) and their batching."""

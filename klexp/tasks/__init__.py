@@ -1,0 +1,1 @@
+"""One LightningModule per experiment; each returns named outputs for the KL terms."""

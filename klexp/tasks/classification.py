@@ -1,0 +1,189 @@
+"""Classification, where cross-entropy, label smoothing, distillation and the confidence penalty
+are all KL terms between the task's outputs.
+
+Outputs for KL terms:
+
+* ``model``     — Categorical(logits) of the network;
+* ``target``    — the label distribution: one-hot, or label-smoothed
+  ``(1 − ε)·onehot + ε/K``; ``KL(target ‖ model) = CE(target, model) − H(target)``;
+* ``uniform``   — the uniform distribution over K classes
+  (``KL(model ‖ uniform) = log K − H(model)``, the confidence penalty);
+* ``teacher``, ``teacher_T``, ``model_T`` — with a teacher checkpoint: the teacher's distribution,
+  and teacher and student softened by the temperature T (Hinton et al. 2015 distil with
+  ``T² · KL(teacher_T ‖ model_T)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Categorical
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from klexp import divergences
+from klexp.errors import KlexpError, require_positive, require_unit_interval
+from klexp.nets import Activation, check_mlp_args, mlp
+from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
+
+CHECKPOINT_NET_KEY = "klexp_net"
+
+
+class ClassificationTask(KLTask):
+    """An MLP classifier whose loss is made of KL terms from the config.
+
+    Args:
+        hidden, activation, dropout: the MLP (input size and class count come from the data).
+        label_smoothing: ε of the ``target`` output, in [0, 1).
+        temperature: T of ``teacher_T`` and ``model_T``.
+        teacher_checkpoint: a checkpoint of a trained ClassificationTask; adds the teacher outputs.
+        cross_entropy_loss: add plain cross-entropy with the true labels as the task's own loss
+            (normally the ``ce`` KL term plays that part and the task loss is 0).
+    """
+
+    output_names = frozenset({"model", "target", "uniform", "teacher", "teacher_T", "model_T"})
+
+    def __init__(
+        self,
+        hidden: Sequence[int] = (512, 512),
+        activation: Activation = "relu",
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        temperature: float = 1.0,
+        teacher_checkpoint: str | None = None,
+        cross_entropy_loss: bool = False,
+        optimizer: OptimizerFactory | None = None,
+        lr_scheduler: SchedulerFactory | None = None,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler)
+        check_mlp_args(hidden, activation, dropout)
+        require_unit_interval("label_smoothing", label_smoothing)
+        require_positive("temperature", temperature)
+        self.hidden, self.activation, self.dropout = list(hidden), activation, dropout
+        self.label_smoothing, self.temperature = label_smoothing, temperature
+        self.teacher_checkpoint = teacher_checkpoint
+        self.cross_entropy_loss = cross_entropy_loss
+        self.net: nn.Module | None = None
+        self.teacher: nn.Module | None = None
+
+    # ------------------------------------------------------------------ building
+
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        self.build(self.data_fact("input_size"), self.data_fact("num_classes"))
+
+    def build(self, input_size: int, num_classes: int) -> None:
+        """Create the network (and load the teacher) for the data's shape."""
+        self.input_size, self.num_classes = input_size, num_classes
+        self.net = mlp(input_size, self.hidden, num_classes, self.activation, self.dropout)
+        self.register_buffer("uniform_logits", torch.zeros(num_classes), persistent=False)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_metrics": MetricCollection(
+                {"acc": MulticlassAccuracy(num_classes, average="micro"),
+                 "ece": MulticlassCalibrationError(num_classes, n_bins=15)},
+                prefix=f"{stage}/",
+            )
+            for stage in ("train", "val", "test")
+        })
+        if self.teacher_checkpoint is not None:
+            self.teacher = load_classifier(self.teacher_checkpoint, input_size, num_classes)
+
+    def net_spec(self) -> dict[str, Any]:
+        return {"in_features": self.input_size, "hidden": self.hidden,
+                "out_features": self.num_classes, "activation": self.activation,
+                "dropout": self.dropout}
+
+    def train(self, mode: bool = True) -> ClassificationTask:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher's dropout stays off while the student trains
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_NET_KEY] = self.net_spec()
+
+    # ------------------------------------------------------------------ the step
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images.flatten(1))
+
+    def target_logits(self, labels: Tensor) -> Tensor:
+        """Log-probabilities of the (smoothed) label distribution; ``−inf`` where it is 0."""
+        eps, classes = self.label_smoothing, self.num_classes
+        probs = F.one_hot(labels, classes).to(self.uniform_logits.dtype) * (1 - eps) + eps / classes
+        return probs.log()
+
+    def step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Mapping[str, Any]]:
+        images, labels = batch
+        logits = self(images)
+        target_logits = self.target_logits(labels)
+        outputs: dict[str, Any] = {
+            "model": Categorical(logits=logits, validate_args=False),
+            "target": Categorical(logits=target_logits, validate_args=False),
+            "uniform": Categorical(logits=self.uniform_logits, validate_args=False),
+        }
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(images.flatten(1))
+            temperature = self.temperature
+            outputs["teacher"] = Categorical(logits=teacher_logits, validate_args=False)
+            outputs["teacher_T"] = Categorical(logits=teacher_logits / temperature,
+                                               validate_args=False)
+            outputs["model_T"] = Categorical(logits=logits / temperature, validate_args=False)
+
+        task_loss = (F.cross_entropy(logits, labels) if self.cross_entropy_loss
+                     else logits.new_zeros(()))
+        self._log_metrics(stage, logits, labels, target_logits)
+        return task_loss, outputs
+
+    def _log_metrics(self, stage: str, logits: Tensor, labels: Tensor, target_logits: Tensor) -> None:
+        """CE(target, model) = KL(target ‖ model) + H(target), shown side by side; NLL; accuracy, ECE."""
+        with torch.no_grad():
+            cross_entropy = divergences.categorical_cross_entropy(target_logits, logits).mean()
+            target_entropy = divergences.categorical_entropy(target_logits).mean()
+            nll = F.cross_entropy(logits, labels)
+        metrics = self.metrics[f"{stage}_metrics"]
+        metrics.update(logits.detach().softmax(-1), labels)
+        on_step = stage == "train"
+        prefix = "loss" if on_step else stage
+        self.log_dict({f"{prefix}/ce": cross_entropy, f"{prefix}/target_entropy": target_entropy,
+                       f"{stage}/nll": nll}, on_step=on_step, on_epoch=not on_step,
+                      batch_size=len(labels), sync_dist=not on_step)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
+
+
+def load_classifier(path: str, input_size: int, num_classes: int) -> nn.Module:
+    """The frozen network of a ClassificationTask checkpoint, checked against the data's shape."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise KlexpError(f"task.teacher_checkpoint: {file} does not exist")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise KlexpError(f"task.teacher_checkpoint: {file} is not a readable checkpoint ({error})") from None
+    spec = checkpoint.get(CHECKPOINT_NET_KEY) if isinstance(checkpoint, dict) else None
+    if spec is None:
+        raise KlexpError(f"task.teacher_checkpoint: {file} is not a klexp classification checkpoint")
+    if (spec["in_features"], spec["out_features"]) != (input_size, num_classes):
+        raise KlexpError(
+            f"task.teacher_checkpoint: {file} was trained for {spec['in_features']} inputs and "
+            f"{spec['out_features']} classes; the data has {input_size} inputs and {num_classes} classes"
+        )
+    net = mlp(spec["in_features"], spec["hidden"], spec["out_features"], spec["activation"],
+              spec["dropout"])
+    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
+               if k.startswith("net.")}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise KlexpError(f"task.teacher_checkpoint: {file} does not fit its own network ({first})") from None
+    net.eval().requires_grad_(False)
+    return net
+

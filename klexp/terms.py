@@ -1,0 +1,322 @@
+"""KL terms: Lightning callbacks that add a weighted divergence between two task outputs to the loss.
+
+A task's ``step`` returns a mapping of named outputs (distributions, tensors, numbers). Each
+``KLTerm`` the trainer holds reads two of them, ``p`` and ``q``, computes a divergence in the chosen
+direction with the chosen estimator, weights it by its schedule or controller, and returns its loss
+to the task. It keeps per-batch tallies and logs them once per batch under ``kl/<name>/...``
+(``val/kl/<name>/...`` and ``test/kl/<name>/...`` as epoch means), updates its controller from the
+KL it measured, and saves the controller's state in checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+from torch import Tensor
+from torch.distributions import Distribution, Independent
+
+from klexp import divergences
+from klexp.errors import (
+    ConfigValueError,
+    NonFiniteError,
+    require,
+    require_in,
+    require_non_negative,
+    require_positive,
+    require_positive_int,
+)
+from klexp.schedules import Constant, Schedule, as_schedule
+
+Direction = Literal["forward", "reverse", "js"]
+DIRECTIONS: tuple[str, ...] = ("forward", "reverse", "js")
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+STAGES: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass
+class _Tally:
+    """Running sums of what a term measured since it last logged."""
+
+    calls: int = 0
+    value: float = 0.0
+    value_max: float = -math.inf
+    loss: float = 0.0
+    std: float = 0.0
+    dims: Tensor | None = None
+
+    def add(self, value: float, loss: float, std: float | None, dims: Tensor | None) -> None:
+        self.calls += 1
+        self.value += value
+        self.value_max = max(self.value_max, value)
+        self.loss += loss
+        if std is not None:
+            self.std += std
+        if dims is not None:
+            self.dims = dims if self.dims is None else self.dims + dims
+
+
+class KLTerm(pl.Callback):
+    """``weight(t) · D(p ‖ q)`` added to the task loss, where D is chosen by ``direction``:
+    ``forward`` → ``KL(p ‖ q)``, ``reverse`` → ``KL(q ‖ p)``, ``js`` → Jensen–Shannon.
+
+    Args:
+        name: the term's name in logs and checkpoints.
+        p, q: names of two distributions among the task's outputs.
+        direction: ``forward`` | ``reverse`` | ``js``.
+        estimator: ``analytic`` (closed form) or a Monte-Carlo estimator ``k1`` | ``k2`` | ``k3``.
+        weight: β, a number ≥ 0: the term's scale.
+        schedule: a schedule or controller from ``klexp.schedules``; the effective weight at step
+            t is ``weight · schedule.value(t)`` (constant ``weight`` when None).
+        num_samples: Monte-Carlo samples per batch element.
+        samples: name of an output holding draws from the sampled distribution (e.g. the actions
+            of a rollout); Monte-Carlo estimators then use them instead of drawing afresh.
+        free_bits: per-dimension floor λ (Kingma et al. 2016): each event dimension contributes
+            ``max(λ, batch-mean KL_i)``, with no gradient while below λ.
+        capacity: target capacity ``C(t)`` (a number or schedule; Burgess et al. 2018): the loss
+            becomes ``weight · |KL − C(t)|``.
+        divide_by: name of a numeric output the divergence is divided by before weighting (the
+            training-set size N turns KL(q(w) ‖ p(w)) into its per-example share).
+        reduction: how values of a batch combine: ``mean`` or ``sum``.
+        log_dims: also log the batch-mean KL of each event dimension as ``kl/<name>/dim_<i>``.
+        check_finite: raise ``NonFiniteError`` naming the term when its value is NaN or infinite.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        p: str,
+        q: str,
+        direction: Direction = "forward",
+        estimator: divergences.Estimator = "analytic",
+        weight: float = 1.0,
+        schedule: Schedule | None = None,
+        num_samples: int = 1,
+        samples: str | None = None,
+        free_bits: float | None = None,
+        capacity: float | Schedule | None = None,
+        divide_by: str | None = None,
+        reduction: Literal["mean", "sum"] = "mean",
+        log_dims: bool = False,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        require(isinstance(name, str) and name.isidentifier(), "name",
+                "an identifier (letters, digits, _)", name)
+        require(isinstance(p, str) and p != "", "p", "the name of a task output", p)
+        require(isinstance(q, str) and q != "", "q", "the name of a task output", q)
+        require_in("direction", direction, DIRECTIONS)
+        require_in("estimator", estimator, divergences.ESTIMATORS)
+        require_positive_int("num_samples", num_samples)
+        require_in("reduction", reduction, REDUCTIONS)
+        if free_bits is not None:
+            require_non_negative("free_bits", free_bits)
+        if direction == "js" and estimator != "analytic":
+            raise ConfigValueError("estimator", "Jensen–Shannon has no k1/k2/k3 estimator; "
+                                   f"use estimator=analytic, got {estimator!r}")
+        if free_bits is not None and capacity is not None:
+            raise ConfigValueError("capacity", "free_bits and capacity are alternatives; set one")
+        if direction == "js" and (free_bits is not None or log_dims):
+            raise ConfigValueError("direction", "Jensen–Shannon does not split over dimensions; "
+                                   "free_bits and log_dims need direction forward or reverse")
+        self.name, self.p, self.q = name, p, q
+        self.direction, self.estimator = direction, estimator
+        require_non_negative("weight", weight)
+        self.weight = float(weight)
+        self.schedule = schedule if schedule is not None else Constant(1.0)
+        self.capacity = None if capacity is None else _as_capacity(capacity)
+        self.num_samples, self.samples = num_samples, samples
+        self.free_bits, self.divide_by, self.reduction = free_bits, divide_by, reduction
+        self.log_dims, self.check_finite = log_dims, check_finite
+        self._tallies = {stage: _Tally() for stage in STAGES}
+        self._batch_elements = 1
+
+    # ---------------------------------------------------------------- Lightning plumbing
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict["schedule"])
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        names = getattr(pl_module, "output_names", None)
+        if names is None:
+            return
+        for role in ("p", "q", "samples", "divide_by"):
+            key = getattr(self, role)
+            if key is not None and key not in names:
+                raise ConfigValueError(
+                    role, f"KL term '{self.name}' reads output {key!r}, which "
+                    f"{type(pl_module).__name__} does not produce; its outputs are: "
+                    f"{', '.join(sorted(names))}"
+                )
+
+    # ---------------------------------------------------------------- the computation
+
+    @property
+    def per_dimension(self) -> bool:
+        return self.free_bits is not None or self.log_dims
+
+    def current_weight(self, step: int) -> float:
+        return self.weight * self.schedule.value(step)
+
+    def __call__(self, outputs: Mapping[str, Any], stage: str, step: int) -> Tensor:
+        """The term's loss on one batch, ``weight · shaped(D) / divide_by``; records what it
+        measured for logging."""
+        value, per_dim, per_sample = self.measure(outputs)
+        weight = self.current_weight(step)
+        if self.free_bits is not None:
+            shaped = per_dim.clamp(min=self.free_bits).sum() * self._batch_scale()
+        elif self.capacity is not None:
+            shaped = (value - self.capacity.value(step)).abs()
+        else:
+            shaped = value
+        divisor = float(outputs[self.divide_by]) if self.divide_by is not None else 1.0
+        loss = weight * shaped / divisor
+
+        measured = value.detach().item()
+        if self.check_finite and not math.isfinite(measured):
+            raise NonFiniteError(
+                f"KL term '{self.name}' is {measured} at step {step} ({stage}); "
+                f"{self._describe(outputs)}"
+            )
+        std = per_sample.detach().std().item() if per_sample is not None and per_sample.numel() > 1 else None
+        dims = per_dim.detach() if self.log_dims else None
+        self._tallies[stage].add(measured, loss.detach().item(), std, dims)
+        return loss
+
+    def measure(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The reduced divergence; its batch-mean per event dimension (when ``per_dimension``);
+        and, for Monte-Carlo estimators, the per-sample estimates of each element's divergence."""
+        p, q = self._distribution(outputs, "p"), self._distribution(outputs, "q")
+        if self.direction == "reverse":
+            p, q = q, p
+        event_dims = self._event_dims(p, q) if self.per_dimension else 0
+        if event_dims:
+            p, q = p.base_dist, q.base_dist
+        per_sample = None
+        if self.direction == "js":
+            elementwise = divergences.js(p, q)
+        elif self.estimator == "analytic":
+            elementwise = divergences.kl(p, q)
+        else:
+            samples = outputs[self.samples] if self.samples is not None else None
+            per_sample = divergences.kl_samples(
+                p, q, estimator=self.estimator, num_samples=self.num_samples, samples=samples
+            )
+            elementwise = per_sample.mean(0)
+        per_dim = None
+        if event_dims:
+            elementwise = elementwise.flatten(-event_dims)
+            per_dim = elementwise.reshape(-1, elementwise.shape[-1]).mean(0)
+            elementwise = elementwise.sum(-1)
+            if per_sample is not None:
+                per_sample = per_sample.flatten(-event_dims).sum(-1)
+        value = elementwise.mean() if self.reduction == "mean" else elementwise.sum()
+        return value, per_dim, per_sample
+
+    def _batch_scale(self) -> float:
+        return 1.0 if self.reduction == "mean" else float(self._batch_elements)
+
+    def _event_dims(self, p: Distribution, q: Distribution) -> int:
+        dims = {d.reinterpreted_batch_ndims if isinstance(d, Independent) else 0 for d in (p, q)}
+        if dims == {0} or len(dims) != 1:
+            raise ConfigValueError(
+                "free_bits" if self.free_bits is not None else "log_dims",
+                f"KL term '{self.name}' needs p and q to be Independent distributions with the "
+                f"same event dimensions to split the KL per dimension; got {type(p).__name__} "
+                f"and {type(q).__name__}",
+            )
+        self._batch_elements = p.batch_shape.numel()
+        return dims.pop()
+
+    def _distribution(self, outputs: Mapping[str, Any], role: str) -> Distribution:
+        key = getattr(self, role)
+        try:
+            d = outputs[key]
+        except KeyError:
+            raise ConfigValueError(
+                role, f"KL term '{self.name}' reads output {key!r}, which the task does not "
+                f"produce; its outputs are: {', '.join(sorted(outputs))}"
+            ) from None
+        if not isinstance(d, Distribution):
+            raise ConfigValueError(
+                role, f"KL term '{self.name}' needs a distribution in output {key!r}, "
+                f"got {type(d).__name__}"
+            )
+        return d
+
+    def _describe(self, outputs: Mapping[str, Any]) -> str:
+        parts = []
+        for role in ("p", "q"):
+            d = outputs.get(getattr(self, role))
+            params = [v for v in vars(d).values() if isinstance(v, Tensor)] if d is not None else []
+            stats = ", ".join(
+                f"nan={int(t.isnan().sum())} inf={int(t.isinf().sum())} "
+                f"min={t.nan_to_num().min().item():.3g} max={t.nan_to_num().max().item():.3g}"
+                for t in params[:1]
+            )
+            parts.append(f"{role}={getattr(self, role)} ({type(d).__name__}: {stats})")
+        return "; ".join(parts)
+
+    # ---------------------------------------------------------------- logging and control
+
+    def _flush(self, stage: str, pl_module: pl.LightningModule, step: int) -> None:
+        tally = self._tallies[stage]
+        if tally.calls == 0:
+            return
+        calls = tally.calls
+        prefix = f"kl/{self.name}" if stage == "train" else f"{stage}/kl/{self.name}"
+        metrics = {
+            f"{prefix}/value": tally.value / calls,
+            f"{prefix}/weight": self.current_weight(step),
+            f"{prefix}/loss": tally.loss / calls,
+        }
+        if self.estimator != "analytic":
+            metrics[f"{prefix}/std"] = tally.std / calls
+        if calls > 1:
+            metrics[f"{prefix}/value_max"] = tally.value_max
+        if tally.dims is not None:
+            metrics.update({f"{prefix}/dim_{i}": float(v) / calls for i, v in enumerate(tally.dims)})
+        on_step = stage == "train"
+        pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True)
+        if stage == "train":
+            self.schedule.update(tally.value / calls)
+        self._tallies[stage] = _Tally()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._flush("train", pl_module, trainer.global_step)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        self._flush("val", pl_module, trainer.global_step)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                          outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._flush("test", pl_module, trainer.global_step)
+
+    def __repr__(self) -> str:
+        return (f"KLTerm(name={self.name!r}, {self.direction} D({self.p} ‖ {self.q}), "
+                f"estimator={self.estimator}, weight={self.weight}, schedule={self.schedule!r})")
+
+
+def _as_capacity(capacity: float | Schedule) -> Schedule:
+    if isinstance(capacity, Schedule):
+        return capacity
+    require_positive("capacity", capacity)
+    return as_schedule(capacity)
+
+
+def kl_terms_of(trainer: pl.Trainer) -> list[KLTerm]:
+    """The KL terms among a trainer's callbacks, in config order."""
+    return [callback for callback in trainer.callbacks if isinstance(callback, KLTerm)]

@@ -1,0 +1,187 @@
+"""Check a composed config against the typed signatures of its ``_target_`` classes.
+
+Runs before anything is built or trained: an unknown key (with the closest valid name), a value
+of the wrong type or outside a ``Literal``'s choices fails at start-up with the key's full path.
+Range checks (a negative weight, ε ∉ [0, 1)…) live in the constructors themselves and are reported
+with the same path when the config is instantiated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Union, get_args, get_origin
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from klexp.errors import KlexpError
+
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+class ConfigError(KlexpError):
+    """A key of the composed config is unknown or has a value of the wrong type."""
+
+
+def check_config(cfg: DictConfig | ListConfig | Any, path: str = "") -> None:
+    """Walk the config; check every ``_target_`` node's keys and value types."""
+    if isinstance(cfg, DictConfig):
+        if "_target_" in cfg:
+            _check_target_node(cfg, path)
+        for key in cfg:
+            if key in _HYDRA_KEYS:
+                continue
+            child = cfg._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)):
+                check_config(child, _join(path, key))
+    elif isinstance(cfg, ListConfig):
+        for index, item in enumerate(cfg):
+            if isinstance(item, (DictConfig, ListConfig)):
+                check_config(item, f"{path}[{index}]")
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def resolve_target(node: DictConfig, path: str) -> Callable[..., Any]:
+    target = node._target_
+    try:
+        return get_object(target)
+    except Exception:
+        raise ConfigError(f"{_join(path, '_target_')}: cannot import {target!r}") from None
+
+
+def signature_parameters(target: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool]:
+    """Named parameters of ``target`` (following ``**kwargs`` up the MRO) and whether it still
+    accepts arbitrary keyword arguments."""
+    functions = _initialisers(target)
+    parameters: dict[str, inspect.Parameter] = {}
+    for function in functions:
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):
+            return parameters, True
+        for name, parameter in signature.parameters.items():
+            if parameter.kind in (parameter.VAR_POSITIONAL,) or name == "self":
+                continue
+            if parameter.kind == parameter.VAR_KEYWORD:
+                continue
+            parameters.setdefault(name, parameter)
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+            return parameters, False
+        if function is object.__init__:
+            break
+    return parameters, True
+
+
+def _initialisers(target: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """``__init__`` of the class and of its bases, most derived first (or the function itself)."""
+    if not inspect.isclass(target):
+        return [target]
+    return [c.__init__ for c in target.__mro__ if "__init__" in vars(c)]
+
+
+def _type_hints(target: Callable[..., Any]) -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    for function in reversed(_initialisers(target)):
+        try:
+            hints.update(typing.get_type_hints(function))
+        except Exception:
+            continue
+    return hints
+
+
+def _check_target_node(node: DictConfig, path: str) -> None:
+    target = resolve_target(node, path)
+    parameters, open_kwargs = signature_parameters(target)
+    hints = _type_hints(target) if target.__module__.startswith("klexp") else {}
+    name = getattr(target, "__qualname__", str(target))
+    for key in node:
+        if key in _HYDRA_KEYS:
+            continue
+        if key not in parameters:
+            if open_kwargs:
+                continue
+            close = difflib.get_close_matches(str(key), list(parameters), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{_join(path, key)}: unknown key for {name}{hint} "
+                f"(allowed: {', '.join(sorted(parameters))})"
+            )
+        if key in hints:
+            child = node._get_node(key)
+            if child is not None and child._is_interpolation():
+                value = OmegaConf.select(node, str(key), throw_on_missing=False)
+            else:
+                value = child._value() if not isinstance(child, (DictConfig, ListConfig)) else child
+            problem = _type_problem(value, hints[key])
+            if problem:
+                raise ConfigError(f"{_join(path, key)}: {problem}")
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit ``hint``, or None when it does (or cannot be judged)."""
+    if value is None:
+        return None if _allows_none(hint) else "must be set (got null)"
+    if isinstance(value, DictConfig) and "_target_" in value:
+        return None  # a nested object: checked as its own node
+    origin = get_origin(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return None
+    if origin is Literal:
+        choices = get_args(hint)
+        if value in choices:
+            return None
+        return f"expected one of {', '.join(map(str, choices))}, got {value!r}"
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        problems = [_type_problem(value, option) for option in options]
+        if any(p is None for p in problems):
+            return None
+        return problems[0] if len(problems) == 1 else f"expected {_describe(hint)}, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"expected a number, got {value!r}"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"expected an integer, got {value!r}"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"expected a string, got {value!r}"
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (ListConfig, list, tuple)):
+            return f"expected a list, got {value!r}"
+        item_types = get_args(hint)
+        if item_types and item_types[-1] is not Ellipsis and len(item_types) == 1:
+            for item in value:
+                problem = _type_problem(item, item_types[0])
+                if problem:
+                    return f"list item {item!r}: {problem}"
+        return None
+    if origin in (dict, Mapping) or hint is dict:
+        return None if isinstance(value, (DictConfig, dict)) else f"expected a mapping, got {value!r}"
+    scalar = (str, int, float, bool)
+    if inspect.isclass(hint) and isinstance(value, scalar) and not issubclass(hint, scalar):
+        return f"expected a {hint.__name__} config (with _target_), got {value!r}"
+    return None
+
+
+def _allows_none(hint: Any) -> bool:
+    return hint is type(None) or (
+        get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+    )
+
+
+def _describe(hint: Any) -> str:
+    names = []
+    for option in get_args(hint):
+        if option is type(None):
+            continue
+        names.append(getattr(option, "__name__", str(option)))
+    return " or ".join(names)
