@@ -71,6 +71,18 @@ def build_terms(kl: Mapping[str, Any] | None) -> list[KLTerm]:
     return terms
 
 
+def check_terms_against_task(terms: Sequence[KLTerm], task: pl.LightningModule) -> None:
+    """Every output a term reads must be one the task produces (checked before training)."""
+    names = getattr(task, "output_names", None)
+    if names is None:
+        return
+    for term in terms:
+        try:
+            term.check_outputs(names, type(task).__name__)
+        except ConfigValueError as error:
+            raise ConfigError(f"kl.{term.name}.{error.key}: {error.message}") from None
+
+
 def build_callbacks(callbacks: Mapping[str, Any] | None) -> list[pl.Callback]:
     built = []
     for name, node in (callbacks or {}).items():
@@ -93,21 +105,34 @@ def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return scalars
 
 
-def run_stages(cfg: DictConfig, run_dir: Path, compose: Any) -> dict[str, Any]:
+# Command-line overrides a stage shares with its run: the same data, trainer and logging.
+INHERITED_BY_STAGES = ("data", "trainer", "callbacks", "logger", "env", "threads")
+
+
+def _override_root(override: str) -> str:
+    key = override.lstrip("+~").split("=", 1)[0]
+    return re.split(r"[.@]", key, maxsplit=1)[0]
+
+
+def run_stages(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], compose: Any) -> dict[str, Any]:
     """Run each earlier stage in ``run_dir/<stage>`` and write its last checkpoint into the key the
-    stage names (``checkpoint_to``). ``compose(overrides)`` composes the app's config."""
+    stage names (``checkpoint_to``). A stage is composed from its own ``overrides`` followed by the
+    run's command-line overrides of data, trainer, callbacks, logger, env and threads, so a teacher
+    trains on the same data as its student. ``compose(overrides)`` composes the app's config."""
     results = {}
     for name, stage in (cfg.get("stages") or {}).items():
         if stage is None:
             continue
-        stage_cfg = compose(list(stage.overrides))
+        inherited = [o for o in overrides if _override_root(o) in INHERITED_BY_STAGES]
+        stage_overrides = [*stage.overrides, *inherited]
+        stage_cfg = compose(stage_overrides)
         stage_dir = run_dir / name
         with open_dict(stage_cfg):
             stage_cfg.paths.output_dir = str(stage_dir)
             stage_cfg.stages = None
             stage_cfg.seed = cfg.seed
-        console.print(f"[bold]stage {name}[/]: {' '.join(stage.overrides)}")
-        summary = run(stage_cfg, stage_dir, overrides=list(stage.overrides), compose=compose)
+        console.print(f"[bold]stage {name}[/]: {' '.join(stage_overrides)}")
+        summary = run(stage_cfg, stage_dir, overrides=stage_overrides, compose=compose)
         checkpoint = stage_dir / CHECKPOINT_DIR / "last.ckpt"
         OmegaConf.update(cfg, stage.checkpoint_to, str(checkpoint), merge=False)
         results[name] = {"run_dir": str(stage_dir), "checkpoint": str(checkpoint),
@@ -132,12 +157,13 @@ def run(
     if cfg.get("stages"):
         if compose is None:
             raise KlexpError("stages: this config has stages, which need the Hydra app to compose them")
-        record.data["stages"] = run_stages(cfg, run_dir, compose)
+        record.data["stages"] = run_stages(cfg, run_dir, overrides, compose)
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate_node(cfg.data, "data") if cfg.get("data") is not None else None
     task = instantiate_node(cfg.task, "task")
     terms = build_terms(cfg.get("kl"))
+    check_terms_against_task(terms, task)
     callbacks = build_callbacks(cfg.get("callbacks"))
     logger = instantiate_node(cfg.logger, "logger") if cfg.get("logger") is not None else False
     trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=logger,

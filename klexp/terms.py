@@ -133,6 +133,7 @@ class KLTerm(pl.Callback):
         self.log_dims, self.check_finite = log_dims, check_finite
         self._tallies = {stage: _Tally() for stage in STAGES}
         self._batch_elements = 1
+        self._after_update: float | None = None
 
     # ---------------------------------------------------------------- Lightning plumbing
 
@@ -146,18 +147,20 @@ class KLTerm(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state_dict["schedule"])
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        names = getattr(pl_module, "output_names", None)
-        if names is None:
-            return
+    def check_outputs(self, output_names: frozenset[str] | set[str], task_name: str) -> None:
+        """Raise ``ConfigValueError`` if the term reads an output the task does not produce."""
         for role in ("p", "q", "samples", "divide_by"):
             key = getattr(self, role)
-            if key is not None and key not in names:
+            if key is not None and key not in output_names:
                 raise ConfigValueError(
-                    role, f"KL term '{self.name}' reads output {key!r}, which "
-                    f"{type(pl_module).__name__} does not produce; its outputs are: "
-                    f"{', '.join(sorted(names))}"
+                    role, f"KL term '{self.name}' reads output {key!r}, which {task_name} does not "
+                    f"produce; its outputs are: {', '.join(sorted(output_names))}"
                 )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        names = getattr(pl_module, "output_names", None)
+        if names is not None:
+            self.check_outputs(names, type(pl_module).__name__)
 
     # ---------------------------------------------------------------- the computation
 
@@ -223,6 +226,15 @@ class KLTerm(pl.Callback):
         value = elementwise.mean() if self.reduction == "mean" else elementwise.sum()
         return value, per_dim, per_sample
 
+    def after_update(self, outputs: Mapping[str, Any]) -> float:
+        """Measure the divergence on ``outputs`` once a task's update phase is over (call it under
+        ``torch.no_grad()``; no loss, no tally). It is logged as ``kl/<name>/value_after_update``
+        and the controller adapts to it instead of the mean over the batch's calls: the PPO paper's
+        adaptive β (Schulman et al. 2017, sec. 4) computes ``d = Ê[KL[π_old, π_θ]]`` after the
+        epochs of minibatch updates, when it is largest."""
+        self._after_update = float(self.measure(outputs)[0])
+        return self._after_update
+
     def _batch_scale(self) -> float:
         return 1.0 if self.reduction == "mean" else float(self._batch_elements)
 
@@ -286,10 +298,14 @@ class KLTerm(pl.Callback):
             metrics[f"{prefix}/value_max"] = tally.value_max
         if tally.dims is not None:
             metrics.update({f"{prefix}/dim_{i}": float(v) / calls for i, v in enumerate(tally.dims)})
+        measured = tally.value / calls
+        if stage == "train" and self._after_update is not None:
+            measured = metrics[f"{prefix}/value_after_update"] = self._after_update
+            self._after_update = None
         on_step = stage == "train"
         pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True)
         if stage == "train":
-            self.schedule.update(tally.value / calls)
+            self.schedule.update(measured)
         self._tallies[stage] = _Tally()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -320,3 +336,64 @@ def _as_capacity(capacity: float | Schedule) -> Schedule:
 def kl_terms_of(trainer: pl.Trainer) -> list[KLTerm]:
     """The KL terms among a trainer's callbacks, in config order."""
     return [callback for callback in trainer.callbacks if isinstance(callback, KLTerm)]
+
+
+class TargetKL(KLTerm):
+    """Early stop of an update phase once the measured KL exceeds ``target`` (the ``target_kl`` of
+    OpenAI Spinning Up's and Stable-Baselines3's PPO, and of CleanRL's ``ppo.py``).
+
+    A KL term, so it is configured like any other (``p``, ``q``, direction, estimator, ``samples``)
+    and logs ``kl/<name>/value``; its weight is 0 by default, so it only measures. The task calls
+    ``should_stop`` after each minibatch's loss (before its step) and after each epoch; the term
+    answers at the granularity ``check`` names, comparing the latest value it measured (that
+    minibatch's) with ``target``. Where it stopped is logged as ``kl/<name>/stopped`` (0 or 1)
+    and, when it did, ``kl/<name>/stop_epoch`` and ``kl/<name>/stop_minibatch`` (0-based).
+
+    Args:
+        target: the KL (nats) above which the update phase stops.
+        check: ``minibatch`` (stop before stepping on a minibatch whose KL is too large) or
+            ``epoch`` (finish the epoch, then stop).
+        estimator: ``k3`` by default: the log-ratio estimator PPO implementations use.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        p: str,
+        q: str,
+        target: float,
+        check: Literal["minibatch", "epoch"] = "minibatch",
+        estimator: divergences.Estimator = "k3",
+        weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, p, q, estimator=estimator, weight=weight, **kwargs)
+        require_positive("target", target)
+        require_in("check", check, ("minibatch", "epoch"))
+        self.target, self.check = float(target), check
+        self.latest = 0.0
+        self.stop_point: tuple[int, int] | None = None
+
+    def measure(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        value, per_dim, per_sample = super().measure(outputs)
+        self.latest = float(value.detach())
+        return value, per_dim, per_sample
+
+    def should_stop(self, epoch: int, minibatch: int, boundary: Literal["minibatch", "epoch"]) -> bool:
+        """At a ``boundary`` of the granularity ``check``: has the latest measured KL passed the
+        target? Records the stop point when it has."""
+        if boundary != self.check or self.latest <= self.target:
+            return False
+        self.stop_point = (epoch, minibatch)
+        return True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        prefix = f"kl/{self.name}"
+        metrics = {f"{prefix}/stopped": float(self.stop_point is not None)}
+        if self.stop_point is not None:
+            metrics[f"{prefix}/stop_epoch"] = float(self.stop_point[0])
+            metrics[f"{prefix}/stop_minibatch"] = float(self.stop_point[1])
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
+        self.stop_point = None
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

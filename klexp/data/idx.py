@@ -73,10 +73,12 @@ class IdxData(ImageClassData):
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
         if not self.root.is_dir():
             raise KlexpError(f"data.root: directory {self.root} does not exist")
+        paths = {split: (self._find(images), self._find(labels))
+                 for split, (images, labels) in FILES.items()}
         splits = {}
-        for split, (image_file, label_file) in FILES.items():
-            images = read_idx(self._find(image_file), IMAGES_MAGIC)
-            labels = read_idx(self._find(label_file), LABELS_MAGIC)
+        for split, (image_path, label_path) in paths.items():
+            images = read_idx(image_path, IMAGES_MAGIC)
+            labels = read_idx(label_path, LABELS_MAGIC)
             if len(images) != len(labels):
                 raise KlexpError(
                     f"{self.root}: {split} has {len(images)} images but {len(labels)} labels"

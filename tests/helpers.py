@@ -1,0 +1,65 @@
+"""Shared helpers for tests: compose the app's config in-process and run it in a temp directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from klexp.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Overrides that make any experiment a seconds-long smoke run.
+QUIET = ["callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
+FAST = [*QUIET, "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+
+
+def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
+    """The composed config as the app would see it (hydra node removed, output_dir set)."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir or "unused-output-dir")
+            del cfg["hydra"]
+    return cfg
+
+
+def run_experiment(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]:
+    """Compose and run in-process, as ``klexp <overrides>`` would; returns the run summary."""
+    from klexp.runner import run
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+            del cfg["hydra"]
+
+        def compose_stage(stage_overrides: Sequence[str]) -> DictConfig:
+            return compose(config_name=CONFIG_NAME, overrides=list(stage_overrides))
+
+        return run(cfg, output_dir, overrides=list(overrides), compose=compose_stage)
+
+
+def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m klexp <args>`` in ``cwd`` (outputs/ lands there)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "klexp", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
