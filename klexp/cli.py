@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,41 @@ def app(cfg: DictConfig) -> Any:
     return summary.get("objective")
 
 
+def _quoted(value: object) -> str:
+    """A Hydra override value in single quotes (run directories of sweeps contain '=')."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_arguments(run_dir: Path, extra: Sequence[str]) -> list[str]:
+    """Command-line arguments that continue the run in ``run_dir`` from its last checkpoint: the
+    run's own overrides, then ``extra``, writing into the same directory. Hydra's record of this
+    invocation goes to ``.hydra/resume-<time>`` so the original config and overrides stay as they
+    were."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not run_dir.is_dir():
+        raise KlexpError(f"resume: {run_dir} is not a directory")
+    if not overrides_file.is_file():
+        raise KlexpError(f"resume: {run_dir} is not a klexp run directory (no .hydra/overrides.yaml)")
+    if not checkpoint.is_file():
+        raise KlexpError(f"resume: {run_dir} has no checkpoints/last.ckpt to resume from")
+    saved = OmegaConf.to_container(OmegaConf.load(overrides_file)) or []
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    return [*saved, *extra, f"hydra.run.dir={_quoted(run_dir)}",
+            f"hydra.output_subdir={_quoted(f'.hydra/resume-{stamp}')}",
+            f"ckpt_path={_quoted(checkpoint)}"]
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
+    resume = [a for a in args if a.startswith("resume=")]
+    if resume:
+        rest = [a for a in args if not a.startswith("resume=")]
+        try:
+            args = resume_arguments(Path(resume[-1].split("=", 1)[1]).expanduser(), rest)
+        except KlexpError as error:
+            sys.exit(f"klexp: {error}")
+        sys.argv = [sys.argv[0], *args]
     if args and args[0] == "report":
         from klexp.report import main as report_main
 

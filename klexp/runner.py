@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from klexp import tracking
-from klexp.errors import ConfigValueError, KlexpError, NonFiniteError
+from klexp.errors import ConfigValueError, KlexpError
 from klexp.terms import KLTerm
 from klexp.validation import ConfigError, check_config
 
@@ -165,7 +165,12 @@ def run(
     terms = build_terms(cfg.get("kl"))
     check_terms_against_task(terms, task)
     callbacks = build_callbacks(cfg.get("callbacks"))
-    logger = instantiate_node(cfg.logger, "logger") if cfg.get("logger") is not None else False
+    resume_step = checkpoint_step(cfg.get("ckpt_path"))
+    if resume_step is not None:
+        record.data["resumed_from_step"] = resume_step
+    # On resume, TensorBoard drops events logged after the checkpoint by the killed process.
+    purge = {"purge_step": resume_step} if resume_step is not None else {}
+    logger = instantiate_node(cfg.logger, "logger", **purge) if cfg.get("logger") is not None else False
     trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=logger,
                                            callbacks=[*terms, *callbacks])
     if isinstance(logger, TensorBoardLogger):
@@ -174,18 +179,16 @@ def run(
 
     metrics: dict[str, float] = {}
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics.update(_scalar_metrics(trainer.callback_metrics))
         if cfg.get("test", True) and _has_test_data(task, datamodule):
             trainer.test(task, datamodule=datamodule, verbose=False)
             metrics.update(_scalar_metrics(trainer.callback_metrics))
-    except NonFiniteError as error:
+    except BaseException as error:
         _flush(logger)
-        record.finish("failed", _scalar_metrics(trainer.callback_metrics), error=str(error))
-        raise
-    except KeyboardInterrupt:
-        _flush(logger)
-        record.finish("interrupted", _scalar_metrics(trainer.callback_metrics))
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        record.finish(status, _scalar_metrics(trainer.callback_metrics), error=message)
         raise
 
     summary = record.finish("completed", metrics)
@@ -196,6 +199,19 @@ def run(
     if trainer.is_global_zero:
         report(summary, run_dir, logger)
     return summary
+
+
+def checkpoint_step(path: str | None) -> int | None:
+    """The global step a checkpoint was saved at (None without a checkpoint)."""
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise KlexpError(f"ckpt_path: {file} does not exist")
+    try:
+        return int(torch.load(file, map_location="cpu", weights_only=True)["global_step"])
+    except Exception as error:
+        raise KlexpError(f"ckpt_path: {file} is not a readable Lightning checkpoint ({error})") from None
 
 
 def _flush(logger: Any) -> None:

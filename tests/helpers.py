@@ -63,3 +63,34 @@ def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300,
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "klexp", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+class Sleep:
+    """A callback that slows training down, so a test can kill a run mid-way (numerics unchanged)."""
+
+    def __new__(cls, seconds: float):
+        import time
+
+        import pytorch_lightning as pl
+
+        class _Sleep(pl.Callback):
+            def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+                time.sleep(seconds)
+
+        return _Sleep()
+
+
+class PoisonWeights:
+    """A callback that sets the model's first weight to NaN before training step ``step``."""
+
+    def __new__(cls, step: int):
+        import pytorch_lightning as pl
+        import torch
+
+        class _Poison(pl.Callback):
+            def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+                if trainer.global_step == step:
+                    with torch.no_grad():
+                        next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+        return _Poison()

@@ -101,8 +101,7 @@ def test_batches_resume_at_the_first_batch_not_yet_trained_on():
     reference = [b[0].tolist() for b in TensorBatches(data, 4, shuffle=True, seed=3)]
     batches = TensorBatches(data, 4, shuffle=True, seed=3)
     iterator = iter(batches)
-    next(iterator)  # batch 0 trains ...
-    next(iterator)  # ... while Lightning prefetches batch 1
+    next(iterator)  # batch 0 trains; a checkpoint after its step must resume at batch 1
     state = batches.state_dict()
     resumed = TensorBatches(data, 4, shuffle=True, seed=3)
     resumed.load_state_dict(state)

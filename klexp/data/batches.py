@@ -49,7 +49,7 @@ class TensorBatches:
         self.transform, self.rank, self.world_size = transform, rank, world_size
         self._next_epoch = 0
         self._resume: tuple[int, int] | None = None
-        self._progress: list[int] | None = None  # [epoch, batches handed to training] while iterating
+        self._progress: list[int] | None = None  # [epoch, batches handed out] while iterating
 
     @property
     def examples_per_rank(self) -> int:
@@ -84,11 +84,11 @@ class TensorBatches:
             if self.transform is not None:
                 generator = torch.Generator().manual_seed(_mix(self.seed, epoch, index))
                 batch = self.transform(batch, generator)
-            # Lightning fetches one batch ahead: while batch i trains, batch i + 1 has been
-            # handed out but not trained on, so a checkpoint taken then must resume at i + 1.
-            self._progress[1] = index
-            yield batch
+            # Lightning does not fetch ahead from a loader with a length, so while this batch is
+            # out it is being trained on, and a checkpoint taken meanwhile (after its step)
+            # must resume with the next one.
             self._progress[1] = index + 1
+            yield batch
         self._progress = None
 
     def state_dict(self) -> dict[str, Any]:

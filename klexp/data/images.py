@@ -66,6 +66,7 @@ class ImageClassData(pl.LightningDataModule):
         self.augment, self.binarize, self.holdout_class = augment, binarize, holdout_class
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._train_batches: TensorBatches | None = None
+        self._train_batches_state: dict | None = None
 
     # ------------------------------------------------------------------ what subclasses provide
 
@@ -161,6 +162,8 @@ class ImageClassData(pl.LightningDataModule):
                 self.splits["train"], self.batch_size, shuffle=True, seed=self.seed,
                 transform=self._transform if needs_transform else None, rank=rank, world_size=world,
             )
+            if self._train_batches_state is not None:
+                self._train_batches.load_state_dict(self._train_batches_state)
         return self._train_batches
 
     def _eval_batches(self, split: str) -> TensorBatches:
@@ -175,6 +178,17 @@ class ImageClassData(pl.LightningDataModule):
 
     def ood_dataloader(self) -> TensorBatches | None:
         return self._eval_batches("ood") if "ood" in self.splits else None
+
+    # Lightning sets up the train loader before it restores a checkpoint when a scheduler asks for
+    # estimated_stepping_batches, and then skips restoring the loader; the DataModule's own state
+    # is always restored, so the batch position travels here.
+    def state_dict(self) -> dict:
+        return {} if self._train_batches is None else {"train_batches": self._train_batches.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_batches_state = state_dict.get("train_batches")
+        if self._train_batches is not None and self._train_batches_state is not None:
+            self._train_batches.load_state_dict(self._train_batches_state)
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
