@@ -37,7 +37,7 @@ def test_idx_files_load_with_t10k_as_test_split(tmp_path, compress):
     assert len(data.splits["test"][1]) == 20
     assert len(data.splits["train"][1]) + len(data.splits["val"][1]) == 60
     images = data.splits["train"][0]
-    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+    assert images.dtype == torch.float32 and images.min() >= 0 and images.max() <= 1
 
 
 def test_classification_runs_on_local_idx_files(tmp_path):
@@ -91,7 +91,7 @@ def test_batches_are_a_function_of_seed_and_epoch():
     epoch0 = [b[0].tolist() for b in batches]
     epoch1 = [b[0].tolist() for b in batches]
     assert epoch0 != epoch1
-    assert sorted(sum(epoch0, [])) == list(range(10))
+    assert sorted(i for batch in epoch0 for i in batch) == list(range(10))
     again = TensorBatches(data, 3, shuffle=True, seed=7)
     assert [b[0].tolist() for b in again] == epoch0
 
@@ -110,10 +110,12 @@ def test_batches_resume_at_the_first_batch_not_yet_trained_on():
 
 def test_batches_shard_disjointly_across_ranks():
     data = (torch.arange(10),)
-    shards = [sum((b[0].tolist() for b in TensorBatches(data, 2, shuffle=True, seed=0, rank=r,
-                                                        world_size=2)), []) for r in range(2)]
+    shards = [
+        torch.cat([b[0] for b in TensorBatches(data, 2, shuffle=True, seed=0, rank=rank, world_size=2)])
+        for rank in range(2)
+    ]
     assert len(shards[0]) == len(shards[1]) == 5
-    assert sorted(shards[0] + shards[1]) == list(range(10))
+    assert sorted(torch.cat(shards).tolist()) == list(range(10))
 
 
 def test_random_shift_moves_images_by_at_most_one_pixel():
