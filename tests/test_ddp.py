@@ -1,0 +1,40 @@
+"""Lightning DDP on CPU (gloo): KL values reduced across ranks match a single process."""
+
+import json
+
+import pytest
+from helpers import run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+COMMON = ["data=synthetic", "trainer.max_epochs=2", "task.dropout=0.0", "data.augment=none",
+          "callbacks.progress_bar=null", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu"]
+
+
+def finished_run(root):
+    (run_dir,) = (root / "outputs" / "classification").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return run_dir, summary, events
+
+
+@pytest.mark.slow
+def test_two_process_ddp_logs_the_same_kl_and_loss_as_one_process_with_the_same_global_batch(tmp_path):
+    single_root, ddp_root = tmp_path / "single", tmp_path / "ddp"
+    single_root.mkdir()
+    ddp_root.mkdir()
+    single = run_cli([*COMMON, "data.batch_size=64"], cwd=single_root, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_cli([*COMMON, "trainer=ddp", "data.batch_size=32"], cwd=ddp_root, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    _, single_summary, single_events = finished_run(single_root)
+    ddp_dir, ddp_summary, ddp_events = finished_run(ddp_root)
+    for key in ("val/kl/ce/value", "test/loss/total", "test/kl/ce/value", "val/acc"):
+        assert ddp_summary["metrics"][key] == pytest.approx(single_summary["metrics"][key], rel=1e-4)
+    single_kl = [e.value for e in single_events.Scalars("kl/ce/value")]
+    ddp_kl = [e.value for e in ddp_events.Scalars("kl/ce/value")]
+    assert len(ddp_kl) == len(single_kl)
+    assert ddp_kl == pytest.approx(single_kl, rel=1e-4)
+    assert not list(ddp_dir.glob("**/summary.json"))[1:], "only rank 0 writes the summary"
