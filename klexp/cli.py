@@ -71,15 +71,14 @@ def resume_arguments(run_dir: Path, extra: Sequence[str]) -> list[str]:
     run's own overrides, then ``extra``, writing into the same directory. Hydra's record of this
     invocation goes to ``.hydra/resume-<time>`` so the original config and overrides stay as they
     were."""
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    from klexp.rerun import saved_overrides
+
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if not run_dir.is_dir():
         raise KlexpError(f"resume: {run_dir} is not a directory")
-    if not overrides_file.is_file():
-        raise KlexpError(f"resume: {run_dir} is not a klexp run directory (no .hydra/overrides.yaml)")
+    saved = saved_overrides(run_dir)
     if not checkpoint.is_file():
         raise KlexpError(f"resume: {run_dir} has no checkpoints/last.ckpt to resume from")
-    saved = OmegaConf.to_container(OmegaConf.load(overrides_file)) or []
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     return [*saved, *extra, f"hydra.run.dir={_quoted(run_dir)}",
             f"hydra.output_subdir={_quoted(f'.hydra/resume-{stamp}')}",

@@ -32,3 +32,29 @@ def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_rerun_repeats_a_finished_run_exactly_in_a_new_directory(tmp_path):
+    first = run_cli([*FAST, "data=synthetic", "task.dropout=0.2"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (original,) = (tmp_path / "outputs" / "classification").iterdir()
+    again = run_cli(["rerun", str(original)], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    runs = sorted((tmp_path / "outputs" / "classification").iterdir())
+    assert len(runs) == 2
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    assert summaries[0]["metrics"] == summaries[1]["metrics"]
+    assert summaries[0]["overrides"] == summaries[1]["overrides"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["resume=/nonexistent/run"], "resume: /nonexistent/run is not a directory"),
+        (["rerun", "/nonexistent/run"], "rerun: /nonexistent/run is not a klexp run directory"),
+    ],
+)
+def test_resume_and_rerun_name_a_bad_run_directory(args, message, tmp_path):
+    result = run_cli(args, cwd=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr
