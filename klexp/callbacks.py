@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import OnExceptionCheckpoint
 
 
 class RNGState(pl.Callback):
@@ -35,3 +36,20 @@ class RNGState(pl.Callback):
         np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
                              numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached"]))
         torch.set_rng_state(state_dict["torch"])
+
+
+class FailureCheckpoint(OnExceptionCheckpoint):
+    """Lightning's ``OnExceptionCheckpoint``, but only once training has started: an error while
+    setting up (a bad data path, an unfit teacher) has no state worth saving, and must not
+    overwrite the checkpoint of an earlier failure in a run directory being resumed."""
+
+    def __init__(self, dirpath: str, filename: str = "on_exception") -> None:
+        super().__init__(dirpath, filename)
+        self._training = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._training = True
+
+    def on_exception(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self._training:
+            super().on_exception(trainer, *args, **kwargs)

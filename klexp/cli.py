@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -39,6 +40,25 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sub", lambda a, b: float(a) - float(b))
     if not OmegaConf.has_resolver("div"):
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
+    if not OmegaConf.has_resolver("sweep_subdir"):
+        OmegaConf.register_new_resolver("sweep_subdir", sweep_subdir)
+
+
+# File systems allow 255 bytes per name; a sweep job's name is its overrides, which can be longer.
+MAX_DIRNAME_BYTES = 200
+
+
+def sweep_subdir(override_dirname: str, seed: Any) -> str:
+    """A sweep job's directory: ``<overrides>/seed=<seed>``, or ``seed=<seed>`` when the seed is
+    all that varies (an empty first part would make the path absolute: ``/seed=0``). Overrides
+    longer than ``MAX_DIRNAME_BYTES`` keep their start plus a hash of the whole, so two runs never
+    share a directory (the full overrides are in .hydra/ and summary.json)."""
+    name = str(override_dirname or "")
+    encoded = name.encode()
+    if len(encoded) > MAX_DIRNAME_BYTES:
+        digest = hashlib.sha256(encoded).hexdigest()[:12]
+        name = encoded[:MAX_DIRNAME_BYTES - len(digest) - 1].decode(errors="ignore") + "~" + digest
+    return f"{name}/seed={seed}" if name else f"seed={seed}"
 
 
 register_resolvers()
@@ -53,7 +73,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 def app(cfg: DictConfig) -> Any:
     from klexp.runner import run  # heavy imports only once the config composed
 
-    overrides = list(HydraConfig.get().overrides.task)
+    overrides = [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task)]
     try:
         summary = run(cfg, cfg.paths.output_dir, overrides=overrides, compose=compose_config)
     except KlexpError as error:
@@ -76,13 +96,12 @@ def resume_arguments(run_dir: Path, extra: Sequence[str]) -> list[str]:
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if not run_dir.is_dir():
         raise KlexpError(f"resume: {run_dir} is not a directory")
-    saved = saved_overrides(run_dir)
+    saved = saved_overrides(run_dir, command="resume")
     if not checkpoint.is_file():
         raise KlexpError(f"resume: {run_dir} has no checkpoints/last.ckpt to resume from")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    return [*saved, *extra, f"hydra.run.dir={_quoted(run_dir)}",
-            f"hydra.output_subdir={_quoted(f'.hydra/resume-{stamp}')}",
-            f"ckpt_path={_quoted(checkpoint)}"]
+    return [*saved, f"ckpt_path={_quoted(checkpoint)}", *extra, f"hydra.run.dir={_quoted(run_dir)}",
+            f"hydra.output_subdir={_quoted(f'.hydra/resume-{stamp}')}"]
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

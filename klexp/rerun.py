@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from klexp.errors import KlexpError
 
 
-def saved_overrides(run_dir: Path) -> list[str]:
+def saved_overrides(run_dir: Path, command: str = "rerun") -> list[str]:
     """The command-line overrides a run was started with (Hydra's ``.hydra/overrides.yaml``)."""
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
-        raise KlexpError(f"rerun: {run_dir} is not a klexp run directory (no .hydra/overrides.yaml)")
+        raise KlexpError(f"{command}: {run_dir} is not a klexp run directory (no .hydra/overrides.yaml)")
     return [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file)) or []]
 
 

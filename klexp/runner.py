@@ -27,7 +27,7 @@ from rich.table import Table
 from klexp import tracking
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.terms import KLTerm
-from klexp.validation import ConfigError, check_config
+from klexp.validation import ConfigError, check_config, check_run_settings
 
 CHECKPOINT_DIR = "checkpoints"
 console = Console(stderr=True)
@@ -148,9 +148,9 @@ def run(
 ) -> dict[str, Any]:
     """Validate ``cfg``, train and test, and return the run's summary (also in summary.json)."""
     run_dir = Path(run_dir)
+    check_run_settings(cfg)
     check_config(cfg)
     record = tracking.RunRecord(run_dir, cfg, overrides)
-    record.write()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
 
@@ -171,11 +171,9 @@ def run(
     # On resume, TensorBoard drops events logged after the checkpoint by the killed process.
     purge = {"purge_step": resume_step} if resume_step is not None else {}
     logger = instantiate_node(cfg.logger, "logger", **purge) if cfg.get("logger") is not None else False
+    started = _TrainingStarted(record, terms)
     trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=logger,
-                                           callbacks=[*terms, *callbacks])
-    if isinstance(logger, TensorBoardLogger):
-        charts = task.custom_scalars() if hasattr(task, "custom_scalars") else {}
-        tracking.write_custom_scalars(logger, [t.name for t in terms], charts)
+                                           callbacks=[*terms, *callbacks, started])
 
     metrics: dict[str, float] = {}
     try:
@@ -185,6 +183,8 @@ def run(
             trainer.test(task, datamodule=datamodule, verbose=False)
             metrics.update(_scalar_metrics(trainer.callback_metrics))
     except BaseException as error:
+        if not started.happened:
+            raise  # set-up failed (data, checkpoint, …): nothing of the run directory is touched
         _flush(logger)
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -194,11 +194,28 @@ def run(
     summary = record.finish("completed", metrics)
     if isinstance(logger, TensorBoardLogger):
         final = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/")) and math.isfinite(v)}
-        tracking.log_hparams(logger, tracking.hparams_of(cfg, overrides), final)
+        tracking.log_hparams(logger, tracking.hparams_of(cfg, overrides), final,
+                             chosen=tracking.override_keys(overrides), objective=cfg.get("objective"))
     _flush(logger)
     if trainer.is_global_zero:
         report(summary, run_dir, logger)
     return summary
+
+
+class _TrainingStarted(pl.Callback):
+    """Writes the run's record and dashboard layout once training has really started, so a run
+    that fails while setting up (bad data path, unfit checkpoint) leaves an existing run
+    directory as it was."""
+
+    def __init__(self, record: tracking.RunRecord, terms: Sequence[KLTerm]) -> None:
+        self.record, self.terms, self.happened = record, terms, False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.happened = True
+        self.record.write()
+        if isinstance(trainer.logger, TensorBoardLogger):
+            charts = pl_module.custom_scalars() if hasattr(pl_module, "custom_scalars") else {}
+            tracking.write_custom_scalars(trainer.logger, [t.name for t in self.terms], charts)
 
 
 def checkpoint_step(path: str | None) -> int | None:

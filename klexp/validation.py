@@ -17,6 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from klexp.errors import KlexpError
 
@@ -27,8 +28,20 @@ class ConfigError(KlexpError):
     """A key of the composed config is unknown or has a value of the wrong type."""
 
 
+def check_resolvable(cfg: DictConfig) -> None:
+    """Every value is set (no ``???`` left) and every interpolation resolves."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key}: a value is required (the config leaves it ???)") from None
+    except InterpolationResolutionError as error:
+        raise ConfigError(f"{error.full_key}: cannot resolve {error.msg.splitlines()[0]}") from None
+
+
 def check_config(cfg: DictConfig | ListConfig | Any, path: str = "") -> None:
     """Walk the config; check every ``_target_`` node's keys and value types."""
+    if not path and isinstance(cfg, DictConfig):
+        check_resolvable(cfg)
     if isinstance(cfg, DictConfig):
         if "_target_" in cfg:
             _check_target_node(cfg, path)
@@ -185,3 +198,17 @@ def _describe(hint: Any) -> str:
             continue
         names.append(getattr(option, "__name__", str(option)))
     return " or ".join(names)
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """The top-level keys every run reads: seed, threads, test, objective, ckpt_path."""
+    expected: dict[str, Any] = {"seed": int, "threads": int | None, "test": bool,
+                                "objective": str | None, "ckpt_path": str | None}
+    for key, hint in expected.items():
+        if key not in cfg:
+            continue
+        problem = _type_problem(cfg[key], hint)
+        if problem:
+            raise ConfigError(f"{key}: {problem}")
+    if cfg.get("threads") is not None and cfg.threads < 1:
+        raise ConfigError(f"threads: expected an integer ≥ 1 or null, got {cfg.threads}")

@@ -1,0 +1,128 @@
+"""Bad input of every kind: a non-zero exit, one line naming the problem, nothing clobbered.
+
+Each case is run the way a user would type it, against an existing finished run
+(``klexp resume=<run dir> <bad input>``), so the test also checks that a failing command leaves
+every file of that run directory as it was (logs may only grow).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import FAST, run_cli
+from test_data import write_mnist_like
+
+from klexp.cli import main
+from klexp.data.idx import FILES, write_idx
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-inputs")
+    result = run_cli([*FAST, "data=synthetic"], cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = (root / "outputs" / "classification").iterdir()
+    files = root / "files"
+    good_idx = write_mnist_like(files / "idx")
+    bad_magic = write_mnist_like(files / "bad_magic")
+    (bad_magic / FILES["train"][1]).write_bytes(b"\x00\x00\x08\x03" + (bad_magic / FILES["train"][1]).read_bytes()[4:])
+    truncated = write_mnist_like(files / "truncated")
+    image_file = truncated / FILES["test"][0]
+    image_file.write_bytes(image_file.read_bytes()[:-100])
+    mismatch = write_mnist_like(files / "mismatch")
+    write_idx(mismatch / FILES["test"][1], np.zeros(19, dtype=np.uint8))
+    missing_labels = write_mnist_like(files / "missing_labels")
+    (missing_labels / FILES["train"][1]).unlink()
+    (files / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    return {"root": root, "run": run_dir, "idx": good_idx, "bad_magic": bad_magic,
+            "truncated": truncated, "mismatch": mismatch, "missing_labels": missing_labels,
+            "garbage": files / "garbage.ckpt", "ckpt": run_dir / "checkpoints" / "last.ckpt",
+            "nothing": files / "does-not-exist"}
+
+
+CASES = [
+    # configs: composition
+    (["foo=1"], "Could not override 'foo'"),
+    (["kl.ce.wieght=1"], "Could not override 'kl.ce.wieght'"),
+    (["experiment=nope"], "Could not find 'experiment/nope'"),
+    (["kl=[ce,nope]"], "Could not load 'kl/nope'"),
+    (["data=mnist_idx"], "data.root: a value is required (the config leaves it ???)"),
+    (["+kl.ce.weight_from=${{nowhere}}"], "kl.ce.weight_from: cannot resolve"),
+    # configs: keys, types and ranges of the classes they build
+    (["+kl.ce.wieght=1"], "kl.ce.wieght: unknown key for KLTerm; did you mean 'weight'?"),
+    (["+task.hiden=[8]"], "task.hiden: unknown key for ClassificationTask; did you mean 'hidden'?"),
+    (["kl.ce.weight=-1"], "kl.ce.weight: expected a number ≥ 0, got -1"),
+    (["kl.ce.direction=sideways"], "kl.ce.direction: expected one of forward, reverse, js, got 'sideways'"),
+    (["kl.ce.estimator=k9"], "kl.ce.estimator: expected one of analytic, k1, k2, k3, got 'k9'"),
+    (["+kl.ce.num_samples=0"], "kl.ce.num_samples: expected an integer > 0, got 0"),
+    (["kl.ce.direction=js", "kl.ce.estimator=k3"], "kl.ce.estimator: Jensen–Shannon has no k1/k2/k3 estimator"),
+    (["kl.ce.p=targt"], "kl.ce.p: KL term 'ce' reads output 'targt', which ClassificationTask does not produce"),
+    (["task.label_smoothing=1.0"], "task.label_smoothing: expected a number in [0, 1), got 1.0"),
+    (["task.label_smoothing=-0.1"], "task.label_smoothing: expected a number in [0, 1), got -0.1"),
+    (["task.temperature=0"], "task.temperature: expected a number > 0, got 0"),
+    (["task.hidden=[0]"], "task.hidden: expected a list of positive layer widths, got [0]"),
+    (["task.activation=swish"], "task.activation: expected one of relu, tanh, gelu, elu, got 'swish'"),
+    (["task.dropout=1.5"], "task.dropout: expected a number in [0, 1), got 1.5"),
+    (["data.batch_size=abc"], "data.batch_size: expected an integer, got 'abc'"),
+    (["data.val_fraction=0.5", "data.test_fraction=0.6"], "data.test_fraction: expected val_fraction + test_fraction < 1"),
+    (["data.augment=rotate"], "data.augment: expected one of none, shift, got 'rotate'"),
+    (["seed=abc"], "seed: expected an integer, got 'abc'"),
+    (["threads=0"], "threads: expected an integer ≥ 1 or null, got 0"),
+    (["+schedule@kl.ce.schedule=linear", "kl.ce.schedule.steps=0"], "kl.ce.schedule.steps: expected an integer > 0, got 0"),
+    (["+schedule@kl.ce.schedule=cyclical", "kl.ce.schedule.ratio=0"], "kl.ce.schedule.ratio: expected a number in (0, 1], got 0"),
+    # files and paths
+    (["data=mnist_idx", "data.root={nothing}"], "data.root: directory {nothing} does not exist"),
+    (["data=mnist_idx", "data.root={missing_labels}"], "data.root: {missing_labels} has no train-labels-idx1-ubyte"),
+    (["data=mnist_idx", "data.root={bad_magic}"], "train-labels-idx1-ubyte: magic number 0x00000803, expected 0x00000801"),
+    (["data=mnist_idx", "data.root={truncated}"], "t10k-images-idx3-ubyte: header promises shape (20, 6, 6) = 720 bytes of data, found 620 (truncated)"),
+    (["data=mnist_idx", "data.root={mismatch}"], "test has 20 images but 19 labels"),
+    (["task.teacher_checkpoint={nothing}"], "task.teacher_checkpoint: {nothing} does not exist"),
+    (["task.teacher_checkpoint={garbage}"], "task.teacher_checkpoint: {garbage} is not a readable checkpoint"),
+    (["data=digits", "task.teacher_checkpoint={ckpt}"], "was trained for 16 inputs and 3 classes; the data has 64 inputs and 10 classes"),
+    (["ckpt_path={nothing}"], "ckpt_path: {nothing} does not exist"),
+]
+
+
+def _snapshot(directory: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input_exits_non_zero_with_one_line_naming_the_problem(args, message, workspace,
+                                                                   monkeypatch, capsys):
+    assert len(CASES) >= 25
+    paths = {k: v for k, v in workspace.items() if isinstance(v, Path)}
+    args = [a.format(**paths) for a in args]
+    message = message.format(**paths)
+    run_dir = workspace["run"]
+    before = _snapshot(run_dir)
+    monkeypatch.chdir(workspace["root"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["klexp", f"resume={run_dir}", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code not in (0, None)
+    stderr = capsys.readouterr().err
+    assert any(message in line for line in stderr.splitlines()), stderr
+    assert "Traceback" not in stderr
+    after = _snapshot(run_dir)
+    for path, content in before.items():
+        if path.suffix == ".log":
+            assert after[path].startswith(content), f"{path} was rewritten"
+        else:
+            assert after.get(path) == content, f"{path} was clobbered"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["resume={nothing}"], "resume: {nothing} is not a directory"),
+     (["resume={idx}"], "resume: {idx} is not a klexp run directory")],
+)
+def test_bad_resume_target_is_named(args, message, workspace, monkeypatch, capsys):
+    paths = {k: v for k, v in workspace.items() if isinstance(v, Path)}
+    monkeypatch.setattr(sys, "argv", ["klexp", *(a.format(**paths) for a in args)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code not in (0, None)
+    assert message.format(**paths) in str(exit_.value.code) + capsys.readouterr().err
