@@ -85,7 +85,7 @@ def test_every_group_option_composes_in_some_experiment(group, option, tmp_path)
 
 def test_every_yaml_file_is_reachable_through_a_group():
     groups = {"experiment", "data", "task", "trainer", "logger", "callbacks", "kl", "schedule",
-              "env", "launcher", "hparams_search"}
+              "env", "launcher", "hparams_search", "hydra"}
     for path in Path(CONFIG_DIR).rglob("*.yaml"):
         relative = path.relative_to(CONFIG_DIR)
         assert relative.parts[0] in groups or relative == Path("config.yaml"), relative
