@@ -22,7 +22,7 @@ uses the closed form torch registers.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -53,6 +53,14 @@ def to_units(value: Tensor, units: Units) -> Tensor:
     raise ValueError(f"units must be one of {UNITS}, got {units!r}")
 
 
+def _at_least_zero(divergence: Tensor) -> Tensor:
+    """A divergence is ≥ 0, but rounding leaves values down to −1e-16 (float64) or −4e-7 (float32)
+    for nearly equal distributions: raise those to 0. Only the values change; the gradient stays
+    that of the unclamped divergence (a clamp would zero it, and with it the Hessian that
+    natural-gradient methods take at P = Q). NaN and ±inf pass through."""
+    return torch.where(divergence < 0, divergence - divergence.detach(), divergence)
+
+
 # --------------------------------------------------------------------------------------------
 # Tensor helpers for the hot path: categorical distributions given by logits.
 # --------------------------------------------------------------------------------------------
@@ -73,15 +81,39 @@ def _check_logits(p_logits: Tensor, q_logits: Tensor) -> None:
         ) from None
 
 
-def _zero_where_p_is_zero(log_ratio: Tensor) -> Tensor:
-    """Apply ``0·log 0 = 0`` to ``log p − log q`` before it is multiplied by ``p``.
+class _LogRatio(torch.autograd.Function):
+    """``log p − log q`` with ``0·log 0 = 0`` applied, for a caller that multiplies it by ``p``.
 
     ``log p = −inf`` makes the difference ``−inf`` (or NaN when ``log q = −inf`` too): both are
     terms with ``p = 0`` and contribute 0. ``+inf`` (``q = 0`` where ``p > 0``) is kept, so the KL is
-    ``+inf``. Gradients through the replaced entries are zero, never NaN. A NaN input still gives
-    NaN because ``p`` itself is NaN then.
+    ``+inf``. The derivative is that of ``log p − log q``: every replaced entry is multiplied by
+    ``p = 0``, so its incoming gradient is already 0. Writing it by hand spares ``nan_to_num``'s
+    backward, an ``isfinite`` mask that made ``categorical_kl``'s backward 1.5× ``F.kl_div``'s;
+    the masking happens in place on the difference, a fresh tensor, saving one more pass.
     """
-    return log_ratio.nan_to_num(nan=0.0, posinf=_INF, neginf=0.0)
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(log_p: Tensor, log_q: Tensor) -> Tensor:
+        return (log_p - log_q).nan_to_num_(nan=0.0, posinf=_INF, neginf=0.0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return grad, -grad
+
+    @staticmethod
+    def jvp(ctx: Any, tangent_p: Tensor, tangent_q: Tensor) -> Tensor:
+        return tangent_p - tangent_q
+
+
+def _log_ratio(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``log p − log q``, 0 wherever ``p = 0``; only for products with ``p`` (see ``_LogRatio``)."""
+    return _LogRatio.apply(log_p, log_q)
 
 
 def categorical_kl(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats") -> Tensor:
@@ -92,8 +124,12 @@ def categorical_kl(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats")
     _check_logits(p_logits, q_logits)
     log_p = torch.log_softmax(p_logits, dim=-1)
     log_q = torch.log_softmax(q_logits, dim=-1)
-    value = torch.linalg.vecdot(log_p.exp(), _zero_where_p_is_zero(log_p - log_q))
-    return to_units(value, units)
+    # softmax(x) is cheaper than exp(log_softmax(x)).
+    value = torch.linalg.vecdot(torch.softmax(p_logits, dim=-1), _log_ratio(log_p, log_q))
+    # A NaN (or +inf) among q's logits makes the whole row of log q NaN, which the 0·log 0 rule
+    # would turn into a finite KL: keep it NaN, so a diverged model cannot pass unnoticed.
+    value = torch.where(log_q[..., 0].isnan(), torch.nan, value)
+    return to_units(_at_least_zero(value), units)
 
 
 def categorical_entropy(logits: Tensor, *, units: Units = "nats") -> Tensor:
@@ -124,12 +160,15 @@ def categorical_js(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats")
     log_p = torch.log_softmax(p_logits, dim=-1)
     log_q = torch.log_softmax(q_logits, dim=-1)
     log_p, log_q = torch.broadcast_tensors(log_p, log_q)
-    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    # logaddexp(−inf, −inf) has a NaN gradient; a finite floor keeps it finite where p = q = 0
+    # (those terms are 0 either way) and leaves log m exact wherever p or q is positive.
+    floor = torch.finfo(log_p.dtype).min
+    log_m = torch.logaddexp(log_p.clamp_min(floor), log_q.clamp_min(floor)) - math.log(2.0)
     value = 0.5 * (
-        torch.linalg.vecdot(log_p.exp(), _zero_where_p_is_zero(log_p - log_m))
-        + torch.linalg.vecdot(log_q.exp(), _zero_where_p_is_zero(log_q - log_m))
+        torch.linalg.vecdot(log_p.exp(), _log_ratio(log_p, log_m))
+        + torch.linalg.vecdot(log_q.exp(), _log_ratio(log_q, log_m))
     )
-    return to_units(value, units)
+    return to_units(_at_least_zero(value), units)
 
 
 def monte_carlo_terms(log_ratio: Tensor, estimator: Estimator) -> Tensor:
@@ -153,11 +192,30 @@ def monte_carlo_terms(log_ratio: Tensor, estimator: Estimator) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def _built_from_probs(d: Categorical | Bernoulli) -> bool:
+    """Whether ``d`` was given ``probs`` (torch keeps the given parameter as ``_param``; both
+    ``probs`` and ``logits`` may be cached on the object once either was read)."""
+    return getattr(d, "_param", None) is vars(d).get("probs")
+
+
+def _log_or_minus_inf(x: Tensor) -> Tensor:
+    """``log x`` with ``log 0 = −inf`` and a zero (not NaN) gradient there."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, 1.0).log(), -_INF)
+
+
 def _logits_of(d: Distribution) -> Tensor | None:
-    """Logits over the last axis when ``d`` is categorical or Bernoulli (as two classes), else None."""
+    """Logits over the last axis when ``d`` is categorical or Bernoulli (as two classes), else None.
+
+    For a distribution built from ``probs``, the log-probabilities: torch derives its ``logits``
+    by clamping probabilities into ``[eps, 1 − eps]``, which would make ``q = 0`` where ``p > 0``
+    a finite KL (10.0 nats in float32 for p = (½, ½), q = (1, 0)) instead of ``+inf``.
+    """
     if isinstance(d, Categorical):
-        return d.logits
+        return _log_or_minus_inf(d.probs) if _built_from_probs(d) else d.logits
     if isinstance(d, Bernoulli):
+        if _built_from_probs(d):
+            return torch.stack([_log_or_minus_inf(1 - d.probs), _log_or_minus_inf(d.probs)], dim=-1)
         logits = d.logits
         return torch.stack([torch.zeros_like(logits), logits], dim=-1)
     if isinstance(d, Independent):
@@ -165,6 +223,17 @@ def _logits_of(d: Distribution) -> Tensor | None:
         if inner is None:
             return None
         return inner
+    return None
+
+
+def _class_shape(d: Distribution) -> tuple[int, ...] | None:
+    """``(*batch, classes)`` of what ``_logits_of`` returns, without computing it."""
+    if isinstance(d, Categorical):
+        return tuple(d.param_shape)
+    if isinstance(d, Bernoulli):
+        return (*d.param_shape, 2)
+    if isinstance(d, Independent):
+        return _class_shape(d.base_dist)
     return None
 
 
@@ -184,16 +253,20 @@ def check_compatible(p: Distribution, q: Distribution) -> torch.Size:
             f"event shapes differ: p ({type(p).__name__}) has event shape {tuple(p.event_shape)}, "
             f"q ({type(q).__name__}) has event shape {tuple(q.event_shape)}"
         )
-    p_logits, q_logits = _logits_of(p), _logits_of(q)
-    if p_logits is not None and q_logits is not None:
-        _check_logits(p_logits, q_logits)
     try:
-        return torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+        batch_shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
     except RuntimeError:
         raise ValueError(
             f"batch shapes do not broadcast: p ({type(p).__name__}) has batch shape "
             f"{tuple(p.batch_shape)}, q ({type(q).__name__}) has batch shape {tuple(q.batch_shape)}"
         ) from None
+    p_classes, q_classes = _class_shape(p), _class_shape(q)
+    if p_classes is not None and q_classes is not None and p_classes[-1] != q_classes[-1]:
+        raise ValueError(
+            "categorical distributions need the same number of classes: "
+            f"p has shape {tuple(p_classes)}, q has shape {tuple(q_classes)}"
+        )
+    return batch_shape
 
 
 def _analytic_kl(p: Distribution, q: Distribution) -> Tensor:
@@ -201,7 +274,7 @@ def _analytic_kl(p: Distribution, q: Distribution) -> Tensor:
     if p_logits is not None and q_logits is not None:
         return _sum_rightmost(categorical_kl(p_logits, q_logits), _reinterpreted_dims(p))
     try:
-        return kl_divergence(p, q)
+        return _at_least_zero(kl_divergence(p, q))
     except NotImplementedError:
         raise NotImplementedError(
             f"no closed form for KL({type(p).__name__} ‖ {type(q).__name__}) is registered with "

@@ -167,6 +167,8 @@ class ProportionalController(Schedule):
         return self.beta
 
     def update(self, measured_kl: float) -> None:
+        if math.isnan(measured_kl):
+            return  # clipping would read NaN as "far below target" (max(−0.2, nan) is −0.2)
         error = min(self.error_clip, max(-self.error_clip, measured_kl / self.target - 1.0))
         self.beta *= 1.0 + error * self.batch_size / self.horizon
 

@@ -1,0 +1,362 @@
+"""Specification of ``KLTerm`` as a unit: what loss it returns for given outputs, what it logs, how
+its schedule advances, and which mistakes it rejects. No Trainer is needed for most of this: a
+term is called as ``term(outputs, stage, step)`` and flushes its tallies in the batch-end hooks.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from scipy.spatial.distance import jensenshannon
+from torch.distributions import Categorical, Independent, Normal
+
+from klexp.errors import ConfigValueError, NonFiniteError
+from klexp.schedules import AdaptiveBeta, Constant, LinearWarmup
+from klexp.terms import KLTerm
+
+F64 = torch.float64
+LN2 = math.log(2.0)
+# Cover & Thomas, Example 2.3.1: p = (1/2, 1/2), q = (1/4, 3/4).
+FORWARD_NATS = (1 - 0.5 * math.log2(3)) * LN2    # D(p‖q) = 0.2075 bits
+REVERSE_NATS = (0.75 * math.log2(3) - 1) * LN2   # D(q‖p) = 0.1887 bits
+
+
+class Recorder:
+    """Stands in for the LightningModule, attached to no trainer: collects what the term logs."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[dict[str, float], dict[str, Any]]] = []
+        self._trainer = None
+
+    def log_dict(self, metrics: dict[str, float], **kwargs: Any) -> None:
+        self.logged.append((dict(metrics), kwargs))
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.logged[-1][0]
+
+
+def trainer_at(step: int) -> Any:
+    return SimpleNamespace(global_step=step)
+
+
+def end_train_batch(term: KLTerm, module: Recorder, step: int = 0) -> None:
+    term.on_train_batch_end(trainer_at(step), module, None, None, 0)
+
+
+def coin_outputs(batch: int = 2) -> dict[str, Any]:
+    return {
+        "p": Categorical(probs=torch.tensor([[0.5, 0.5]] * batch, dtype=F64)),
+        "q": Categorical(probs=torch.tensor([[0.25, 0.75]] * batch, dtype=F64)),
+    }
+
+
+def gaussian_outputs(mu: torch.Tensor) -> dict[str, Any]:
+    """``posterior = N(μ, I)`` against ``prior = N(0, I)``: per-dimension KL ``μ²/2``."""
+    return {
+        "posterior": Independent(Normal(mu, torch.ones_like(mu)), 1),
+        "prior": Independent(Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1),
+        "num_train": 100,
+    }
+
+
+MU = torch.tensor([[0.1, 1.0, 2.0], [0.3, 1.0, 0.0]], dtype=F64)
+# Per element and dimension μ²/2: [[0.005, 0.5, 2.0], [0.045, 0.5, 0.0]].
+KL_PER_ELEMENT = [2.505, 0.545]
+KL_PER_DIM = [0.025, 0.5, 1.0]  # batch means
+
+
+# --------------------------------------------------------------------------------------------
+# Direction and sign on known answers.
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("direction", "expected"),
+    [
+        ("forward", FORWARD_NATS),
+        ("reverse", REVERSE_NATS),
+        ("js", jensenshannon([0.5, 0.5], [0.25, 0.75]) ** 2),
+    ],
+)
+def test_direction_selects_the_divergence_and_the_loss_is_positive(direction, expected):
+    term = KLTerm("coin", p="p", q="q", direction=direction, weight=3.0)
+    loss = term(coin_outputs(), "train", step=0)
+    assert loss.item() == pytest.approx(3.0 * expected, rel=1e-12)
+    module = Recorder()
+    end_train_batch(term, module)
+    assert module.last["kl/coin/value"] == pytest.approx(expected, rel=1e-12)
+    assert module.last["kl/coin/weight"] == 3.0
+    assert module.last["kl/coin/loss"] == pytest.approx(3.0 * expected, rel=1e-12)
+
+
+def test_reduction_mean_or_sum_over_the_batch():
+    mean = KLTerm("coin", p="p", q="q")(coin_outputs(batch=4), "train", 0)
+    total = KLTerm("coin", p="p", q="q", reduction="sum")(coin_outputs(batch=4), "train", 0)
+    assert mean.item() == pytest.approx(FORWARD_NATS, rel=1e-12)
+    assert total.item() == pytest.approx(4 * FORWARD_NATS, rel=1e-12)
+
+
+def test_gradient_descent_on_the_term_moves_q_towards_p():
+    """The sign check of STYLE.md: minimising KL(target ‖ model) makes the model fit the target."""
+    logits = torch.zeros(2, dtype=F64, requires_grad=True)
+    term = KLTerm("fit", p="target", q="model")
+    optimizer = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(200):
+        optimizer.zero_grad()
+        outputs = {"target": Categorical(probs=torch.tensor([0.2, 0.8], dtype=F64)),
+                   "model": Categorical(logits=logits)}
+        term(outputs, "train", 0).backward()
+        optimizer.step()
+    assert torch.softmax(logits, -1).detach().numpy() == pytest.approx([0.2, 0.8], abs=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# Shaping: free bits, capacity, divide_by, schedules.
+# --------------------------------------------------------------------------------------------
+
+def test_free_bits_floor_each_dimension_and_stop_its_gradient():
+    """Kingma et al. 2016: loss = Σ_i max(λ, batch-mean KL_i); no gradient below λ."""
+    mu = MU.clone().requires_grad_()
+    term = KLTerm("kl", p="posterior", q="prior", free_bits=0.1, weight=2.0, log_dims=True)
+    loss = term(gaussian_outputs(mu), "train", 0)
+    assert loss.item() == pytest.approx(2.0 * (0.1 + 0.5 + 1.0), rel=1e-12)
+    loss.backward()
+    # ∂/∂μ_bi of 2 · mean_b μ²/2 = 2μ_bi/B for dimensions above the floor, 0 below it.
+    assert mu.grad[:, 0].tolist() == [0.0, 0.0]
+    assert mu.grad[:, 1:].numpy() == pytest.approx((MU[:, 1:]).numpy())
+    module = Recorder()
+    end_train_batch(term, module)
+    assert module.last["kl/kl/value"] == pytest.approx(sum(KL_PER_ELEMENT) / 2, rel=1e-12)
+    assert [module.last[f"kl/kl/dim_{i}"] for i in range(3)] == pytest.approx(KL_PER_DIM, rel=1e-12)
+
+
+def test_free_bits_with_sum_reduction_scale_with_the_batch():
+    term = KLTerm("kl", p="posterior", q="prior", free_bits=0.1, reduction="sum")
+    assert term(gaussian_outputs(MU), "train", 0).item() == pytest.approx(2 * 1.6, rel=1e-12)
+
+
+@pytest.mark.parametrize("capacity", [2.0, LinearWarmup(steps=10, start=0.0, end=5.0)],
+                         ids=["number", "schedule"])
+def test_capacity_penalises_the_distance_to_the_target_kl(capacity):
+    """Burgess et al. 2018: loss = γ·|KL − C(t)|; C(4) = 2 for the schedule too."""
+    mu = MU.clone().requires_grad_()
+    term = KLTerm("kl", p="posterior", q="prior", capacity=capacity, weight=10.0)
+    loss = term(gaussian_outputs(mu), "train", step=4)
+    value = sum(KL_PER_ELEMENT) / 2
+    assert loss.item() == pytest.approx(10.0 * abs(value - 2.0), rel=1e-12)
+    loss.backward()
+    # KL (1.525) is below C: the loss pushes the KL up, so its gradient is −10·∂KL/∂μ.
+    assert mu.grad.numpy() == pytest.approx((-10.0 * MU / 2).numpy())
+
+
+def test_divide_by_scales_the_loss_but_not_the_logged_value():
+    term = KLTerm("weights", p="posterior", q="prior", divide_by="num_train", weight=1.0)
+    loss = term(gaussian_outputs(MU), "train", 0)
+    value = sum(KL_PER_ELEMENT) / 2
+    assert loss.item() == pytest.approx(value / 100, rel=1e-12)
+    module = Recorder()
+    end_train_batch(term, module)
+    assert module.last["kl/weights/value"] == pytest.approx(value, rel=1e-12)
+    assert module.last["kl/weights/loss"] == pytest.approx(value / 100, rel=1e-12)
+
+
+def test_the_schedule_multiplies_the_weight_and_the_logged_weight_is_the_one_used():
+    """The loss at step t uses weight·schedule(t); the batch-end hook runs after the optimiser
+    step (Lightning's global_step is t + 1 by then), yet the logged weight is that of step t."""
+    term = KLTerm("coin", p="p", q="q", weight=2.0, schedule=LinearWarmup(steps=10))
+    module = Recorder()
+    for step in (0, 5, 12):
+        loss = term(coin_outputs(), "train", step)
+        used = 2.0 * min(1.0, step / 10)
+        assert loss.item() == pytest.approx(used * FORWARD_NATS, rel=1e-12)
+        end_train_batch(term, module, step=step + 1)
+        assert module.last["kl/coin/weight"] == pytest.approx(used)
+        assert module.last["kl/coin/loss"] == pytest.approx(used * FORWARD_NATS, rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Monte-Carlo estimates and their standard deviation.
+# --------------------------------------------------------------------------------------------
+
+def test_monte_carlo_term_uses_given_samples_and_logs_their_std():
+    p = Categorical(logits=torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]], dtype=F64))
+    q = Categorical(logits=torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64))
+    actions = torch.tensor([1, 2])
+    log_ratio = q.log_prob(actions) - p.log_prob(actions)
+    per_sample = log_ratio.expm1() - log_ratio  # k3
+    term = KLTerm("policy", p="old", q="new", estimator="k3", samples="actions")
+    loss = term({"old": p, "new": q, "actions": actions}, "train", 0)
+    assert loss.item() == pytest.approx(per_sample.mean().item(), rel=1e-12)
+    module = Recorder()
+    end_train_batch(term, module)
+    assert module.last["kl/policy/std"] == pytest.approx(per_sample.std().item(), rel=1e-12)
+
+
+def test_analytic_terms_log_no_std_and_fresh_draws_have_a_positive_std():
+    module = Recorder()
+    analytic = KLTerm("coin", p="p", q="q")
+    analytic(coin_outputs(), "train", 0)
+    end_train_batch(analytic, module)
+    assert "kl/coin/std" not in module.last
+    torch.manual_seed(0)
+    sampled = KLTerm("kl", p="posterior", q="prior", estimator="k1", num_samples=64)
+    sampled(gaussian_outputs(MU), "train", 0)
+    end_train_batch(sampled, module)
+    assert module.last["kl/kl/std"] > 0
+    assert module.last["kl/kl/value"] == pytest.approx(sum(KL_PER_ELEMENT) / 2, abs=0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Logging and controllers.
+# --------------------------------------------------------------------------------------------
+
+class RecordingSchedule(Constant):
+    def __init__(self) -> None:
+        super().__init__(1.0)
+        self.updates: list[float] = []
+
+    def update(self, measured_kl: float) -> None:
+        self.updates.append(measured_kl)
+
+
+def test_controller_updates_once_per_train_batch_with_the_batch_mean():
+    schedule = RecordingSchedule()
+    term = KLTerm("kl", p="posterior", q="prior", schedule=schedule)
+    module = Recorder()
+    first, second = gaussian_outputs(MU), gaussian_outputs(2 * MU)  # two minibatches, one batch
+    term(first, "train", 0)
+    term(second, "train", 0)
+    end_train_batch(term, module)
+    value = sum(KL_PER_ELEMENT) / 2
+    assert schedule.updates == [pytest.approx((value + 4 * value) / 2)]
+    assert module.last["kl/kl/value_max"] == pytest.approx(4 * value)
+    # Validation and test never move a controller; a batch without calls does not either.
+    term(first, "val", 0)
+    term.on_validation_batch_end(trainer_at(1), module, None, None, 0)
+    term(first, "test", 0)
+    term.on_test_batch_end(trainer_at(1), module, None, None, 0)
+    end_train_batch(term, module)
+    assert len(schedule.updates) == 1
+
+
+def test_adaptive_beta_doubles_once_per_batch_however_many_calls():
+    term = KLTerm("kl", p="posterior", q="prior", schedule=AdaptiveBeta(target=0.1, initial=1.0))
+    module = Recorder()
+    for _ in range(3):
+        term(gaussian_outputs(MU), "train", 0)
+    end_train_batch(term, module)
+    assert term.current_weight(1) == 2.0
+    assert module.last["kl/kl/weight"] == 1.0  # the weight the batch's losses used
+
+
+def test_validation_and_test_log_epoch_means_under_their_prefix():
+    term = KLTerm("coin", p="p", q="q")
+    module = Recorder()
+    term(coin_outputs(), "val", 0)
+    term.on_validation_batch_end(trainer_at(0), module, None, None, 0)
+    metrics, options = module.logged[-1]
+    assert set(metrics) == {"val/kl/coin/value", "val/kl/coin/weight", "val/kl/coin/loss"}
+    assert options["on_epoch"] and not options["on_step"]
+    term(coin_outputs(), "test", 0)
+    term.on_test_batch_end(trainer_at(0), module, None, None, 0)
+    assert "test/kl/coin/value" in module.last
+    term(coin_outputs(), "train", 0)
+    end_train_batch(term, module)
+    assert module.logged[-1][1]["on_step"] and not module.logged[-1][1]["on_epoch"]
+
+
+def test_state_dict_round_trip_restores_the_controller():
+    term = KLTerm("old_policy", p="posterior", q="prior", schedule=AdaptiveBeta(target=0.1))
+    module = Recorder()
+    for _ in range(2):
+        term(gaussian_outputs(MU), "train", 0)
+        end_train_batch(term, module)
+    assert term.current_weight(0) == 4.0
+    restored = KLTerm("old_policy", p="posterior", q="prior", schedule=AdaptiveBeta(target=0.1))
+    restored.load_state_dict(term.state_dict())
+    assert restored.current_weight(0) == 4.0
+    assert restored.state_key == term.state_key
+    assert "old_policy" in term.state_key
+    other = KLTerm("reference", p="posterior", q="prior", schedule=AdaptiveBeta(target=0.1))
+    assert other.state_key != term.state_key
+
+
+def test_non_finite_values_raise_naming_the_term():
+    term = KLTerm("coin", p="p", q="q")
+    zero_q = {"p": Categorical(probs=torch.tensor([0.5, 0.5])),
+              "q": Categorical(probs=torch.tensor([1.0, 0.0]))}
+    with pytest.raises(NonFiniteError, match=r"coin.*inf"):
+        term(zero_q, "train", 3)
+    # A NaN from a diverged model must not be hidden as a finite KL.
+    nan_q = {"p": Categorical(logits=torch.tensor([0.0, 1.0])),
+             "q": Categorical(logits=torch.tensor([0.0, math.nan]), validate_args=False)}
+    with pytest.raises(NonFiniteError, match=r"coin.*nan"):
+        term(nan_q, "train", 3)
+    quiet = KLTerm("coin", p="p", q="q", check_finite=False)
+    assert math.isinf(quiet(zero_q, "train", 3).item())
+
+
+# --------------------------------------------------------------------------------------------
+# Mistakes a config can make.
+# --------------------------------------------------------------------------------------------
+
+BAD_ARGUMENTS = [
+    ({"name": "my term"}, "name"),
+    ({"p": ""}, "p"),
+    ({"direction": "sideways"}, "direction"),
+    ({"estimator": "k4"}, "estimator"),
+    ({"weight": -1.0}, "weight"),
+    ({"num_samples": 0}, "num_samples"),
+    ({"reduction": "max"}, "reduction"),
+    ({"free_bits": -0.5}, "free_bits"),
+    ({"capacity": -1.0}, "capacity"),
+    ({"direction": "js", "estimator": "k3"}, "estimator"),
+    ({"free_bits": 0.1, "capacity": 2.0}, "capacity"),
+    ({"direction": "js", "free_bits": 0.1}, "direction"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "key"), BAD_ARGUMENTS,
+                         ids=[f"{key}-{i}" for i, (_, key) in enumerate(BAD_ARGUMENTS)])
+def test_bad_arguments_raise_config_value_error_naming_the_argument(kwargs, key):
+    arguments = {"name": "kl", "p": "posterior", "q": "prior", **kwargs}
+    with pytest.raises(ConfigValueError) as error:
+        KLTerm(**arguments)
+    assert error.value.key == key
+
+
+@pytest.mark.parametrize("role", ["p", "q", "samples", "divide_by"])
+def test_an_unknown_output_name_is_rejected_before_training(role):
+    arguments = {"name": "kl", "p": "posterior", "q": "prior", "estimator": "k3", role: "typo"}
+    term = KLTerm(**arguments)
+    module = SimpleNamespace(output_names=frozenset({"posterior", "prior", "num_train"}))
+    with pytest.raises(ConfigValueError) as error:
+        term.setup(trainer_at(0), module, "fit")
+    assert error.value.key == role
+    assert "'typo'" in str(error.value) and "num_train, posterior, prior" in str(error.value)
+
+
+def test_an_unknown_output_name_at_call_time_names_the_available_outputs():
+    term = KLTerm("kl", p="posterior", q="typo")
+    with pytest.raises(ConfigValueError, match=r"'typo'.*num_train, posterior, prior") as error:
+        term(gaussian_outputs(MU), "train", 0)
+    assert error.value.key == "q"
+    not_a_distribution = KLTerm("kl", p="posterior", q="num_train")
+    with pytest.raises(ConfigValueError, match="distribution"):
+        not_a_distribution(gaussian_outputs(MU), "train", 0)
+
+
+def test_free_bits_need_independent_distributions():
+    term = KLTerm("kl", p="p", q="q", free_bits=0.1)
+    with pytest.raises(ConfigValueError) as error:
+        term(coin_outputs(), "train", 0)
+    assert error.value.key == "free_bits"
+
+
+def test_a_term_is_a_lightning_callback():
+    assert isinstance(KLTerm("kl", p="posterior", q="prior"), pl.Callback)
