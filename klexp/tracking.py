@@ -121,8 +121,20 @@ def hparams_of(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
             values[f"kl.{name}.schedule"] = str(schedule.get("_target_", "")).rsplit(".", 1)[-1]
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        values[key] = _as_hparam(value)
+        if key not in NOT_HPARAMS:
+            values[key] = _as_hparam(value)
     return {k: _as_hparam(v) for k, v in values.items()}
+
+
+#: Overrides that change how a run is displayed or launched, not what it computes.
+NOT_HPARAMS = frozenset({"callbacks.progress_bar", "trainer.enable_model_summary",
+                         "trainer.enable_progress_bar", "launcher", "hparams_search"})
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The hparams a user chose on the command line (where a sweep's varying keys always are)."""
+    keys = (override.lstrip("+~").partition("=")[0] for override in overrides)
+    return [key for key in keys if key not in NOT_HPARAMS]
 
 
 def _as_hparam(value: Any) -> Any:
@@ -140,10 +152,20 @@ def _as_hparam(value: Any) -> Any:
 
 @rank_zero_only
 def log_hparams(logger: TensorBoardLogger, hparams: Mapping[str, Any],
-                metrics: Mapping[str, float]) -> None:
+                metrics: Mapping[str, float], chosen: Sequence[str] = (),
+                objective: str | None = None) -> None:
     """Write the HParams session once, naming metrics already logged as scalars, so the HParams
-    table shows each run's final values (TensorBoard reads them from the scalar summaries)."""
-    experiment, start, end = hparams_summary(dict(hparams), dict(metrics))
+    table shows each run's final values (TensorBoard reads them from the scalar summaries).
+
+    TensorBoard's HParams tab takes its columns from one run's experiment definition and shows
+    the first five hparams and the first five metrics of it: hparams marked ``differs`` first, then
+    by name; metrics in the order written. A run cannot see the rest of its sweep, so the hparams
+    marked are the ``chosen`` ones (the command line's), and metrics are written objective first,
+    then the ``test/`` and ``val/`` metrics, then their per-term and per-loss parts."""
+    order = sorted(metrics, key=lambda k: (k != objective, k.count("/") > 1,
+                                           not k.startswith("test/"), k))
+    experiment, start, end = hparams_summary(dict(hparams), {k: metrics[k] for k in order})
+    _mark_differs(experiment, set(chosen))
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, start, end):
         writer.add_summary(summary)
@@ -166,3 +188,14 @@ def write_custom_scalars(logger: TensorBoardLogger, term_names: Sequence[str],
         layout[title] = {chart: ["Multiline", list(tags)] for chart, tags in charts.items()}
     if layout:
         logger.experiment.add_custom_scalars(layout)
+
+
+def _mark_differs(experiment: Any, keys: set[str]) -> None:
+    """Set ``differs`` on the experiment definition's hparams named in ``keys`` (in place)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for value in experiment.value:
+        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in keys
+        value.metadata.plugin_data.content = data.SerializeToString()
