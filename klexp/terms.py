@@ -3,8 +3,9 @@
 A task's ``step`` returns a mapping of named outputs (distributions, tensors, numbers). Each
 ``KLTerm`` the trainer holds reads two of them, ``p`` and ``q``, computes a divergence in the chosen
 direction with the chosen estimator, weights it by its schedule or controller, and returns its loss
-to the task. It keeps per-batch tallies and logs them once per batch under ``kl/<name>/...``
-(``val/kl/<name>/...`` and ``test/kl/<name>/...`` as epoch means), updates its controller from the
+to the task. It keeps per-batch tallies and logs them under ``kl/<name>/...`` on the training steps
+Lightning writes (every ``log_every_n_steps``; see ``logs_this_step``) and as epoch means under
+``val/kl/<name>/...`` and ``test/kl/<name>/...``, updates its controller from the
 KL it measured, and saves the controller's state in checkpoints.
 """
 
@@ -47,9 +48,13 @@ class _Tally:
     loss: float = 0.0
     std: float = 0.0
     dims: Tensor | None = None
+    # The weight the losses used: by the batch-end hook Lightning has already advanced global_step.
+    weight: float | None = None
 
-    def add(self, value: float, loss: float, std: float | None, dims: Tensor | None) -> None:
+    def add(self, value: float, loss: float, std: float | None, dims: Tensor | None,
+            weight: float | None = None) -> None:
         self.calls += 1
+        self.weight = weight
         self.value += value
         self.value_max = max(self.value_max, value)
         self.loss += loss
@@ -193,7 +198,7 @@ class KLTerm(pl.Callback):
             )
         std = per_sample.detach().std().item() if per_sample is not None and per_sample.numel() > 1 else None
         dims = per_dim.detach() if self.log_dims else None
-        self._tallies[stage].add(measured, loss.detach().item(), std, dims)
+        self._tallies[stage].add(measured, loss.detach().item(), std, dims, weight)
         return loss
 
     def measure(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -289,7 +294,7 @@ class KLTerm(pl.Callback):
         prefix = f"kl/{self.name}" if stage == "train" else f"{stage}/kl/{self.name}"
         metrics = {
             f"{prefix}/value": tally.value / calls,
-            f"{prefix}/weight": self.current_weight(step),
+            f"{prefix}/weight": self.current_weight(step) if tally.weight is None else tally.weight,
             f"{prefix}/loss": tally.loss / calls,
         }
         if self.estimator != "analytic":
@@ -297,13 +302,14 @@ class KLTerm(pl.Callback):
         if calls > 1:
             metrics[f"{prefix}/value_max"] = tally.value_max
         if tally.dims is not None:
-            metrics.update({f"{prefix}/dim_{i}": float(v) / calls for i, v in enumerate(tally.dims)})
+            metrics.update({f"{prefix}/dim_{i}": v for i, v in enumerate((tally.dims / calls).tolist())})
         measured = tally.value / calls
         if stage == "train" and self._after_update is not None:
             measured = metrics[f"{prefix}/value_after_update"] = self._after_update
             self._after_update = None
         on_step = stage == "train"
-        pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True)
+        if not on_step or logs_this_step(pl_module):
+            pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True)
         if stage == "train":
             self.schedule.update(measured)
         self._tallies[stage] = _Tally()
@@ -333,6 +339,17 @@ def _as_capacity(capacity: float | Schedule) -> Schedule:
     return as_schedule(capacity)
 
 
+def logs_this_step(pl_module: pl.LightningModule) -> bool:
+    """Whether a metric logged now with ``on_step=True`` reaches the loggers. Lightning writes
+    training-step metrics only every ``trainer.log_every_n_steps`` steps and drops the others,
+    while each ``self.log`` call costs ~0.1 ms, which dominates the step of a small network; so
+    training-step metrics are logged only on the steps that are written (always outside training)."""
+    trainer = pl_module._trainer
+    if trainer is None or not trainer.training:
+        return True
+    return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
+
+
 def kl_terms_of(trainer: pl.Trainer) -> list[KLTerm]:
     """The KL terms among a trainer's callbacks, in config order."""
     return [callback for callback in trainer.callbacks if isinstance(callback, KLTerm)]
@@ -343,11 +360,13 @@ class TargetKL(KLTerm):
     OpenAI Spinning Up's and Stable-Baselines3's PPO, and of CleanRL's ``ppo.py``).
 
     A KL term, so it is configured like any other (``p``, ``q``, direction, estimator, ``samples``)
-    and logs ``kl/<name>/value``; its weight is 0 by default, so it only measures. The task calls
-    ``should_stop`` after each minibatch's loss (before its step) and after each epoch; the term
-    answers at the granularity ``check`` names, comparing the latest value it measured (that
-    minibatch's) with ``target``. Where it stopped is logged as ``kl/<name>/stopped`` (0 or 1)
-    and, when it did, ``kl/<name>/stop_epoch`` and ``kl/<name>/stop_minibatch`` (0-based).
+    and logs ``kl/<name>/value``; its weight is 0 by default, so it only measures. The task asks
+    ``exceeded(boundary)`` after each minibatch's loss (before its step) and after each epoch; the
+    term answers at the granularity ``check`` names, comparing the latest value it measured (that
+    minibatch's) with ``target``. The task decides (under DDP: when any rank's term says so) and
+    reports the stop with ``stopped_at``, logged as ``kl/<name>/stopped`` (0 or 1), and when it
+    stopped ``kl/<name>/stop_epoch`` and ``kl/<name>/stop_minibatch`` (0-based);
+    ``kl/<name>/stops_total`` counts the update phases stopped so far.
 
     Args:
         target: the KL (nats) above which the update phase stops.
@@ -373,27 +392,31 @@ class TargetKL(KLTerm):
         self.target, self.check = float(target), check
         self.latest = 0.0
         self.stop_point: tuple[int, int] | None = None
+        self.stops_total = 0
 
     def measure(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
         value, per_dim, per_sample = super().measure(outputs)
         self.latest = float(value.detach())
         return value, per_dim, per_sample
 
-    def should_stop(self, epoch: int, minibatch: int, boundary: Literal["minibatch", "epoch"]) -> bool:
+    def exceeded(self, boundary: Literal["minibatch", "epoch"]) -> bool:
         """At a ``boundary`` of the granularity ``check``: has the latest measured KL passed the
-        target? Records the stop point when it has."""
-        if boundary != self.check or self.latest <= self.target:
-            return False
+        target?"""
+        return boundary == self.check and self.latest > self.target
+
+    def stopped_at(self, epoch: int, minibatch: int) -> None:
+        """The task stopped the update phase at this epoch and minibatch (0-based)."""
         self.stop_point = (epoch, minibatch)
-        return True
+        self.stops_total += 1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         prefix = f"kl/{self.name}"
-        metrics = {f"{prefix}/stopped": float(self.stop_point is not None)}
+        metrics = {f"{prefix}/stopped": float(self.stop_point is not None),
+                   f"{prefix}/stops_total": float(self.stops_total)}
         if self.stop_point is not None:
             metrics[f"{prefix}/stop_epoch"] = float(self.stop_point[0])
             metrics[f"{prefix}/stop_minibatch"] = float(self.stop_point[1])
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         self.stop_point = None
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -108,6 +108,19 @@ class ClassificationTask(KLTask):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_NET_KEY] = self.net_spec()
 
+    def custom_scalars(self) -> dict[str, dict[str, list[str]]]:
+        """TensorBoard charts: ``CE(target, model) = KL(target ‖ model) + H(target)`` as three
+        lines of one chart (the KL term named ``ce``), then accuracy, NLL and calibration error."""
+        return {"Classification": {
+            "CE = KL(target ‖ model) + H(target), train": [r"^loss/(ce|target_entropy)$",
+                                                            r"^kl/ce/value$"],
+            "CE = KL(target ‖ model) + H(target), val": [r"^val/(ce|target_entropy)$",
+                                                          r"^val/kl/ce/value$"],
+            "accuracy": [r"^(train|val)/acc$"],
+            "NLL of the true label (nats)": [r"^(train|val)/nll$"],
+            "expected calibration error": [r"^(train|val)/ece$"],
+        }}
+
     # ------------------------------------------------------------------ the step
 
     def forward(self, images: Tensor) -> Tensor:
