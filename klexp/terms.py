@@ -417,6 +417,7 @@ class TargetKL(KLTerm):
         if self.stop_point is not None:
             metrics[f"{prefix}/stop_epoch"] = float(self.stop_point[0])
             metrics[f"{prefix}/stop_minibatch"] = float(self.stop_point[1])
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        if logs_this_step(pl_module):
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         self.stop_point = None
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
