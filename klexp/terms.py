@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent
 
@@ -311,7 +312,7 @@ class KLTerm(pl.Callback):
         if not on_step or logs_this_step(pl_module):
             pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True)
         if stage == "train":
-            self.schedule.update(measured)
+            self.schedule.update(_mean_over_ranks(pl_module, measured))
         self._tallies[stage] = _Tally()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -348,6 +349,14 @@ def logs_this_step(pl_module: pl.LightningModule) -> bool:
     if trainer is None or not trainer.training:
         return True
     return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
+
+
+def _mean_over_ranks(pl_module: pl.LightningModule, value: float) -> float:
+    """The value averaged over DDP ranks, so every rank's controller takes the same step."""
+    trainer = pl_module._trainer
+    if trainer is None or trainer.world_size == 1:
+        return value
+    return float(trainer.strategy.reduce(torch.tensor(value, device=pl_module.device), reduce_op="mean"))
 
 
 def kl_terms_of(trainer: pl.Trainer) -> list[KLTerm]:

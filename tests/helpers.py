@@ -94,3 +94,24 @@ class PoisonWeights:
                         next(pl_module.parameters()).view(-1)[0] = float("nan")
 
         return _Poison()
+
+
+class RecordTermWeights:
+    """A callback that writes each rank's KL-term weights at the end of training to
+    ``<directory>/weights_rank<r>.json`` (to check that DDP ranks stay in lock-step)."""
+
+    def __new__(cls, directory: str):
+        import json
+
+        import pytorch_lightning as pl
+
+        from klexp.terms import kl_terms_of
+
+        class _Record(pl.Callback):
+            def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+                weights = {t.name: t.current_weight(trainer.global_step) for t in kl_terms_of(trainer)}
+                path = Path(directory) / f"weights_rank{trainer.global_rank}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(weights))
+
+        return _Record()

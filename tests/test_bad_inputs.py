@@ -71,6 +71,14 @@ CASES = [
     (["threads=0"], "threads: expected an integer ≥ 1 or null, got 0"),
     (["+schedule@kl.ce.schedule=linear", "kl.ce.schedule.steps=0"], "kl.ce.schedule.steps: expected an integer > 0, got 0"),
     (["+schedule@kl.ce.schedule=cyclical", "kl.ce.schedule.ratio=0"], "kl.ce.schedule.ratio: expected a number in (0, 1], got 0"),
+    (["experiment=ppo_target_kl", "kl.target_kl.target=0"], "kl.target_kl.target: expected a number > 0, got 0"),
+    (["experiment=ppo", "task.gamma=0"], "task.gamma: expected a number in (0, 1], got 0"),
+    (["experiment=ppo", "task.gamma=1.5"], "task.gamma: expected a number in (0, 1], got 1.5"),
+    (["experiment=ppo", "task.clip_coef=-0.2"], "task.clip_coef: expected a number ≥ 0, got -0.2"),
+    (["experiment=vae", "kl.prior.free_bits=-1"], "kl.prior.free_bits: expected a number ≥ 0, got -1"),
+    (["experiment=ppo_kl_adaptive", "kl.old_policy_kl.schedule.factor=1"], "kl.old_policy_kl.schedule.factor: expected a number > 1, got 1"),
+    # ids
+    (["experiment=ppo", "env.id=NoSuchEnv-v0"], "task.env.id: 'NoSuchEnv-v0' is not a registered Gymnasium environment"),
     # files and paths
     (["data=mnist_idx", "data.root={nothing}"], "data.root: directory {nothing} does not exist"),
     (["data=mnist_idx", "data.root={missing_labels}"], "data.root: {missing_labels} has no train-labels-idx1-ubyte"),
@@ -81,6 +89,8 @@ CASES = [
     (["task.teacher_checkpoint={garbage}"], "task.teacher_checkpoint: {garbage} is not a readable checkpoint"),
     (["data=digits", "task.teacher_checkpoint={ckpt}"], "was trained for 16 inputs and 3 classes; the data has 64 inputs and 10 classes"),
     (["ckpt_path={nothing}"], "ckpt_path: {nothing} does not exist"),
+    (["experiment=ppo_ref_kl", "stages=null", "task.reference_checkpoint={nothing}"], "task.reference_checkpoint: {nothing} does not exist"),
+    (["experiment=ppo_ref_kl", "stages=null", "task.reference_checkpoint={ckpt}"], "task.reference_checkpoint: {ckpt} is not a klexp PPO checkpoint"),
 ]
 
 

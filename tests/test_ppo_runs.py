@@ -6,7 +6,9 @@ experiments/ppo_report.md, not here.
 """
 
 import itertools
+import json
 import math
+import os
 import runpy
 import sys
 
@@ -214,11 +216,43 @@ def test_a_resumed_run_continues_its_iterations_step_count_and_learning_rate(tmp
 def test_target_kl_under_two_process_ddp_stops_every_rank_together(tmp_path):
     # each rank has its own envs, so its KL differs; a rank stopping alone would leave the other
     # waiting in the gradient all-reduce (this run used to hang)
+    # 2048 env steps over 2 ranks × 4 envs × 64 steps: 4 iterations
     result = run_cli(["experiment=ppo_target_kl", "trainer=ddp", "trainer.accelerator=cpu",
-                      "task.total_timesteps=1024", "task.num_steps=64", "task.eval_episodes=2",
+                      "task.total_timesteps=2048", "task.num_steps=64", "task.eval_episodes=2",
                       "kl.target_kl.target=1e-4", "callbacks.progress_bar=null",
                       "trainer.log_every_n_steps=1"], cwd=tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "ppo_target_kl").iterdir()
     steps = scalars(run_dir, "ppo/update_steps")
     assert len(steps) == 4 and min(steps) < 40  # it did stop early
+
+
+@pytest.mark.slow
+def test_adaptive_beta_under_two_process_ddp_moves_in_lock_step_on_every_rank(tmp_path):
+    # each rank measures the KL on its own rollouts; the controller must adapt to their mean
+    env = {"PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = run_cli(["experiment=ppo_kl_adaptive", "trainer=ddp", "trainer.accelerator=cpu",
+                      "task.total_timesteps=4096", "task.num_steps=64", "task.eval_episodes=2",
+                      "callbacks.progress_bar=null", "+callbacks.record._target_=helpers.RecordTermWeights",
+                      f"+callbacks.record.directory={tmp_path / 'weights'}"],
+                     cwd=tmp_path, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "weights" / f"weights_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["old_policy_kl"] != 1.0  # β moved from its initial value
+
+
+def test_a_resumed_adaptive_run_continues_with_the_beta_it_had_reached(tmp_path):
+    # 6 iterations of 40 minibatch steps (10 epochs × 4); a checkpoint after the third
+    common = ["experiment=ppo_kl_adaptive", *SHORT, "task.total_timesteps=1536",
+              "kl.old_policy_kl.schedule.target=2e-4"]
+    run_experiment([*common, "+callbacks.model_checkpoint.every_n_train_steps=120",
+                    "callbacks.model_checkpoint.save_top_k=-1"], tmp_path / "first")
+    betas = scalars(tmp_path / "first", "kl/old_policy_kl/weight")
+    assert len(set(betas[:4])) > 1, "β should have moved before the checkpoint"
+    checkpoint = tmp_path / "first" / "checkpoints" / "epoch=0-step=120.ckpt"
+    state = torch.load(checkpoint, weights_only=True)["callbacks"]
+    (saved,) = (s for key, s in state.items() if "old_policy_kl" in key)
+    assert saved["schedule"]["beta"] == betas[3]
+    run_experiment([*common, f"ckpt_path='{checkpoint}'"], tmp_path / "resumed")
+    assert scalars(tmp_path / "resumed", "kl/old_policy_kl/weight")[0] == betas[3]

@@ -72,8 +72,8 @@ class PPOTask(KLTask):
 
     Args:
         env: the vector-env factory (``conf/env/*.yaml``).
-        total_timesteps: env steps to train for; ``total_timesteps // (num_envs · num_steps)``
-            iterations.
+        total_timesteps: env steps to train for, over all ranks: ``total_timesteps //
+            (num_envs · num_steps · ranks)`` iterations.
         num_steps: steps per env per rollout.
         num_minibatches, update_epochs: each update phase makes ``update_epochs`` passes over the
             rollout in ``num_minibatches`` shuffled minibatches.
@@ -125,8 +125,9 @@ class PPOTask(KLTask):
                            ("num_minibatches", num_minibatches), ("update_epochs", update_epochs),
                            ("eval_episodes", eval_episodes)):
             require_positive_int(key, value)
-        for key, value in (("gamma", gamma), ("gae_lambda", gae_lambda)):
-            require(isinstance(value, (int, float)) and 0 <= value <= 1, key, "a number in [0, 1]", value)
+        require(isinstance(gamma, (int, float)) and 0 < gamma <= 1, "gamma", "a number in (0, 1]", gamma)
+        require(isinstance(gae_lambda, (int, float)) and 0 <= gae_lambda <= 1, "gae_lambda",
+                "a number in [0, 1]", gae_lambda)
         for key, value in (("clip_coef", clip_coef), ("ent_coef", ent_coef), ("vf_coef", vf_coef)):
             require_non_negative(key, value)
         if max_grad_norm is not None:
@@ -142,7 +143,7 @@ class PPOTask(KLTask):
                                    f"got {num_minibatches}")
         self.env = env
         self.total_timesteps, self.num_steps = total_timesteps, num_steps
-        self.num_iterations = total_timesteps // batch_size
+        self.rollout_size = batch_size
         self.num_minibatches, self.update_epochs = num_minibatches, update_epochs
         self.gamma, self.gae_lambda, self.norm_adv = float(gamma), float(gae_lambda), norm_adv
         self.clip, self.clip_coef, self.clip_vloss = clip, float(clip_coef), clip_vloss
@@ -195,7 +196,14 @@ class PPOTask(KLTask):
         self._progress = checkpoint.get(CHECKPOINT_PROGRESS_KEY)
 
     def train_dataloader(self) -> IterationIndices:
-        return IterationIndices(self.num_iterations)
+        """One index per iteration; under DDP every rank collects its own rollout, so the run's
+        ``total_timesteps`` are shared among the ranks."""
+        return IterationIndices(max(1, self.total_timesteps // (self.rollout_size * self.ranks)))
+
+    @property
+    def ranks(self) -> int:
+        """Processes collecting rollouts side by side (DDP world size; 1 outside a trainer)."""
+        return self._trainer.world_size if self._trainer is not None else 1
 
     def test_dataloader(self) -> IterationIndices:
         return IterationIndices(1)
@@ -273,7 +281,7 @@ class PPOTask(KLTask):
                 episodes += zip(info["episode"]["r"][finished].tolist(),
                                 info["episode"]["l"][finished].tolist(), strict=True)
         buffer.next_obs[:] = self.next_obs
-        self.env_steps += self.num_steps * self.env.num_envs
+        self.env_steps += self.num_steps * self.env.num_envs * self.ranks
         return episodes
 
     @torch.no_grad()
