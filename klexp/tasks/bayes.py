@@ -146,7 +146,8 @@ class BayesByBackpropTask(KLTask):
             for stage in ("train", *EVAL_STAGES)
         })
         if self.baseline_checkpoint is not None:
-            self.baseline = load_classifier(self.baseline_checkpoint, input_size, num_classes)
+            self.baseline = load_classifier(self.baseline_checkpoint, input_size, num_classes,
+                                            key="task.baseline_checkpoint")
             self.baseline_metrics = _classification_metrics(num_classes, "test/baseline/")
 
     def train(self, mode: bool = True) -> BayesByBackpropTask:

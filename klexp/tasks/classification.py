@@ -27,6 +27,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from klexp import divergences
+from klexp.checkpoints import load_frozen, read_checkpoint
 from klexp.errors import KlexpError, require_positive, require_unit_interval
 from klexp.nets import Activation, check_mlp_args, mlp
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
@@ -171,32 +172,16 @@ class ClassificationTask(KLTask):
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
 
 
-def load_classifier(path: str, input_size: int, num_classes: int) -> nn.Module:
-    """The frozen network of a ClassificationTask checkpoint, checked against the data's shape."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise KlexpError(f"task.teacher_checkpoint: {file} does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise KlexpError(f"task.teacher_checkpoint: {file} is not a readable checkpoint ({error})") from None
-    spec = checkpoint.get(CHECKPOINT_NET_KEY) if isinstance(checkpoint, dict) else None
-    if spec is None:
-        raise KlexpError(f"task.teacher_checkpoint: {file} is not a klexp classification checkpoint")
+def load_classifier(path: str, input_size: int, num_classes: int,
+                    key: str = "task.teacher_checkpoint") -> nn.Module:
+    """The frozen network of a ClassificationTask checkpoint, checked against the data's shape;
+    ``key`` is the config key that named the file."""
+    checkpoint, spec = read_checkpoint(path, key, CHECKPOINT_NET_KEY, "classification")
     if (spec["in_features"], spec["out_features"]) != (input_size, num_classes):
         raise KlexpError(
-            f"task.teacher_checkpoint: {file} was trained for {spec['in_features']} inputs and "
+            f"{key}: {Path(path).expanduser()} was trained for {spec['in_features']} inputs and "
             f"{spec['out_features']} classes; the data has {input_size} inputs and {num_classes} classes"
         )
     net = mlp(spec["in_features"], spec["hidden"], spec["out_features"], spec["activation"],
               spec["dropout"])
-    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
-               if k.startswith("net.")}
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise KlexpError(f"task.teacher_checkpoint: {file} does not fit its own network ({first})") from None
-    net.eval().requires_grad_(False)
-    return net
-
+    return load_frozen(net, checkpoint, "net", key, path)

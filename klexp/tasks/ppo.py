@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from klexp import divergences
+from klexp.checkpoints import load_frozen, read_checkpoint
 from klexp.data.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory, episode_statistics
 from klexp.errors import ConfigValueError, KlexpError, require, require_non_negative, require_positive_int
 from klexp.nets import mlp
@@ -592,33 +593,15 @@ def explained_variance(values: Tensor, returns: Tensor) -> float:
 
 
 def load_policy(path: str, obs_size: int, policy: Policy) -> Actor:
-    """The frozen actor of a PPO checkpoint (``torch.load(weights_only=True)``), checked against
-    the env it is used with."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise KlexpError(f"task.reference_checkpoint: {file} does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise KlexpError(
-            f"task.reference_checkpoint: {file} is not a readable checkpoint ({error})") from None
-    spec = checkpoint.get(CHECKPOINT_POLICY_KEY) if isinstance(checkpoint, dict) else None
-    if spec is None:
-        raise KlexpError(f"task.reference_checkpoint: {file} is not a klexp PPO checkpoint")
+    """The frozen actor of a PPO checkpoint, checked against the env it is used with."""
+    key = "task.reference_checkpoint"
+    checkpoint, spec = read_checkpoint(path, key, CHECKPOINT_POLICY_KEY, "PPO")
     if (spec["obs_size"], spec["family"], spec["net_outputs"]) != (
             obs_size, type(policy).__name__, policy.net_outputs):
         raise KlexpError(
-            f"task.reference_checkpoint: {file} holds a {spec['family']} policy for {spec['env_id']} "
+            f"{key}: {Path(path).expanduser()} holds a {spec['family']} policy for {spec['env_id']} "
             f"({spec['obs_size']} observations, {spec['net_outputs']} outputs); this env needs a "
             f"{type(policy).__name__} with {obs_size} observations and {policy.net_outputs} outputs"
         )
     actor = Actor(obs_size, spec["hidden"], spec["activation"], policy)
-    weights = {k.removeprefix("actor."): v for k, v in checkpoint["state_dict"].items()
-               if k.startswith("actor.")}
-    try:
-        actor.load_state_dict(weights)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise KlexpError(
-            f"task.reference_checkpoint: {file} does not fit its own network ({first})") from None
-    return actor.eval().requires_grad_(False)
+    return load_frozen(actor, checkpoint, "actor", key, path)
