@@ -12,8 +12,8 @@ from pytorch_lightning.callbacks import OnExceptionCheckpoint
 
 
 class RNGState(pl.Callback):
-    """Save the Python, NumPy and torch CPU random states in checkpoints and restore them on resume,
-    so dropout masks and samples after a resume are those of an uninterrupted run.
+    """Save the Python, NumPy and torch (CPU and CUDA) random states in checkpoints and restore
+    them on resume, so dropout masks and samples after a resume are those of an uninterrupted run.
 
     Lightning restores model, optimiser, schedulers, loops and callback states, but not the global
     generators. States are stored as tensors and plain lists, so ``weights_only`` loading accepts them.
@@ -27,6 +27,7 @@ class RNGState(pl.Callback):
             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
                       "position": int(position), "has_gauss": int(has_gauss), "cached": float(cached)},
             "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -36,6 +37,8 @@ class RNGState(pl.Callback):
         np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
                              numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached"]))
         torch.set_rng_state(state_dict["torch"])
+        if state_dict.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 class FailureCheckpoint(OnExceptionCheckpoint):

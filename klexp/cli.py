@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from klexp.errors import KlexpError
+from klexp.rerun import rerun_arguments, resume_arguments
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
@@ -81,47 +81,25 @@ def app(cfg: DictConfig) -> Any:
     return summary.get("objective")
 
 
-def _quoted(value: object) -> str:
-    """A Hydra override value in single quotes (run directories of sweeps contain '=')."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def resume_arguments(run_dir: Path, extra: Sequence[str]) -> list[str]:
-    """Command-line arguments that continue the run in ``run_dir`` from its last checkpoint: the
-    run's own overrides, then ``extra``, writing into the same directory. Hydra's record of this
-    invocation goes to ``.hydra/resume-<time>`` so the original config and overrides stay as they
-    were."""
-    from klexp.rerun import saved_overrides
-
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if not run_dir.is_dir():
-        raise KlexpError(f"resume: {run_dir} is not a directory")
-    saved = saved_overrides(run_dir, command="resume")
-    if not checkpoint.is_file():
-        raise KlexpError(f"resume: {run_dir} has no checkpoints/last.ckpt to resume from")
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    return [*saved, f"ckpt_path={_quoted(checkpoint)}", *extra, f"hydra.run.dir={_quoted(run_dir)}",
-            f"hydra.output_subdir={_quoted(f'.hydra/resume-{stamp}')}"]
-
-
 def main(argv: Sequence[str] | None = None) -> Any:
+    """``klexp [overrides]`` | ``klexp resume=<run dir> [overrides]`` |
+    ``klexp rerun <run dir> [overrides]`` | ``klexp report <sweep dir> ...``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    resume = [a for a in args if a.startswith("resume=")]
-    if resume:
-        rest = [a for a in args if not a.startswith("resume=")]
-        try:
-            args = resume_arguments(Path(resume[-1].split("=", 1)[1]).expanduser(), rest)
-        except KlexpError as error:
-            sys.exit(f"klexp: {error}")
-        sys.argv = [sys.argv[0], *args]
     if args and args[0] == "report":
         from klexp.report import main as report_main
 
         return sys.exit(report_main(args[1:]))
-    if args and args[0] == "rerun":
-        from klexp.rerun import main as rerun_main
-
-        return sys.exit(rerun_main(args[1:]))
+    try:
+        if args and args[0] == "rerun":
+            args = rerun_arguments(args[1:])
+            print(f"klexp rerun: {' '.join(args)}")
+        resume = [a for a in args if a.startswith("resume=")]
+        if resume:
+            rest = [a for a in args if not a.startswith("resume=")]
+            args = resume_arguments(Path(resume[-1].split("=", 1)[1]).expanduser(), rest)
+    except KlexpError as error:
+        sys.exit(f"klexp: {error}")
+    sys.argv = [sys.argv[0], *args]
     return app()
 
 

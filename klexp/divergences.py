@@ -295,6 +295,12 @@ def kl_samples(
     Draws ``x ~ p`` (reparameterised when ``p`` allows, so gradients flow) unless ``samples`` are
     given: values already drawn from ``p``, such as the actions of a rollout, with the batch shape
     (one sample each) or a leading sample axis. See ``monte_carlo_terms`` for the estimators.
+
+    Gradients: when ``x`` is not reparameterised (a categorical ``p``, or given samples that carry
+    no gradient) but ``p`` has trainable parameters, each term ``k`` gets the score-function
+    correction ``k + sg(k)·(log p(x) − sg(log p(x)))`` (``sg`` = stop-gradient): its value is ``k``
+    and its gradient ``∇k + k·∇log p(x)``, whose mean is ``∇E_{x~p}[k]`` — the gradient of the KL
+    for the unbiased k1 and k3 (Williams 1992).
     """
     check_compatible(p, q)
     if samples is None:
@@ -306,8 +312,11 @@ def kl_samples(
         x = samples
         if x.dim() == len(p.batch_shape) + len(p.event_shape):
             x = x.unsqueeze(0)
-    log_ratio = q.log_prob(x) - p.log_prob(x)
-    return monte_carlo_terms(log_ratio, estimator)
+    log_p = p.log_prob(x)
+    terms = monte_carlo_terms(q.log_prob(x) - log_p, estimator)
+    if log_p.requires_grad and not x.requires_grad:
+        terms = terms + terms.detach() * (log_p - log_p.detach())
+    return terms
 
 
 def kl(

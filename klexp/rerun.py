@@ -1,15 +1,24 @@
-"""``klexp rerun <run dir> [overrides]``: run a finished run's command again, into a new run
-directory. With the same code and machine, the numbers are the same (runs are deterministic)."""
+"""A finished or killed run, as the command line that continues or repeats it.
+
+* ``klexp rerun <run dir> [overrides]`` runs the run's own overrides again into a new run
+  directory; with the same code and machine the numbers are the same (runs are deterministic).
+* ``klexp resume=<run dir> [overrides]`` continues it in place from ``checkpoints/last.ckpt``.
+"""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from klexp.errors import KlexpError
+
+
+def quoted(value: object) -> str:
+    """A Hydra override value in single quotes (run directories of sweeps contain '=')."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def saved_overrides(run_dir: Path, command: str = "rerun") -> list[str]:
@@ -20,21 +29,40 @@ def saved_overrides(run_dir: Path, command: str = "rerun") -> list[str]:
     return [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file)) or []]
 
 
-def main(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: klexp rerun <run dir> [extra overrides...]")
-        return 0 if argv else 2
-    try:
-        overrides = [*saved_overrides(Path(argv[0]).expanduser()), *argv[1:]]
-    except KlexpError as error:
-        print(f"klexp: {error}", file=sys.stderr)
-        return 2
-    from klexp.cli import app
+def rerun_arguments(argv: Sequence[str]) -> list[str]:
+    """``<run dir> [extra overrides]`` → the run's overrides followed by the extra ones."""
+    if not argv:
+        raise KlexpError("rerun: usage: klexp rerun <run dir> [extra overrides...]")
+    return [*saved_overrides(Path(argv[0]).expanduser()), *argv[1:]]
 
-    print(f"klexp rerun: {' '.join(overrides)}")
-    sys.argv = [sys.argv[0], *overrides]
-    try:
-        app()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
+
+def finished_stages(run_dir: Path) -> list[str]:
+    """Overrides that hand a resumed run the checkpoints its stages already wrote (instead of
+    training them again): ``stages=null`` and each stage's ``checkpoint_to`` key."""
+    config_file = run_dir / ".hydra" / "config.yaml"
+    stages = OmegaConf.load(config_file).get("stages") if config_file.is_file() else None
+    if not stages:
+        return []
+    overrides = ["stages=null"]
+    for name, stage in stages.items():
+        checkpoint = run_dir / name / "checkpoints" / "last.ckpt"
+        if stage is None or not checkpoint.is_file():
+            return []  # a stage never finished: run them all again
+        overrides.append(f"{stage.checkpoint_to}={quoted(checkpoint)}")
+    return overrides
+
+
+def resume_arguments(run_dir: Path, extra: Sequence[str]) -> list[str]:
+    """Command-line arguments that continue the run in ``run_dir`` from its last checkpoint: the
+    run's own overrides, then ``extra``, writing into the same directory. Hydra's record of this
+    invocation goes to ``.hydra/resume-<time>`` so the original config and overrides stay as they
+    were."""
+    if not run_dir.is_dir():
+        raise KlexpError(f"resume: {run_dir} is not a directory")
+    saved = saved_overrides(run_dir, command="resume")
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise KlexpError(f"resume: {run_dir} has no checkpoints/last.ckpt to resume from")
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    return [*saved, *finished_stages(run_dir), f"ckpt_path={quoted(checkpoint)}", *extra,
+            f"hydra.run.dir={quoted(run_dir)}", f"hydra.output_subdir={quoted(f'.hydra/resume-{stamp}')}"]

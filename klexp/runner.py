@@ -219,16 +219,22 @@ class _TrainingStarted(pl.Callback):
 
 
 def checkpoint_step(path: str | None) -> int | None:
-    """The global step a checkpoint was saved at (None without a checkpoint)."""
+    """The logging step a checkpoint was saved at — Lightning's count of batches that stepped,
+    which loggers use as their step (under manual optimisation ``global_step`` counts optimiser
+    steps instead) — or None without a checkpoint."""
     if path is None:
         return None
     file = Path(path).expanduser()
     if not file.is_file():
         raise KlexpError(f"ckpt_path: {file} does not exist")
     try:
-        return int(torch.load(file, map_location="cpu", weights_only=True)["global_step"])
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
         raise KlexpError(f"ckpt_path: {file} is not a readable Lightning checkpoint ({error})") from None
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
+    except (KeyError, TypeError):
+        return int(checkpoint["global_step"])
 
 
 def _flush(logger: Any) -> None:

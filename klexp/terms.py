@@ -31,6 +31,7 @@ from klexp.errors import (
     require_positive,
     require_positive_int,
 )
+from klexp.lightning_helpers import all_ranks_agree, logs_this_step, mean_over_ranks
 from klexp.schedules import Constant, Schedule, as_schedule
 
 Direction = Literal["forward", "reverse", "js"]
@@ -125,6 +126,12 @@ class KLTerm(pl.Callback):
                                    f"use estimator=analytic, got {estimator!r}")
         if free_bits is not None and capacity is not None:
             raise ConfigValueError("capacity", "free_bits and capacity are alternatives; set one")
+        if samples is not None and direction != "forward":
+            raise ConfigValueError("samples", "draws given in an output come from p, so they serve "
+                                   "only direction=forward (reverse would treat them as draws from q)")
+        if samples is not None and num_samples != 1:
+            raise ConfigValueError("num_samples", "with samples given in an output, their own count is "
+                                   f"used; leave num_samples at 1, got {num_samples}")
         if direction == "js" and (free_bits is not None or log_dims):
             raise ConfigValueError("direction", "Jensen–Shannon does not split over dimensions; "
                                    "free_bits and log_dims need direction forward or reverse")
@@ -139,6 +146,7 @@ class KLTerm(pl.Callback):
         self.log_dims, self.check_finite = log_dims, check_finite
         self._tallies = {stage: _Tally() for stage in STAGES}
         self._batch_elements = 1
+        self._trainer: pl.Trainer | None = None
         self._after_update: float | None = None
 
     # ---------------------------------------------------------------- Lightning plumbing
@@ -164,6 +172,7 @@ class KLTerm(pl.Callback):
                 )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
         names = getattr(pl_module, "output_names", None)
         if names is not None:
             self.check_outputs(names, type(pl_module).__name__)
@@ -179,23 +188,25 @@ class KLTerm(pl.Callback):
 
     def __call__(self, outputs: Mapping[str, Any], stage: str, step: int) -> Tensor:
         """The term's loss on one batch, ``weight · shaped(D) / divide_by``; records what it
-        measured for logging."""
-        value, per_dim, per_sample = self.measure(outputs)
+        measured for logging. At weight 0 the term only measures (no graph is built)."""
         weight = self.current_weight(step)
-        if self.free_bits is not None:
-            shaped = per_dim.clamp(min=self.free_bits).sum() * self._batch_scale()
-        elif self.capacity is not None:
-            shaped = (value - self.capacity.value(step)).abs()
-        else:
-            shaped = value
-        divisor = float(outputs[self.divide_by]) if self.divide_by is not None else 1.0
-        loss = weight * shaped / divisor
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
+            value, per_dim, per_sample = self.measure(outputs)
+            if self.free_bits is not None:
+                shaped = per_dim.clamp(min=self.free_bits).sum() * self._batch_scale()
+            elif self.capacity is not None:
+                shaped = (value - self.capacity.value(step)).abs()
+            else:
+                shaped = value
+            divisor = float(outputs[self.divide_by]) if self.divide_by is not None else 1.0
+            loss = weight * shaped / divisor if weight != 0 else value.new_zeros(())
 
         measured = value.detach().item()
-        if self.check_finite and not math.isfinite(measured):
+        if self.check_finite and not all_ranks_agree(self._trainer, math.isfinite(measured)):
             raise NonFiniteError(
                 f"KL term '{self.name}' is {measured} at step {step} ({stage}); "
-                f"{self._describe(outputs)}"
+                f"{self._describe(outputs)}" if not math.isfinite(measured) else
+                f"KL term '{self.name}' turned non-finite on another rank at step {step} ({stage})"
             )
         std = per_sample.detach().std().item() if per_sample is not None and per_sample.numel() > 1 else None
         dims = per_dim.detach() if self.log_dims else None
@@ -209,28 +220,37 @@ class KLTerm(pl.Callback):
         if self.direction == "reverse":
             p, q = q, p
         event_dims = self._event_dims(p, q) if self.per_dimension else 0
-        if event_dims:
-            p, q = p.base_dist, q.base_dist
-        per_sample = None
-        if self.direction == "js":
-            elementwise = divergences.js(p, q)
-        elif self.estimator == "analytic":
-            elementwise = divergences.kl(p, q)
-        else:
-            samples = outputs[self.samples] if self.samples is not None else None
-            per_sample = divergences.kl_samples(
-                p, q, estimator=self.estimator, num_samples=self.num_samples, samples=samples
-            )
-            elementwise = per_sample.mean(0)
-        per_dim = None
-        if event_dims:
-            elementwise = elementwise.flatten(-event_dims)
-            per_dim = elementwise.reshape(-1, elementwise.shape[-1]).mean(0)
-            elementwise = elementwise.sum(-1)
+        if event_dims and self.free_bits is not None:
+            # free bits floor each dimension's KL, so the estimate itself is made per dimension
+            elementwise, per_sample = self._elementwise(p.base_dist, q.base_dist, outputs)
+            per_dim = _batch_mean_per_dim(elementwise, event_dims)
+            elementwise = elementwise.flatten(-event_dims).sum(-1)
             if per_sample is not None:
                 per_sample = per_sample.flatten(-event_dims).sum(-1)
+        else:
+            # Monte-Carlo estimates use the joint log-ratio: a sum of per-dimension estimates
+            # has a far larger variance (k2, k3); per-dimension values are only for the logs
+            elementwise, per_sample = self._elementwise(p, q, outputs)
+            per_dim = None
+            if event_dims:
+                with torch.no_grad():
+                    per_dim = _batch_mean_per_dim(
+                        self._elementwise(p.base_dist, q.base_dist, outputs)[0], event_dims)
         value = elementwise.mean() if self.reduction == "mean" else elementwise.sum()
         return value, per_dim, per_sample
+
+    def _elementwise(self, p: Distribution, q: Distribution,
+                     outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """D(p ‖ q) per batch element, and the per-sample terms of a Monte-Carlo estimator."""
+        if self.direction == "js":
+            return divergences.js(p, q, num_samples=max(self.num_samples, 256)), None
+        if self.estimator == "analytic":
+            return divergences.kl(p, q), None
+        samples = outputs[self.samples] if self.samples is not None else None
+        per_sample = divergences.kl_samples(
+            p, q, estimator=self.estimator, num_samples=self.num_samples, samples=samples
+        )
+        return per_sample.mean(0), per_sample
 
     def after_update(self, outputs: Mapping[str, Any]) -> float:
         """Measure the divergence on ``outputs`` once a task's update phase is over (call it under
@@ -312,7 +332,9 @@ class KLTerm(pl.Callback):
         if not on_step or logs_this_step(pl_module):
             pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True)
         if stage == "train":
-            self.schedule.update(_mean_over_ranks(pl_module, measured))
+            if type(self.schedule).update is not Schedule.update:  # a controller: rank-mean KL
+                measured = mean_over_ranks(self._trainer or pl_module._trainer, measured)
+            self.schedule.update(measured)
         self._tallies[stage] = _Tally()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -333,30 +355,17 @@ class KLTerm(pl.Callback):
                 f"estimator={self.estimator}, weight={self.weight}, schedule={self.schedule!r})")
 
 
+def _batch_mean_per_dim(elementwise: Tensor, event_dims: int) -> Tensor:
+    """Per-dimension values ``(*batch, *event)`` → their batch mean over flattened event dims."""
+    flat = elementwise.flatten(-event_dims)
+    return flat.reshape(-1, flat.shape[-1]).mean(0)
+
+
 def _as_capacity(capacity: float | Schedule) -> Schedule:
     if isinstance(capacity, Schedule):
         return capacity
     require_positive("capacity", capacity)
     return as_schedule(capacity)
-
-
-def logs_this_step(pl_module: pl.LightningModule) -> bool:
-    """Whether a metric logged now with ``on_step=True`` reaches the loggers. Lightning writes
-    training-step metrics only every ``trainer.log_every_n_steps`` steps and drops the others,
-    while each ``self.log`` call costs ~0.1 ms, which dominates the step of a small network; so
-    training-step metrics are logged only on the steps that are written (always outside training)."""
-    trainer = pl_module._trainer
-    if trainer is None or not trainer.training:
-        return True
-    return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
-
-
-def _mean_over_ranks(pl_module: pl.LightningModule, value: float) -> float:
-    """The value averaged over DDP ranks, so every rank's controller takes the same step."""
-    trainer = pl_module._trainer
-    if trainer is None or trainer.world_size == 1:
-        return value
-    return float(trainer.strategy.reduce(torch.tensor(value, device=pl_module.device), reduce_op="mean"))
 
 
 def kl_terms_of(trainer: pl.Trainer) -> list[KLTerm]:
@@ -407,6 +416,13 @@ class TargetKL(KLTerm):
         value, per_dim, per_sample = super().measure(outputs)
         self.latest = float(value.detach())
         return value, per_dim, per_sample
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "stops_total": self.stops_total}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.stops_total = int(state_dict.get("stops_total", 0))
 
     def exceeded(self, boundary: Literal["minibatch", "epoch"]) -> bool:
         """At a ``boundary`` of the granularity ``check``: has the latest measured KL passed the

@@ -58,3 +58,23 @@ def test_resume_and_rerun_name_a_bad_run_directory(args, message, tmp_path):
     result = run_cli(args, cwd=tmp_path, timeout=60)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_resuming_a_run_with_stages_reuses_their_checkpoints(tmp_path):
+    from klexp.rerun import resume_arguments
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- experiment=distill\n")
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        "stages:\n  teacher:\n    overrides: [experiment=classification]\n"
+        "    checkpoint_to: task.teacher_checkpoint\n")
+    for folder in (run_dir, run_dir / "teacher"):
+        checkpoint = folder / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"")
+    args = resume_arguments(run_dir, ["trainer.max_epochs=3"])
+    assert args[:3] == ["experiment=distill", "stages=null",
+                        f"task.teacher_checkpoint='{run_dir / 'teacher' / 'checkpoints' / 'last.ckpt'}'"]
+    assert f"ckpt_path='{run_dir / 'checkpoints' / 'last.ckpt'}'" in args
+    assert args.index("trainer.max_epochs=3") > args.index("stages=null")

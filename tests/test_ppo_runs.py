@@ -206,6 +206,8 @@ def test_a_resumed_run_continues_its_iterations_step_count_and_learning_rate(tmp
     run_experiment(["experiment=ppo", *SHORT, "+callbacks.model_checkpoint.every_n_train_steps=16",
                     "callbacks.model_checkpoint.save_top_k=-1"], tmp_path / "first")
     checkpoint = tmp_path / "first" / "checkpoints" / "epoch=0-step=16.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)["klexp_ppo_progress"]
+    assert json.loads(saved["action_rng"])["bit_generator"] == "PCG64"  # the sampler's state travels
     run_experiment(["experiment=ppo", *SHORT, f"ckpt_path='{checkpoint}'"], tmp_path / "resumed")
     assert scalars(tmp_path / "resumed", "time/env_steps") == [512.0, 768.0]
     assert scalars(tmp_path / "resumed", "ppo/learning_rate") == pytest.approx(

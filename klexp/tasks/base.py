@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from klexp.errors import KlexpError, NonFiniteError
-from klexp.terms import KLTerm, kl_terms_of, logs_this_step
+from klexp.lightning_helpers import logs_this_step
+from klexp.terms import KLTerm, kl_terms_of
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]

@@ -51,10 +51,10 @@ from klexp.errors import (
     require_positive,
     require_positive_int,
 )
+from klexp.lightning_helpers import logs_this_step
 from klexp.nets import Activation, check_mlp_args
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
 from klexp.tasks.classification import load_classifier
-from klexp.terms import logs_this_step
 
 Prior = Literal["gaussian", "scale_mixture"]
 PRIORS: tuple[str, ...] = ("gaussian", "scale_mixture")

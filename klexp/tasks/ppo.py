@@ -42,6 +42,7 @@ on the batch states), so the estimators can be compared with the truth.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,10 +58,11 @@ from klexp import divergences
 from klexp.checkpoints import load_frozen, read_checkpoint
 from klexp.data.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory, episode_statistics
 from klexp.errors import ConfigValueError, KlexpError, require, require_non_negative, require_positive_int
+from klexp.lightning_helpers import logs_this_step
 from klexp.nets import mlp
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
 from klexp.tasks.rollout import GaussianPolicy, NumpyMLP, Policy, Rollout, gae, policy_for
-from klexp.terms import KLTerm, TargetKL, logs_this_step
+from klexp.terms import KLTerm, TargetKL
 
 CHECKPOINT_POLICY_KEY = "klexp_policy"
 CHECKPOINT_PROGRESS_KEY = "klexp_ppo_progress"
@@ -191,7 +193,11 @@ class PPOTask(KLTask):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_POLICY_KEY] = self.policy_spec()
         if hasattr(self, "env_steps"):
-            checkpoint[CHECKPOINT_PROGRESS_KEY] = {"env_steps": self.env_steps, "solved_at": self.solved_at}
+            # the action sampler's state travels too (as text: weights_only loading takes no
+            # 128-bit integers), so a resumed run does not replay the first rollouts' noise
+            checkpoint[CHECKPOINT_PROGRESS_KEY] = {
+                "env_steps": self.env_steps, "solved_at": self.solved_at,
+                "action_rng": json.dumps(self.rng.bit_generator.state)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._progress = checkpoint.get(CHECKPOINT_PROGRESS_KEY)
@@ -223,6 +229,8 @@ class PPOTask(KLTask):
         # a resumed run continues its step count (its envs restart from a fresh reset)
         progress = getattr(self, "_progress", None) or {"env_steps": 0, "solved_at": None}
         self.env_steps, self.solved_at = progress["env_steps"], progress["solved_at"]
+        if "action_rng" in progress:
+            self.rng.bit_generator.state = json.loads(progress["action_rng"])
         self.unlogged_episodes: list[tuple[float, int]] = []
         self.start_time = time.perf_counter()
 
@@ -290,24 +298,26 @@ class PPOTask(KLTask):
         """Values, GAE and the old (and reference) policy for the rollout, in one batched pass;
         the autoreset steps are dropped here."""
         buffer, steps, envs = self.buffer, self.num_steps, self.env.num_envs
-        obs = torch.from_numpy(buffer.obs.reshape(steps * envs, -1))
-        next_obs = torch.from_numpy(buffer.next_obs)
-        values = self.critic(torch.cat([obs, next_obs])).view(steps + 1, envs).numpy()
+        device = self.device  # the rollout lives in numpy on the host; learning, on the device
+        obs = torch.from_numpy(buffer.obs.reshape(steps * envs, -1)).to(device)
+        next_obs = torch.from_numpy(buffer.next_obs).to(device)
+        values = self.critic(torch.cat([obs, next_obs])).view(steps + 1, envs).cpu().numpy()
         advantages, returns = gae(buffer.rewards, values, buffer.terminated, buffer.truncated,
                                   self.gamma, self.gae_lambda)
 
-        valid = torch.from_numpy(~buffer.autoreset.reshape(-1))
+        valid = torch.from_numpy(~buffer.autoreset.reshape(-1)).to(device)
         obs = obs[valid]
-        actions = torch.from_numpy(buffer.actions.reshape(steps * envs, *self.policy.action_shape))[valid]
+        actions = torch.from_numpy(
+            buffer.actions.reshape(steps * envs, *self.policy.action_shape)).to(device)[valid]
         old_params = self.actor(obs)
         return Batch(
             obs=obs,
             actions=actions,
             logprobs=self.policy.log_prob(old_params, actions),
             old_params=old_params,
-            advantages=torch.from_numpy(advantages.reshape(-1))[valid],
-            returns=torch.from_numpy(returns.reshape(-1))[valid],
-            values=torch.from_numpy(values[:-1].reshape(-1))[valid],
+            advantages=torch.from_numpy(advantages.reshape(-1)).to(device)[valid],
+            returns=torch.from_numpy(returns.reshape(-1)).to(device)[valid],
+            values=torch.from_numpy(values[:-1].reshape(-1)).to(device)[valid],
             reference_params=self.reference(obs) if self.reference is not None else None,
         )
 
@@ -320,7 +330,7 @@ class PPOTask(KLTask):
         for epoch in range(self.update_epochs):
             minibatches = np.array_split(self.rng.permutation(len(b.obs)), self.num_minibatches)
             for index, indices in enumerate(minibatches):
-                mb = b.select(torch.from_numpy(indices))
+                mb = b.select(torch.from_numpy(indices).to(self.device))
                 params = self.actor(mb.obs)
                 newlogprob = self.policy.log_prob(params, mb.actions)
                 entropy = self.policy.entropy(params)
@@ -537,7 +547,7 @@ class Actor(nn.Module):
         net = NumpyMLP(self.net)
         if self.log_std is None:
             return net
-        log_std = self.log_std.detach().numpy().copy()
+        log_std = self.log_std.detach().cpu().numpy().copy()
         return lambda obs: np.concatenate([mean := net(obs), np.broadcast_to(log_std, mean.shape)], -1)
 
 

@@ -96,8 +96,8 @@ class NumpyMLP:
         self.layers: list[tuple[np.ndarray, np.ndarray] | object] = []
         for module in net:
             if isinstance(module, nn.Linear):
-                self.layers.append((module.weight.detach().numpy().T.copy(),
-                                    module.bias.detach().numpy().copy()))
+                self.layers.append((module.weight.detach().cpu().numpy().T.copy(),
+                                    module.bias.detach().cpu().numpy().copy()))
             elif type(module) in _NUMPY_ACTIVATIONS:
                 self.layers.append(_NUMPY_ACTIVATIONS[type(module)])
             else:

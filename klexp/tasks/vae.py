@@ -35,9 +35,9 @@ from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from klexp.errors import require, require_in, require_positive, require_positive_int
 from klexp.images import image_grid, upscale_factor
+from klexp.lightning_helpers import logs_this_step
 from klexp.nets import Activation, check_mlp_args, mlp
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
-from klexp.terms import logs_this_step
 
 Likelihood = Literal["bernoulli", "gaussian"]
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian")
