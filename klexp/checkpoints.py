@@ -13,6 +13,10 @@ import torch
 from torch import nn
 
 from klexp.errors import KlexpError
+from klexp.nets import mlp
+
+# where a ClassificationTask checkpoint describes its network
+CHECKPOINT_NET_KEY = "klexp_net"
 
 
 def read_checkpoint(path: str, key: str, spec_key: str, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -46,3 +50,18 @@ def load_frozen(module: nn.Module, checkpoint: dict[str, Any], prefix: str, key:
         first = str(error).strip().splitlines()[0]
         raise KlexpError(f"{key}: {Path(path).expanduser()} does not fit its own network ({first})") from None
     return module.eval().requires_grad_(False)
+
+
+def load_classifier(path: str, input_size: int, num_classes: int,
+                    key: str = "task.teacher_checkpoint") -> nn.Module:
+    """The frozen network of a ClassificationTask checkpoint, checked against the data's shape;
+    ``key`` is the config key that named the file."""
+    checkpoint, spec = read_checkpoint(path, key, CHECKPOINT_NET_KEY, "classification")
+    if (spec["in_features"], spec["out_features"]) != (input_size, num_classes):
+        raise KlexpError(
+            f"{key}: {Path(path).expanduser()} was trained for {spec['in_features']} inputs and "
+            f"{spec['out_features']} classes; the data has {input_size} inputs and {num_classes} classes"
+        )
+    net = mlp(spec["in_features"], spec["hidden"], spec["out_features"], spec["activation"],
+              spec["dropout"])
+    return load_frozen(net, checkpoint, "net", key, path)

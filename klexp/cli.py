@@ -17,7 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from klexp.errors import KlexpError
 from klexp.rerun import rerun_arguments, resume_arguments
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+def _config_dir() -> Path:
+    """The repository's conf/ in a checkout (editable install); the copy shipped inside the
+    package (klexp/conf) in a regular install."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    return checkout if (checkout / "config.yaml").is_file() else Path(__file__).resolve().parent / "conf"
+
+
+CONFIG_DIR = _config_dir()
 CONFIG_NAME = "config"
 
 

@@ -57,6 +57,7 @@ CASES = [
     (["kl.ce.estimator=k9"], "kl.ce.estimator: expected one of analytic, k1, k2, k3, got 'k9'"),
     (["+kl.ce.num_samples=0"], "kl.ce.num_samples: expected an integer > 0, got 0"),
     (["kl.ce.direction=js", "kl.ce.estimator=k3"], "kl.ce.estimator: Jensen–Shannon has no k1/k2/k3 estimator"),
+    (["kl=[ce,distill]"], "kl.distill.p: KL term 'distill' reads output 'teacher_T', which ClassificationTask does not produce"),
     (["kl.ce.p=targt"], "kl.ce.p: KL term 'ce' reads output 'targt', which ClassificationTask does not produce"),
     (["task.label_smoothing=1.0"], "task.label_smoothing: expected a number in [0, 1), got 1.0"),
     (["task.label_smoothing=-0.1"], "task.label_smoothing: expected a number in [0, 1), got -0.1"),

@@ -89,3 +89,14 @@ def test_every_yaml_file_is_reachable_through_a_group():
     for path in Path(CONFIG_DIR).rglob("*.yaml"):
         relative = path.relative_to(CONFIG_DIR)
         assert relative.parts[0] in groups or relative == Path("config.yaml"), relative
+
+
+def test_every_config_folder_ships_in_the_wheel():
+    """pyproject.toml lists conf/ and each of its folders as klexp.conf packages."""
+    import tomllib
+
+    packages = set(tomllib.loads((CONFIG_DIR.parent / "pyproject.toml").read_text())
+                   ["tool"]["setuptools"]["packages"])
+    folders = {"klexp.conf." + ".".join(p.relative_to(CONFIG_DIR).parts)
+               for p in CONFIG_DIR.rglob("*") if p.is_dir()}
+    assert folders | {"klexp.conf"} <= packages

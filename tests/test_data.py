@@ -36,6 +36,7 @@ def test_idx_files_load_with_t10k_as_test_split(tmp_path, compress):
     assert data.num_classes == 3
     assert len(data.splits["test"][1]) == 20
     assert len(data.splits["train"][1]) + len(data.splits["val"][1]) == 60
+    assert len(data.splits["val"][1]) == 6  # val_fraction of the training files
     images = data.splits["train"][0]
     assert images.dtype == torch.float32 and images.min() >= 0 and images.max() <= 1
 

@@ -107,7 +107,11 @@ class ImageClassData(pl.LightningDataModule):
         loaded = self.load()
         splits = loaded if isinstance(loaded, dict) else self._split(*loaded)
         if "val" not in splits:
-            splits.update(self._split_off_val(*splits["train"]))
+            # val_fraction is a share of all the data; with a test split of its own (IDX's t10k
+            # files) the training files are all there is, so it is their share
+            share = self.val_fraction if isinstance(loaded, dict) else (
+                self.val_fraction / (1 - self.test_fraction))
+            splits.update(self._split_off_val(*splits["train"], share))
         labels = torch.cat([y for _, y in splits.values()])
         self._num_classes = int(labels.max()) + 1
         if self.holdout_class is not None:
@@ -130,8 +134,8 @@ class ImageClassData(pl.LightningDataModule):
                                       random_state=self.split_seed, stratify=labels.numpy())
         return {"train": (images[rest], labels[rest]), "test": (images[test], labels[test])}
 
-    def _split_off_val(self, images: Tensor, labels: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
-        share = self.val_fraction / (1 - self.test_fraction)
+    def _split_off_val(self, images: Tensor, labels: Tensor,
+                       share: float) -> dict[str, tuple[Tensor, Tensor]]:
         index = torch.arange(len(labels)).numpy()
         train, val = train_test_split(index, test_size=share, random_state=self.split_seed + 1,
                                       stratify=labels.numpy())

@@ -43,6 +43,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from torchmetrics.functional.classification import binary_auroc
 
 from klexp.bayes_layers import BayesMLP, gaussian_prior, inverse_softplus, scale_mixture_prior
+from klexp.checkpoints import load_classifier
 from klexp.divergences import categorical_entropy
 from klexp.errors import (
     KlexpError,
@@ -54,7 +55,6 @@ from klexp.errors import (
 from klexp.lightning_helpers import logs_this_step
 from klexp.nets import Activation, check_mlp_args
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
-from klexp.tasks.classification import load_classifier
 
 Prior = Literal["gaussian", "scale_mixture"]
 PRIORS: tuple[str, ...] = ("gaussian", "scale_mixture")

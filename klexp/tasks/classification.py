@@ -16,7 +16,6 @@ Outputs for KL terms:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,12 +26,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from klexp import divergences
-from klexp.checkpoints import load_frozen, read_checkpoint
-from klexp.errors import KlexpError, require_positive, require_unit_interval
+from klexp.checkpoints import CHECKPOINT_NET_KEY, load_classifier
+from klexp.errors import require_positive, require_unit_interval
 from klexp.nets import Activation, check_mlp_args, mlp
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
-
-CHECKPOINT_NET_KEY = "klexp_net"
 
 
 class ClassificationTask(KLTask):
@@ -47,7 +44,6 @@ class ClassificationTask(KLTask):
             (normally the ``ce`` KL term plays that part and the task loss is 0).
     """
 
-    output_names = frozenset({"model", "target", "uniform", "teacher", "teacher_T", "model_T"})
 
     def __init__(
         self,
@@ -71,6 +67,12 @@ class ClassificationTask(KLTask):
         self.cross_entropy_loss = cross_entropy_loss
         self.net: nn.Module | None = None
         self.teacher: nn.Module | None = None
+
+    @property
+    def output_names(self) -> frozenset[str]:
+        """The teacher outputs exist only with a teacher checkpoint."""
+        teacher = {"teacher", "teacher_T", "model_T"} if self.teacher_checkpoint is not None else set()
+        return frozenset({"model", "target", "uniform", *teacher})
 
     # ------------------------------------------------------------------ building
 
@@ -170,18 +172,3 @@ class ClassificationTask(KLTask):
                        f"{stage}/nll": nll}, on_step=on_step, on_epoch=not on_step,
                       batch_size=len(labels), sync_dist=not on_step)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
-
-
-def load_classifier(path: str, input_size: int, num_classes: int,
-                    key: str = "task.teacher_checkpoint") -> nn.Module:
-    """The frozen network of a ClassificationTask checkpoint, checked against the data's shape;
-    ``key`` is the config key that named the file."""
-    checkpoint, spec = read_checkpoint(path, key, CHECKPOINT_NET_KEY, "classification")
-    if (spec["in_features"], spec["out_features"]) != (input_size, num_classes):
-        raise KlexpError(
-            f"{key}: {Path(path).expanduser()} was trained for {spec['in_features']} inputs and "
-            f"{spec['out_features']} classes; the data has {input_size} inputs and {num_classes} classes"
-        )
-    net = mlp(spec["in_features"], spec["hidden"], spec["out_features"], spec["activation"],
-              spec["dropout"])
-    return load_frozen(net, checkpoint, "net", key, path)
