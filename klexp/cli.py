@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from klexp.errors import KlexpError
 from klexp.rerun import rerun_arguments, resume_arguments
 
+
 def _config_dir() -> Path:
     """The repository's conf/ in a checkout (editable install); the copy shipped inside the
     package (klexp/conf) in a regular install."""

@@ -42,9 +42,12 @@ STAGES: tuple[str, ...] = ("train", "val", "test")
 
 @dataclass
 class _Tally:
-    """Running sums of what a term measured since it last logged."""
+    """Running sums of what a term measured over the calls of one batch."""
 
     calls: int = 0
+    std_calls: int = 0
+    # batch elements behind each value: the weight of this batch in an epoch mean across ranks
+    elements: int = 1
     value: float = 0.0
     value_max: float = -math.inf
     loss: float = 0.0
@@ -54,14 +57,15 @@ class _Tally:
     weight: float | None = None
 
     def add(self, value: float, loss: float, std: float | None, dims: Tensor | None,
-            weight: float | None = None) -> None:
+            weight: float | None = None, elements: int = 1) -> None:
         self.calls += 1
-        self.weight = weight
+        self.weight, self.elements = weight, elements
         self.value += value
         self.value_max = max(self.value_max, value)
         self.loss += loss
         if std is not None:
             self.std += std
+            self.std_calls += 1
         if dims is not None:
             self.dims = dims if self.dims is None else self.dims + dims
 
@@ -210,7 +214,8 @@ class KLTerm(pl.Callback):
             )
         std = per_sample.detach().std().item() if per_sample is not None and per_sample.numel() > 1 else None
         dims = per_dim.detach() if self.log_dims else None
-        self._tallies[stage].add(measured, loss.detach().item(), std, dims, weight)
+        self._tallies[stage].add(measured, loss.detach().item(), std, dims, weight,
+                                 self._batch_elements)
         return loss
 
     def measure(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -236,6 +241,7 @@ class KLTerm(pl.Callback):
                 with torch.no_grad():
                     per_dim = _batch_mean_per_dim(
                         self._elementwise(p.base_dist, q.base_dist, outputs)[0], event_dims)
+        self._batch_elements = max(1, elementwise.numel())
         value = elementwise.mean() if self.reduction == "mean" else elementwise.sum()
         return value, per_dim, per_sample
 
@@ -273,7 +279,6 @@ class KLTerm(pl.Callback):
                 f"same event dimensions to split the KL per dimension; got {type(p).__name__} "
                 f"and {type(q).__name__}",
             )
-        self._batch_elements = p.batch_shape.numel()
         return dims.pop()
 
     def _distribution(self, outputs: Mapping[str, Any], role: str) -> Distribution:
@@ -319,7 +324,7 @@ class KLTerm(pl.Callback):
             f"{prefix}/loss": tally.loss / calls,
         }
         if self.estimator != "analytic":
-            metrics[f"{prefix}/std"] = tally.std / calls
+            metrics[f"{prefix}/std"] = tally.std / max(1, tally.std_calls)
         if calls > 1:
             metrics[f"{prefix}/value_max"] = tally.value_max
         if tally.dims is not None:
@@ -330,7 +335,8 @@ class KLTerm(pl.Callback):
             self._after_update = None
         on_step = stage == "train"
         if not on_step or logs_this_step(pl_module):
-            pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True)
+            pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True,
+                               batch_size=tally.elements)
         if stage == "train":
             if type(self.schedule).update is not Schedule.update:  # a controller: rank-mean KL
                 measured = mean_over_ranks(self._trainer or pl_module._trainer, measured)

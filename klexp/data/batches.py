@@ -36,7 +36,6 @@ class TensorBatches:
         *,
         shuffle: bool = False,
         seed: int = 0,
-        drop_last: bool = False,
         transform: BatchTransform | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -45,7 +44,7 @@ class TensorBatches:
         if len({len(t) for t in tensors}) != 1:
             raise ValueError(f"tensors must share their first axis, got {[tuple(t.shape) for t in tensors]}")
         self.tensors, self.batch_size = tensors, batch_size
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.shuffle, self.seed = shuffle, seed
         self.transform, self.rank, self.world_size = transform, rank, world_size
         self._next_epoch = 0
         self._resume: tuple[int, int] | None = None
@@ -57,8 +56,7 @@ class TensorBatches:
         return -(-n // self.world_size)
 
     def __len__(self) -> int:
-        n = self.examples_per_rank
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-self.examples_per_rank // self.batch_size)
 
     def _order(self, epoch: int) -> Tensor:
         n = len(self.tensors[0])

@@ -172,6 +172,8 @@ class ImageClassData(pl.LightningDataModule):
 
     def _eval_batches(self, split: str) -> TensorBatches:
         rank, world = self._rank_and_world()
+        # Under DDP evaluation shares are equal too (a few examples repeat when the split does
+        # not divide): Lightning's batch-size-weighted epoch mean across ranks is exact only then.
         return TensorBatches(self.splits[split], self.eval_batch_size, rank=rank, world_size=world)
 
     def val_dataloader(self) -> TensorBatches:

@@ -88,7 +88,7 @@ class KLTask(pl.LightningModule):
         if not on_step or logs_this_step(self):
             self.log_dict({f"{prefix}/task": task_loss.detach(), f"{prefix}/total": loss.detach()},
                           on_step=on_step, on_epoch=not on_step, batch_size=_batch_size(batch),
-                          sync_dist=not on_step)
+                          sync_dist=True)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

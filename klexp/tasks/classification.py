@@ -28,6 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from klexp import divergences
 from klexp.checkpoints import CHECKPOINT_NET_KEY, load_classifier
 from klexp.errors import require_positive, require_unit_interval
+from klexp.lightning_helpers import logs_this_step
 from klexp.nets import Activation, check_mlp_args, mlp
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
 
@@ -160,15 +161,17 @@ class ClassificationTask(KLTask):
 
     def _log_metrics(self, stage: str, logits: Tensor, labels: Tensor, target_logits: Tensor) -> None:
         """CE(target, model) = KL(target ‖ model) + H(target), shown side by side; NLL; accuracy, ECE."""
+        metrics = self.metrics[f"{stage}_metrics"]
+        metrics.update(logits.detach().softmax(-1), labels)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
+        on_step = stage == "train"
+        if on_step and not logs_this_step(self):
+            return
         with torch.no_grad():
             cross_entropy = divergences.categorical_cross_entropy(target_logits, logits).mean()
             target_entropy = divergences.categorical_entropy(target_logits).mean()
             nll = F.cross_entropy(logits, labels)
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(logits.detach().softmax(-1), labels)
-        on_step = stage == "train"
         prefix = "loss" if on_step else stage
         self.log_dict({f"{prefix}/ce": cross_entropy, f"{prefix}/target_entropy": target_entropy,
                        f"{stage}/nll": nll}, on_step=on_step, on_epoch=not on_step,
-                      batch_size=len(labels), sync_dist=not on_step)
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
+                      batch_size=len(labels), sync_dist=True)
