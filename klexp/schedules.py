@@ -144,7 +144,9 @@ class AdaptiveBeta(Schedule):
 class ProportionalController(Schedule):
     """Proportional control of β (Ziegler et al. 2019, "Fine-Tuning Language Models from Human
     Preferences", sec. 2.2): ``e = clip(KL / target − 1, −0.2, 0.2)``,
-    ``β ← β · (1 + K_β · e)`` with ``K_β = batch_size / horizon``."""
+    ``β ← β · (1 + K_β · e)``. The paper fixes K_β = 0.1; as in its released code
+    (openai/lm-human-preferences, ``AdaptiveKLController``) we take ``K_β = batch_size / horizon``,
+    the share of the horizon one update covers."""
 
     def __init__(
         self,
