@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from klexp.cli import CONFIG_DIR
-from klexp.runner import build_callbacks, build_terms, instantiate_node
+from klexp.runner import build_callbacks, build_terms, check_terms_against_task, instantiate_node
 from klexp.terms import KLTerm
 from klexp.validation import check_config
 
@@ -41,8 +41,9 @@ def test_every_experiment_composes_validates_and_instantiates(experiment, tmp_pa
 
 
 def _compose_option(group: str, option: str, experiment: str, tmp_path):
-    if group == "kl":
-        overrides = [f"kl=[{option}]"]
+    if group == "kl":  # the experiment's own terms plus this one
+        own = [name for name in compose_config([f"experiment={experiment}"]).kl]
+        overrides = [f"kl=[{','.join(dict.fromkeys([*own, option]))}]"]
     elif group == "schedule":
         overrides = [f"+schedule@kl.{experiment_term(experiment)}.schedule={option}"]
     else:
@@ -69,18 +70,25 @@ def experiment_term(experiment: str) -> str:
 )
 def test_every_group_option_composes_in_some_experiment(group, option, tmp_path):
     """Each file is valid where it is meant to be used: with the default experiment or, for
-    options that need a context (a PPO task needs an env), with one of the experiments."""
+    options that need a context (a PPO task needs an env; a distillation term needs a teacher),
+    with one of the experiments. Valid means composed, checked, and built: a KL term file's term
+    must read outputs the experiment's task produces, a schedule must instantiate."""
     errors = []
     for experiment in ["classification", *EXPERIMENTS]:
         try:
             cfg = _compose_option(group, option, experiment, tmp_path)
+            if group == "schedule":
+                instantiate(cfg.kl[experiment_term(experiment)].schedule)
+            if group == "kl":
+                for stage in (cfg.get("stages") or {}).values():  # what a stage would hand over
+                    OmegaConf.update(cfg, stage.checkpoint_to, "stage/checkpoints/last.ckpt")
+                terms = build_terms(cfg.kl)
+                check_terms_against_task(terms, instantiate_node(cfg.task, "task"))
         except Exception as error:
-            errors.append(f"{experiment}: {error}")
+            errors.append(f"{experiment}: {str(error).splitlines()[0]}")
             continue
-        if group == "schedule":
-            instantiate(cfg.kl[experiment_term(experiment)].schedule)
         return
-    pytest.fail(f"{group}={option} composes with no experiment: {errors[:3]}")
+    pytest.fail(f"{group}={option} works with no experiment: {errors[:3]}")
 
 
 def test_every_yaml_file_is_reachable_through_a_group():
