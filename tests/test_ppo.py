@@ -17,8 +17,9 @@ from klexp import divergences
 from klexp.data.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.schedules import AdaptiveBeta
-from klexp.tasks.ppo import Actor, Batch, IterationIndices, PPOTask, explained_variance
-from klexp.tasks.rollout import CategoricalPolicy, GaussianPolicy, NumpyMLP, gae, policy_for
+from klexp.tasks.policies import Actor, CategoricalPolicy, GaussianPolicy, NumpyMLP, policy_for
+from klexp.tasks.ppo import Batch, IterationIndices, PPOTask, explained_variance
+from klexp.tasks.rollout import gae
 from klexp.terms import KLTerm, TargetKL
 
 # ---------------------------------------------------------------------------------------- GAE

@@ -44,9 +44,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -55,16 +54,14 @@ import torch
 from torch import Tensor, nn
 
 from klexp import divergences
-from klexp.checkpoints import load_frozen, read_checkpoint
 from klexp.data.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory, episode_statistics
 from klexp.errors import ConfigValueError, KlexpError, require, require_non_negative, require_positive_int
 from klexp.lightning_helpers import logs_this_step
-from klexp.nets import mlp
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
-from klexp.tasks.rollout import GaussianPolicy, NumpyMLP, Policy, Rollout, gae, policy_for
+from klexp.tasks.policies import CHECKPOINT_POLICY_KEY, Actor, load_policy, orthogonal_mlp, policy_for
+from klexp.tasks.rollout import Rollout, gae
 from klexp.terms import KLTerm, TargetKL
 
-CHECKPOINT_POLICY_KEY = "klexp_policy"
 CHECKPOINT_PROGRESS_KEY = "klexp_ppo_progress"
 PPO_OUTPUTS = frozenset({"policy", "old_policy", "reference", "uniform", "actions"})
 
@@ -513,44 +510,6 @@ class PPOTask(KLTask):
 # ---------------------------------------------------------------------------------------------
 
 
-def orthogonal_mlp(in_features: int, hidden: Sequence[int], out_features: int,
-                   activation: Literal["tanh", "relu"], out_std: float) -> nn.Sequential:
-    """An MLP with orthogonal weights (gain √2 in hidden layers, ``out_std`` in the last) and zero
-    biases, the initialisation of the PPO implementations (Engstrom et al. 2020, "Implementation
-    Matters in Deep Policy Gradients")."""
-    net = mlp(in_features, hidden, out_features, activation)
-    linears = [m for m in net if isinstance(m, nn.Linear)]
-    for layer in linears:
-        nn.init.orthogonal_(layer.weight, out_std if layer is linears[-1] else np.sqrt(2))
-        nn.init.zeros_(layer.bias)
-    return net
-
-
-class Actor(nn.Module):
-    """The policy network: observation → distribution parameters (logits, or ``[μ, log σ]``)."""
-
-    def __init__(self, obs_size: int, hidden: Sequence[int], activation: Literal["tanh", "relu"],
-                 policy: Policy, init_log_std: float = 0.0) -> None:
-        super().__init__()
-        self.net = orthogonal_mlp(obs_size, hidden, policy.net_outputs, activation, out_std=0.01)
-        gaussian = isinstance(policy, GaussianPolicy)
-        self.log_std = nn.Parameter(torch.full((policy.net_outputs,), init_log_std)) if gaussian else None
-
-    def forward(self, obs: Tensor) -> Tensor:
-        out = self.net(obs)
-        if self.log_std is None:
-            return out
-        return torch.cat([out, self.log_std.expand_as(out)], -1)
-
-    def snapshot(self) -> Callable[[np.ndarray], np.ndarray]:
-        """The same function in numpy with the current weights, for acting."""
-        net = NumpyMLP(self.net)
-        if self.log_std is None:
-            return net
-        log_std = self.log_std.detach().cpu().numpy().copy()
-        return lambda obs: np.concatenate([mean := net(obs), np.broadcast_to(log_std, mean.shape)], -1)
-
-
 @dataclass
 class Batch:
     """One rollout, flattened over (step, env), autoreset steps removed, as torch tensors."""
@@ -602,16 +561,3 @@ def explained_variance(values: Tensor, returns: Tensor) -> float:
     return float("nan") if variance == 0 else 1.0 - (returns - values).var().item() / variance
 
 
-def load_policy(path: str, obs_size: int, policy: Policy) -> Actor:
-    """The frozen actor of a PPO checkpoint, checked against the env it is used with."""
-    key = "task.reference_checkpoint"
-    checkpoint, spec = read_checkpoint(path, key, CHECKPOINT_POLICY_KEY, "PPO")
-    if (spec["obs_size"], spec["family"], spec["net_outputs"]) != (
-            obs_size, type(policy).__name__, policy.net_outputs):
-        raise KlexpError(
-            f"{key}: {Path(path).expanduser()} holds a {spec['family']} policy for {spec['env_id']} "
-            f"({spec['obs_size']} observations, {spec['net_outputs']} outputs); this env needs a "
-            f"{type(policy).__name__} with {obs_size} observations and {policy.net_outputs} outputs"
-        )
-    actor = Actor(obs_size, spec["hidden"], spec["activation"], policy)
-    return load_frozen(actor, checkpoint, "actor", key, path)
