@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import OnExceptionCheckpoint
 
 
 class RNGState(pl.Callback):
@@ -41,18 +41,23 @@ class RNGState(pl.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-class FailureCheckpoint(OnExceptionCheckpoint):
-    """Lightning's ``OnExceptionCheckpoint``, but only once training has started: an error while
-    setting up (a bad data path, an unfit teacher) has no state worth saving, and must not
-    overwrite the checkpoint of an earlier failure in a run directory being resumed."""
+class FailureCheckpoint(pl.Callback):
+    """Save ``<dirpath>/<filename>.ckpt`` when training stops on an error, for a post-mortem —
+    once training has started: an error while setting up (a bad data path, an unfit teacher) has
+    no state worth saving and must not overwrite an earlier failure's checkpoint.
+
+    Not Lightning's ``OnExceptionCheckpoint``: its presence makes every ``fit`` without a
+    ``ckpt_path`` look for a checkpoint to resume from, a silent resume klexp does only when asked
+    (``klexp resume=<run dir>``)."""
 
     def __init__(self, dirpath: str, filename: str = "on_exception") -> None:
-        super().__init__(dirpath, filename)
+        self.path = Path(dirpath) / f"{filename}.ckpt"
         self._training = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._training = True
 
-    def on_exception(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
         if self._training:
-            super().on_exception(trainer, *args, **kwargs)
+            trainer.save_checkpoint(self.path)

@@ -232,9 +232,13 @@ def checkpoint_step(path: str | None) -> int | None:
     except Exception as error:
         raise KlexpError(f"ckpt_path: {file} is not a readable Lightning checkpoint ({error})") from None
     try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
+        loop = checkpoint["loops"]["fit_loop"]
+        stepped = int(loop["epoch_loop.state_dict"]["_batches_that_stepped"])
+        progress = loop["epoch_loop.batch_progress"]["current"]
     except (KeyError, TypeError):
         return int(checkpoint["global_step"])
+    # saved in on_train_batch_end, before Lightning counted that batch (it adds it on restore)
+    return stepped + int(progress["completed"] < progress["ready"])
 
 
 def _flush(logger: Any) -> None:

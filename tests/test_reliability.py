@@ -44,6 +44,12 @@ def _start(args, cwd, env):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _events(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
 def _metrics(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed", summary.get("error")
@@ -65,6 +71,7 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(expe
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     args = [f"experiment={experiment}", "data=synthetic", *KILLED_RUNS[experiment],
             "callbacks.progress_bar=null", "callbacks.model_checkpoint.every_n_train_steps=3",
+            "trainer.log_every_n_steps=1",
             "+callbacks.sleep._target_=helpers.Sleep", "+callbacks.sleep.seconds=0.15"]
     reference = subprocess.run([sys.executable, "-m", "klexp", *args], cwd=tmp_path / ".", env=env,
                                capture_output=True, text=True, timeout=300)
@@ -93,5 +100,9 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(expe
                              env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _metrics(run_dir) == _metrics(reference_dir)
+    # the killed process's events after the checkpoint were purged: one event per step, as in
+    # the uninterrupted run
+    steps = [[e.step for e in _events(d).Scalars("loss/total")] for d in (run_dir, reference_dir)]
+    assert steps[0] == steps[1]
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config_before
     assert json.loads((run_dir / "summary.json").read_text())["resumed_from_step"] >= 9
