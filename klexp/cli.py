@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ def sweep_subdir(override_dirname: str, seed: Any) -> str:
 
 
 register_resolvers()
+
+# Frozen teachers, baselines and reference policies are in eval mode on purpose; and a warning
+# about torch's pytree API comes from inside Lightning, not from anything a user can change.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
