@@ -506,7 +506,7 @@ class PPOTask(KLTask):
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks, the batch, the iteration "data", and loading a reference policy
+# The batch, the iteration "data", and explained variance
 # ---------------------------------------------------------------------------------------------
 
 
