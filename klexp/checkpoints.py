@@ -19,22 +19,27 @@ from klexp.nets import mlp
 CHECKPOINT_NET_KEY = "klexp_net"
 
 
+def load_checkpoint(path: str, key: str) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on the CPU; ``key`` names the config key in errors."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise KlexpError(f"{key}: {file} does not exist")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise KlexpError(f"{key}: {file} is not a readable checkpoint ({error})") from None
+
+
 def read_checkpoint(path: str, key: str, spec_key: str, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The checkpoint at ``path`` and the network description a task stored under ``spec_key``.
 
     ``key`` is the config key that named the file (for messages); ``kind`` says what the
     checkpoint should come from, e.g. "classification".
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise KlexpError(f"{key}: {file} does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise KlexpError(f"{key}: {file} is not a readable checkpoint ({error})") from None
+    checkpoint = load_checkpoint(path, key)
     spec = checkpoint.get(spec_key) if isinstance(checkpoint, dict) else None
     if spec is None:
-        raise KlexpError(f"{key}: {file} is not a klexp {kind} checkpoint")
+        raise KlexpError(f"{key}: {Path(path).expanduser()} is not a klexp {kind} checkpoint")
     return checkpoint, spec
 
 

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from klexp import tracking
+from klexp.checkpoints import load_checkpoint
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.terms import KLTerm
 from klexp.validation import ConfigError, check_config, check_run_settings
@@ -224,13 +225,7 @@ def checkpoint_step(path: str | None) -> int | None:
     steps instead) — or None without a checkpoint."""
     if path is None:
         return None
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise KlexpError(f"ckpt_path: {file} does not exist")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise KlexpError(f"ckpt_path: {file} is not a readable Lightning checkpoint ({error})") from None
+    checkpoint = load_checkpoint(path, "ckpt_path")
     try:
         loop = checkpoint["loops"]["fit_loop"]
         stepped = int(loop["epoch_loop.state_dict"]["_batches_that_stepped"])

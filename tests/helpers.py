@@ -24,17 +24,22 @@ FAST = [*QUIET, "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
         "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
 
 
+def _composed(overrides: Sequence[str], output_dir: Path | str) -> DictConfig:
+    """Compose inside an initialised Hydra context, as the app sees it (hydra node removed)."""
+    cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
 def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
     """The composed config as the app would see it (hydra node removed, output_dir set)."""
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir or "unused-output-dir")
-            del cfg["hydra"]
-    return cfg
+        return _composed(overrides, output_dir or "unused-output-dir")
 
 
 def run_experiment(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]:
@@ -44,11 +49,7 @@ def run_experiment(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
-            del cfg["hydra"]
+        cfg = _composed(overrides, output_dir)
 
         def compose_stage(stage_overrides: Sequence[str]) -> DictConfig:
             return compose(config_name=CONFIG_NAME, overrides=list(stage_overrides))
