@@ -256,7 +256,7 @@ class PPOTask(KLTask):
         if scheduler is not None:
             scheduler.step()
 
-        self.record_episodes(episodes)
+        self.note_if_solved()
         self.unlogged_episodes += episodes
         # Log only on the iterations the trainer writes (every trainer.log_every_n_steps), and the
         # last for the run's summary: in Lightning 2.6 each self.log call costs ~0.5 ms here.
@@ -430,7 +430,7 @@ class PPOTask(KLTask):
             return np.clip(action, self.action_space.low, self.action_space.high)
         return action
 
-    def record_episodes(self, episodes: list[tuple[float, int]]) -> None:
+    def note_if_solved(self) -> None:
         """Note when the mean return of the recent episodes first reached the env's reward
         threshold (Gymnasium's spec: 475 for CartPole-v1)."""
         recent = episode_statistics(self.envs).return_queue
