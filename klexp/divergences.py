@@ -57,8 +57,9 @@ def _at_least_zero(divergence: Tensor) -> Tensor:
     """A divergence is ≥ 0, but rounding leaves values down to −1e-16 (float64) or −4e-7 (float32)
     for nearly equal distributions: raise those to 0. Only the values change; the gradient stays
     that of the unclamped divergence (a clamp would zero it, and with it the Hessian that
-    natural-gradient methods take at P = Q). NaN and ±inf pass through."""
-    return torch.where(divergence < 0, divergence - divergence.detach(), divergence)
+    natural-gradient methods take at P = Q). NaN and +inf pass through."""
+    # value: d + max(−d, 0) = max(d, 0) exactly; the added part is a constant to autograd
+    return divergence + divergence.detach().neg().clamp_min_(0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,7 +255,8 @@ def check_compatible(p: Distribution, q: Distribution) -> torch.Size:
             f"q ({type(q).__name__}) has event shape {tuple(q.event_shape)}"
         )
     try:
-        batch_shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+        batch_shape = (p.batch_shape if p.batch_shape == q.batch_shape
+                       else torch.broadcast_shapes(p.batch_shape, q.batch_shape))
     except RuntimeError:
         raise ValueError(
             f"batch shapes do not broadcast: p ({type(p).__name__}) has batch shape "

@@ -31,7 +31,13 @@ from klexp.errors import (
     require_positive,
     require_positive_int,
 )
-from klexp.lightning_helpers import all_ranks_agree, logs_this_step, mean_over_ranks
+from klexp.lightning_helpers import (
+    all_ranks_agree,
+    logs_this_step,
+    mean_over_ranks,
+    step_metrics_written,
+    write_step_scalars,
+)
 from klexp.schedules import Constant, Schedule, as_schedule
 
 Direction = Literal["forward", "reverse", "js"]
@@ -149,6 +155,7 @@ class KLTerm(pl.Callback):
         self.free_bits, self.divide_by, self.reduction = free_bits, divide_by, reduction
         self.log_dims, self.check_finite = log_dims, check_finite
         self._tallies = {stage: _Tally() for stage in STAGES}
+        self._state_key = self._generate_state_key(name=name)
         self._batch_elements = 1
         self._trainer: pl.Trainer | None = None
         self._after_update: float | None = None
@@ -157,7 +164,8 @@ class KLTerm(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(name=self.name)
+        # Lightning reads it on every hook call (to name the profiled action): build it once
+        return self._state_key
 
     def state_dict(self) -> dict[str, Any]:
         return {"schedule": self.schedule.state_dict()}
@@ -194,16 +202,22 @@ class KLTerm(pl.Callback):
         """The term's loss on one batch, ``weight · shaped(D) / divide_by``; records what it
         measured for logging. At weight 0 the term only measures (no graph is built)."""
         weight = self.current_weight(step)
+        logged = self._logged(stage)
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
-            value, per_dim, per_sample = self.measure(outputs)
+            value, per_dim, per_sample = self.measure(outputs, dims=self.log_dims and logged)
             if self.free_bits is not None:
                 shaped = per_dim.clamp(min=self.free_bits).sum() * self._batch_scale()
             elif self.capacity is not None:
                 shaped = (value - self.capacity.value(step)).abs()
             else:
                 shaped = value
-            divisor = float(outputs[self.divide_by]) if self.divide_by is not None else 1.0
-            loss = weight * shaped / divisor if weight != 0 else value.new_zeros(())
+            scale = weight / float(outputs[self.divide_by]) if self.divide_by is not None else weight
+            if scale == 1:  # spares a small network's step a multiply and its backward
+                loss = shaped
+            elif scale == 0:
+                loss = value.new_zeros(())
+            else:
+                loss = shaped * scale
 
         measured = value.detach().item()
         if self.check_finite and not all_ranks_agree(self._trainer, math.isfinite(measured)):
@@ -212,23 +226,36 @@ class KLTerm(pl.Callback):
                 f"{self._describe(outputs)}" if not math.isfinite(measured) else
                 f"KL term '{self.name}' turned non-finite on another rank at step {step} ({stage})"
             )
-        std = per_sample.detach().std().item() if per_sample is not None and per_sample.numel() > 1 else None
-        dims = per_dim.detach() if self.log_dims else None
+        std = None
+        if logged and per_sample is not None and per_sample.numel() > 1:
+            std = per_sample.detach().std().item()
+        dims = per_dim.detach() if self.log_dims and logged else None
         self._tallies[stage].add(measured, loss.detach().item(), std, dims, weight,
                                  self._batch_elements)
         return loss
 
-    def measure(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """The reduced divergence; its batch-mean per event dimension (when ``per_dimension``);
-        and, for Monte-Carlo estimators, the per-sample estimates of each element's divergence."""
+    def _logged(self, stage: str) -> bool:
+        """Whether what this batch measures reaches the logs: always in evaluation, on the steps
+        Lightning writes in training. Per-dimension and spread statistics cost a training step of
+        a small network more than its KL does, so they are computed only then."""
+        return stage != "train" or self._trainer is None or step_metrics_written(self._trainer)
+
+    def measure(self, outputs: Mapping[str, Any],
+                dims: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The reduced divergence; its batch-mean per event dimension (with free bits, or when
+        ``dims`` asks for it, else None); and, for Monte-Carlo estimators, the per-sample
+        estimates of each element's divergence."""
         p, q = self._distribution(outputs, "p"), self._distribution(outputs, "q")
         if self.direction == "reverse":
             p, q = q, p
         event_dims = self._event_dims(p, q) if self.per_dimension else 0
-        if event_dims and self.free_bits is not None:
-            # free bits floor each dimension's KL, so the estimate itself is made per dimension
+        per_dim = None
+        if event_dims and (self.free_bits is not None or self.estimator == "analytic"):
+            # Free bits floor each dimension's KL, so the estimate itself is made per dimension;
+            # a closed-form KL of Independent distributions is the sum of its dimensions' KLs.
             elementwise, per_sample = self._elementwise(p.base_dist, q.base_dist, outputs)
-            per_dim = _batch_mean_per_dim(elementwise, event_dims)
+            if self.free_bits is not None or dims:
+                per_dim = _batch_mean_per_dim(elementwise, event_dims)
             elementwise = elementwise.flatten(-event_dims).sum(-1)
             if per_sample is not None:
                 per_sample = per_sample.flatten(-event_dims).sum(-1)
@@ -236,9 +263,10 @@ class KLTerm(pl.Callback):
             # Monte-Carlo estimates use the joint log-ratio: a sum of per-dimension estimates
             # has a far larger variance (k2, k3); per-dimension values are only for the logs
             elementwise, per_sample = self._elementwise(p, q, outputs)
-            per_dim = None
-            if event_dims:
-                with torch.no_grad():
+            if event_dims and dims:
+                # on the logged steps only: drawn aside, so how often a run logs leaves its
+                # random stream (and so its training) unchanged
+                with torch.no_grad(), _random_stream_aside(elementwise.device):
                     per_dim = _batch_mean_per_dim(
                         self._elementwise(p.base_dist, q.base_dist, outputs)[0], event_dims)
         self._batch_elements = max(1, elementwise.numel())
@@ -316,8 +344,25 @@ class KLTerm(pl.Callback):
         tally = self._tallies[stage]
         if tally.calls == 0:
             return
+        self._tallies[stage] = _Tally()
+        measured = tally.value / tally.calls
+        after_update, self._after_update = self._after_update, None
+        if stage != "train":
+            pl_module.log_dict(self._metrics(tally, f"{stage}/kl/{self.name}", step), on_step=False,
+                               on_epoch=True, sync_dist=True, batch_size=tally.elements)
+            return
+        if logs_this_step(pl_module):
+            metrics = self._metrics(tally, f"kl/{self.name}", step)
+            if after_update is not None:
+                metrics[f"kl/{self.name}/value_after_update"] = after_update
+            write_step_scalars(pl_module, metrics)
+        if after_update is not None:
+            measured = after_update
+        if type(self.schedule).update is not Schedule.update:  # a controller: rank-mean KL
+            self.schedule.update(mean_over_ranks(self._trainer or pl_module._trainer, measured))
+
+    def _metrics(self, tally: _Tally, prefix: str, step: int) -> dict[str, float]:
         calls = tally.calls
-        prefix = f"kl/{self.name}" if stage == "train" else f"{stage}/kl/{self.name}"
         metrics = {
             f"{prefix}/value": tally.value / calls,
             f"{prefix}/weight": self.current_weight(step) if tally.weight is None else tally.weight,
@@ -329,19 +374,7 @@ class KLTerm(pl.Callback):
             metrics[f"{prefix}/value_max"] = tally.value_max
         if tally.dims is not None:
             metrics.update({f"{prefix}/dim_{i}": v for i, v in enumerate((tally.dims / calls).tolist())})
-        measured = tally.value / calls
-        if stage == "train" and self._after_update is not None:
-            measured = metrics[f"{prefix}/value_after_update"] = self._after_update
-            self._after_update = None
-        on_step = stage == "train"
-        if not on_step or logs_this_step(pl_module):
-            pl_module.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=True,
-                               batch_size=tally.elements)
-        if stage == "train":
-            if type(self.schedule).update is not Schedule.update:  # a controller: rank-mean KL
-                measured = mean_over_ranks(self._trainer or pl_module._trainer, measured)
-            self.schedule.update(measured)
-        self._tallies[stage] = _Tally()
+        return metrics
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -365,6 +398,13 @@ def _batch_mean_per_dim(elementwise: Tensor, event_dims: int) -> Tensor:
     """Per-dimension values ``(*batch, *event)`` → their batch mean over flattened event dims."""
     flat = elementwise.flatten(-event_dims)
     return flat.reshape(-1, flat.shape[-1]).mean(0)
+
+
+def _random_stream_aside(device: torch.device) -> Any:
+    """Draws inside leave the global generator of ``device`` (and the CPU's) where they found it."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device], device_type=device.type)
 
 
 def _as_capacity(capacity: float | Schedule) -> Schedule:
@@ -418,8 +458,9 @@ class TargetKL(KLTerm):
         self.stop_point: tuple[int, int] | None = None
         self.stops_total = 0
 
-    def measure(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        value, per_dim, per_sample = super().measure(outputs)
+    def measure(self, outputs: Mapping[str, Any],
+                dims: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        value, per_dim, per_sample = super().measure(outputs, dims)
         self.latest = float(value.detach())
         return value, per_dim, per_sample
 
@@ -449,6 +490,6 @@ class TargetKL(KLTerm):
             metrics[f"{prefix}/stop_epoch"] = float(self.stop_point[0])
             metrics[f"{prefix}/stop_minibatch"] = float(self.stop_point[1])
         if logs_this_step(pl_module):
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+            write_step_scalars(pl_module, metrics)
         self.stop_point = None
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

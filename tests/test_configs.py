@@ -6,8 +6,10 @@ import pytest
 from helpers import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from pytorch_lightning.profilers import SimpleProfiler
 
 from klexp.cli import CONFIG_DIR
+from klexp.lightning_helpers import NoProfiler
 from klexp.runner import build_callbacks, build_terms, check_terms_against_task, instantiate_node
 from klexp.terms import KLTerm
 from klexp.validation import check_config
@@ -108,3 +110,10 @@ def test_every_config_folder_ships_in_the_wheel():
     folders = {"klexp.conf." + ".".join(p.relative_to(CONFIG_DIR).parts)
                for p in CONFIG_DIR.rglob("*") if p.is_dir()}
     assert folders | {"klexp.conf"} <= packages
+
+
+def test_the_default_profiler_records_nothing_and_a_chosen_one_replaces_it(tmp_path):
+    trainer = instantiate(compose_config([], output_dir=tmp_path).trainer)
+    assert isinstance(trainer.profiler, NoProfiler)
+    chosen = instantiate(compose_config(["trainer.profiler=simple"], output_dir=tmp_path).trainer)
+    assert isinstance(chosen.profiler, SimpleProfiler)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import RunningStage
 from scipy.spatial.distance import jensenshannon
 from torch.distributions import Categorical, Independent, Normal
 
@@ -267,7 +268,7 @@ def test_validation_and_test_log_epoch_means_under_their_prefix():
     assert "test/kl/coin/value" in module.last
     term(coin_outputs(), "train", 0)
     end_train_batch(term, module)
-    assert module.logged[-1][1]["on_step"] and not module.logged[-1][1]["on_epoch"]
+    assert set(module.last) == {"kl/coin/value", "kl/coin/weight", "kl/coin/loss"}
 
 
 def test_state_dict_round_trip_restores_the_controller():
@@ -387,6 +388,33 @@ def test_draws_given_in_an_output_serve_only_the_forward_direction():
         KLTerm(name="t", p="old", q="new", estimator="k3", samples="actions", num_samples=4)
 
 
+def training_trainer(writes_this_step: bool) -> Any:
+    """A trainer in its training stage, on a step Lightning writes to the loggers or not."""
+    return SimpleNamespace(state=SimpleNamespace(stage=RunningStage.TRAINING), fast_dev_run=False,
+                           _logger_connector=SimpleNamespace(should_update_logs=writes_this_step),
+                           world_size=1)
+
+
+@pytest.mark.parametrize("estimator", ["analytic", "k3"])
+def test_per_dimension_kl_is_measured_only_on_the_training_steps_lightning_writes(estimator):
+    term = KLTerm("kl", p="posterior", q="prior", estimator=estimator, log_dims=True)
+    for writes in (False, True):
+        term._trainer = training_trainer(writes)
+        torch.manual_seed(0)
+        value = term(gaussian_outputs(MU), "train", 0)
+        tally = term._tallies["train"]
+        assert (tally.dims is not None) == writes
+        assert (tally.std_calls == 1) == (writes and estimator != "analytic")
+        if estimator == "analytic":
+            assert value.item() == pytest.approx(sum(KL_PER_ELEMENT) / 2, rel=1e-12)
+            if writes:
+                assert tally.dims.tolist() == pytest.approx(KL_PER_DIM, rel=1e-12)
+        term._tallies["train"] = type(tally)()
+    # evaluation always measures them: its epoch means are always logged
+    term(gaussian_outputs(MU), "val", 0)
+    assert term._tallies["val"].dims is not None
+
+
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
 def test_logging_per_dimension_does_not_change_the_estimator(estimator):
     posterior = Independent(Normal(torch.randn(32, 6), torch.rand(32, 6) + 0.2), 1)
@@ -397,5 +425,7 @@ def test_logging_per_dimension_does_not_change_the_estimator(estimator):
         torch.manual_seed(3)
         term = KLTerm(name="t", p="posterior", q="prior", estimator=estimator, num_samples=8,
                       log_dims=log_dims)
-        values.append(term.measure(outputs)[0])
-    torch.testing.assert_close(values[0], values[1])
+        values.append(term.measure(outputs, dims=log_dims)[0])
+        values.append(torch.randn(()))  # the random stream goes on as if no dimension was drawn
+    torch.testing.assert_close(values[0], values[2])
+    torch.testing.assert_close(values[1], values[3])

@@ -59,6 +59,17 @@ def test_recon_nll_is_the_bernoulli_negative_log_likelihood_summed_over_pixels()
     assert torch.allclose(-task.decode(z).log_prob(x), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_the_training_reconstruction_nll_is_minus_the_decoded_log_likelihood(likelihood):
+    torch.manual_seed(0)
+    task = built_task(latent_dim=2, hidden=[8], likelihood=likelihood)
+    x, z = torch.bernoulli(torch.full((4, 64), 0.5)), torch.randn(4, 2)
+    torch.testing.assert_close(task.reconstruction_nll(z, x), -task.decode(z).log_prob(x))
+    # a leading sample axis (importance sampling) broadcasts against the batch
+    z_draws = torch.randn(3, 4, 2)
+    torch.testing.assert_close(task.reconstruction_nll(z_draws, x), -task.decode(z_draws).log_prob(x))
+
+
 def test_gaussian_likelihood_has_one_learned_scale():
     task = built_task(latent_dim=2, hidden=[8], likelihood="gaussian")
     likelihood = task.decode(torch.zeros(3, 2))
@@ -195,7 +206,7 @@ def test_every_variant_runs_end_to_end_and_reports_elbo_iw_nll_and_active_units(
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("vae")
-    summary = run_experiment(["experiment=vae", *QUIET, "trainer.max_steps=40",
+    summary = run_experiment(["experiment=vae", *QUIET, "data.batch_size=64", "trainer.max_steps=40",
                               "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1"],
                              run_dir)
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0,

@@ -8,6 +8,7 @@ over the trainer's ``KLTerm`` callbacks, so no task names a particular KL term.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from klexp.errors import KlexpError, NonFiniteError
-from klexp.lightning_helpers import logs_this_step
+from klexp.lightning_helpers import logs_this_step, write_step_scalars
 from klexp.terms import KLTerm, kl_terms_of
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -74,22 +75,21 @@ class KLTask(pl.LightningModule):
         loss = task_loss
         for term in self.kl_terms:
             loss = loss + term(outputs, stage, self.global_step)
-        if not torch.isfinite(loss.detach()):
+        value = loss.item()
+        if not math.isfinite(value):
             raise NonFiniteError(
-                f"the {stage} loss is {loss.item()} at step {self.global_step} "
-                f"(task loss {task_loss.item()})"
+                f"the {stage} loss is {value} at step {self.global_step} (task loss {task_loss.item()})"
             )
         return loss
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
         task_loss, outputs = self.step(batch, stage)
         loss = self.total_loss(task_loss, outputs, stage)
-        prefix = "loss" if stage == "train" else f"{stage}/loss"
-        on_step = stage == "train"
-        if not on_step or logs_this_step(self):
-            self.log_dict({f"{prefix}/task": task_loss.detach(), f"{prefix}/total": loss.detach()},
-                          on_step=on_step, on_epoch=not on_step, batch_size=_batch_size(batch),
-                          sync_dist=True)
+        if stage != "train":
+            self.log_dict({f"{stage}/loss/task": task_loss.detach(), f"{stage}/loss/total": loss.detach()},
+                          on_step=False, on_epoch=True, batch_size=_batch_size(batch), sync_dist=True)
+        elif logs_this_step(self):
+            write_step_scalars(self, {"loss/task": task_loss.detach(), "loss/total": loss.detach()})
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -52,7 +52,7 @@ from klexp.errors import (
     require_positive,
     require_positive_int,
 )
-from klexp.lightning_helpers import logs_this_step
+from klexp.lightning_helpers import logs_this_step, write_step_scalars
 from klexp.nets import Activation, check_mlp_args
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
 
@@ -200,8 +200,7 @@ class BayesByBackpropTask(KLTask):
         }
         self._log_metrics(stage, logits.detach(), labels)
         if stage == "train" and logs_this_step(self):
-            self.log("train/posterior_sigma", posterior.base_dist.scale.detach().mean(),
-                     on_step=True, on_epoch=False)
+            write_step_scalars(self, {"train/posterior_sigma": posterior.base_dist.scale.detach().mean()})
         if stage == "test" and self.baseline is not None:
             self._log_baseline(images, labels)
         return expected_nll, outputs
@@ -218,10 +217,11 @@ class BayesByBackpropTask(KLTask):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(log_predictive.exp(), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
-        on_step = stage == "train"
-        if not on_step or logs_this_step(self):
-            self.log(f"{stage}/nll", F.nll_loss(log_predictive, labels), on_step=on_step,
-                     on_epoch=not on_step, batch_size=len(labels), sync_dist=not on_step)
+        if stage != "train":
+            self.log(f"{stage}/nll", F.nll_loss(log_predictive, labels), on_step=False, on_epoch=True,
+                     batch_size=len(labels), sync_dist=True)
+        elif logs_this_step(self):
+            write_step_scalars(self, {"train/nll": F.nll_loss(log_predictive, labels)})
         if stage in EVAL_STAGES:
             entropy, mutual_info = _uncertainty(logits)
             self._entropies.setdefault(f"{stage}/entropy/in_dist", []).append(entropy)

@@ -28,7 +28,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from klexp import divergences
 from klexp.checkpoints import CHECKPOINT_NET_KEY, load_classifier
 from klexp.errors import require_positive, require_unit_interval
-from klexp.lightning_helpers import logs_this_step
+from klexp.lightning_helpers import logs_this_step, write_step_scalars
 from klexp.nets import Activation, check_mlp_args, mlp
 from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
 
@@ -172,6 +172,9 @@ class ClassificationTask(KLTask):
             target_entropy = divergences.categorical_entropy(target_logits).mean()
             nll = F.cross_entropy(logits, labels)
         prefix = "loss" if on_step else stage
-        self.log_dict({f"{prefix}/ce": cross_entropy, f"{prefix}/target_entropy": target_entropy,
-                       f"{stage}/nll": nll}, on_step=on_step, on_epoch=not on_step,
-                      batch_size=len(labels), sync_dist=True)
+        scalars = {f"{prefix}/ce": cross_entropy, f"{prefix}/target_entropy": target_entropy,
+                   f"{stage}/nll": nll}
+        if on_step:
+            write_step_scalars(self, scalars)
+        else:
+            self.log_dict(scalars, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)

@@ -1,0 +1,76 @@
+"""Lightning plumbing: training-step scalars written straight to the loggers land where
+``self.log`` would put them, on the steps Lightning writes; the default profiler records nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import Logger
+
+from klexp.lightning_helpers import NoProfiler, logs_this_step, write_step_scalars
+
+
+class MemoryLogger(Logger):
+    """Keeps every ``log_metrics`` call as ``(step, name, value)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, str, float]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.extend((step, name, float(value)) for name, value in metrics.items() if name != "epoch")
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class TwoWays(pl.LightningModule):
+    """Logs its step count both through ``self.log`` and through ``write_step_scalars``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.log("via_self_log", float(self.global_step), on_step=True, on_epoch=False)
+        if logs_this_step(self):
+            write_step_scalars(self, {"written": float(self.global_step)})
+        return self.layer(batch[0]).square().mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_written_step_scalars_land_at_the_steps_and_values_self_log_gives(tmp_path):
+    logger = MemoryLogger()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 1)), batch_size=4)
+    trainer = pl.Trainer(max_epochs=3, log_every_n_steps=7, logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(TwoWays(), data)
+
+    def series(name: str) -> list[tuple[int, float]]:
+        return [(step, value) for step, key, value in logger.rows if key == name]
+
+    assert series("written") == series("via_self_log")
+    assert [step for step, _ in series("written")] == [6, 13, 20, 27]
+    assert float(trainer.callback_metrics["written"]) == 27.0
+    assert float(trainer.logged_metrics["written"]) == 27.0
+
+
+def test_the_default_profiler_hands_out_one_empty_context():
+    profiler = NoProfiler()
+    with profiler.profile("[Callback]KLTerm.on_train_batch_end") as action:
+        assert action is None
+    assert profiler.profile("a") is profiler.profile("b")
+    assert profiler.summary() == ""
