@@ -1,6 +1,6 @@
 """Small pieces of Lightning plumbing shared by the KL terms and the tasks: when a training-step
-metric is worth logging, decisions that every DDP rank must take together, and a profiler that
-costs nothing when nobody profiles."""
+metric is worth computing and how it reaches the loggers cheaply, decisions that every DDP rank
+must take together, and a profiler that costs nothing when nobody profiles."""
 
 from __future__ import annotations
 

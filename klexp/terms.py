@@ -211,13 +211,12 @@ class KLTerm(pl.Callback):
                 shaped = (value - self.capacity.value(step)).abs()
             else:
                 shaped = value
-            scale = weight / float(outputs[self.divide_by]) if self.divide_by is not None else weight
-            if scale == 1:  # spares a small network's step a multiply and its backward
-                loss = shaped
-            elif scale == 0:
+            if weight == 0:
                 loss = value.new_zeros(())
-            else:
-                loss = shaped * scale
+            else:  # at weight 1 a small network's step is spared a multiply and its backward
+                loss = shaped if weight == 1 else weight * shaped
+                if self.divide_by is not None:
+                    loss = loss / float(outputs[self.divide_by])
 
         measured = value.detach().item()
         if self.check_finite and not all_ranks_agree(self._trainer, math.isfinite(measured)):
@@ -345,12 +344,12 @@ class KLTerm(pl.Callback):
         if tally.calls == 0:
             return
         self._tallies[stage] = _Tally()
-        measured = tally.value / tally.calls
-        after_update, self._after_update = self._after_update, None
         if stage != "train":
             pl_module.log_dict(self._metrics(tally, f"{stage}/kl/{self.name}", step), on_step=False,
                                on_epoch=True, sync_dist=True, batch_size=tally.elements)
             return
+        measured = tally.value / tally.calls
+        after_update, self._after_update = self._after_update, None
         if logs_this_step(pl_module):
             metrics = self._metrics(tally, f"kl/{self.name}", step)
             if after_update is not None:
