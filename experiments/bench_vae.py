@@ -2,7 +2,7 @@
 
 Both sides train the same model (the ``experiment=vae`` config's encoder and decoder, built with
 ``klexp.nets.mlp``) on the same batches (the config's DataModule: dynamically binarised digits,
-batch 64) with the same optimiser and thread count, in the same process. Rounds alternate which
+batch 128) with the same optimiser and thread count, in the same process. Rounds alternate which
 side runs first, so machine noise hits both; each side's rate is the median over rounds, timed
 after a warm-up of 100 steps. The klexp side is the run the config describes — TensorBoard logger,
 the KL term with per-dimension logging, the default callbacks — without validation, checkpoints
@@ -10,7 +10,8 @@ and the progress bar, which are not training steps.
 
 Two clocks: wall time (what a user waits for) and the process's CPU time (steps per CPU-second),
 which a busy shared machine disturbs far less; the ratio is reported for both. A third side,
-"bare", runs the plain loop's step in a LightningModule with no logging, KL term or callbacks:
+"bare", runs the plain loop's step in a LightningModule with no logging, KL term or callbacks
+(and klexp's ``NoProfiler``, as the klexp side has):
 Lightning's own per-step cost, the floor of any Lightning path at this (tiny) step size.
 
     .venv/bin/python experiments/bench_vae.py [--steps 1500] [--rounds 5] [override ...]
@@ -38,6 +39,7 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import Checkpoint, ProgressBar
 
 from klexp.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from klexp.lightning_helpers import NoProfiler
 from klexp.nets import mlp
 from klexp.runner import build_callbacks, build_terms, instantiate_node
 
@@ -139,7 +141,7 @@ def bare_lightning_rates(cfg: DictConfig, steps: int) -> tuple[float, float]:
     datamodule.setup("fit")
     timer = _StepTimer()
     trainer = pl.Trainer(max_steps=WARMUP_STEPS + steps, logger=False, callbacks=[timer],
-                         enable_checkpointing=False, enable_progress_bar=False,
+                         profiler=NoProfiler(), enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0,
                          deterministic=cfg.trainer.deterministic)
     trainer.fit(BareVAE(cfg, datamodule.input_size), datamodule=datamodule)

@@ -25,19 +25,22 @@ def logs_this_step(pl_module: pl.LightningModule) -> bool:
 def step_metrics_written(trainer: pl.Trainer) -> bool:
     """Whether this step's metrics reach the loggers: outside training always; in training on the
     steps Lightning writes, every ``trainer.log_every_n_steps`` (the logger connector's own
-    ``should_update_logs``). Training-step diagnostics are computed only then."""
+    ``should_update_logs``), and under gradient accumulation only on the batch that steps, as
+    Lightning's own step metrics. Training-step diagnostics are computed only then."""
     # ``trainer.training`` compares through a slow string-enum ``__eq__``; stages are singletons
     if trainer.state.stage is not RunningStage.TRAINING:
         return True
+    if trainer.accumulate_grad_batches > 1 and trainer.fit_loop._should_accumulate():
+        return False
     return bool(trainer._logger_connector.should_update_logs or trainer.fast_dev_run)
 
 
 def write_step_scalars(pl_module: pl.LightningModule, scalars: Mapping[str, Tensor | float]) -> None:
-    """Write training-step scalars straight to the run's loggers, at the step Lightning's own
-    step metrics use, as Lightning's ``LearningRateMonitor`` does; call it on the steps
-    ``logs_this_step`` admits. Under DDP the values are first averaged over the ranks (one
-    collective; every rank must call). They join ``trainer.callback_metrics`` and
-    ``trainer.logged_metrics`` too, as ``self.log`` would put them.
+    """Write training-step scalars straight to the run's loggers as Lightning writes its own step
+    metrics (at ``_batches_that_stepped``, with ``epoch``, then ``logger.save()``), the way its
+    ``LearningRateMonitor`` does; call it on the steps ``logs_this_step`` admits. Under DDP the
+    values are first averaged over the ranks (one collective per call; every rank must call).
+    They join ``trainer.callback_metrics`` and ``trainer.logged_metrics`` as float32 scalars.
 
     Why not ``self.log``: in Lightning 2.6 each call costs ~0.2 ms (it moves and deep-copies its
     bookkeeping every time), so the ~16 scalars of a VAE step cost more than the step's KL term.
@@ -47,14 +50,16 @@ def write_step_scalars(pl_module: pl.LightningModule, scalars: Mapping[str, Tens
     if trainer is None:
         pl_module.log_dict(dict(scalars))
         return
-    values = [float(v) for v in scalars.values()]
+    device = trainer.strategy.root_device
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(())
+                           for v in scalars.values()])
     if trainer.world_size > 1:
-        gathered = torch.tensor(values, dtype=torch.float64, device=trainer.strategy.root_device)
-        values = trainer.strategy.reduce(gathered, reduce_op="mean").tolist()
-    metrics = dict(zip(scalars, values, strict=True))
+        stacked = trainer.strategy.reduce(stacked, reduce_op="mean")
+    metrics = dict(zip(scalars, stacked.tolist(), strict=True))  # one device sync
     step = trainer.fit_loop.epoch_loop._batches_that_stepped
     for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=step)
+        logger.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=step)
+        logger.save()
     as_tensors = {name: torch.tensor(value) for name, value in metrics.items()}
     trainer.callback_metrics.update(as_tensors)
     trainer.logged_metrics.update(as_tensors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import Logger
@@ -28,7 +29,7 @@ class MemoryLogger(Logger):
         return 0
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.rows.extend((step, name, float(value)) for name, value in metrics.items() if name != "epoch")
+        self.rows.extend((step, name, float(value)) for name, value in metrics.items())
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         pass
@@ -51,21 +52,27 @@ class TwoWays(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_written_step_scalars_land_at_the_steps_and_values_self_log_gives(tmp_path):
+@pytest.mark.parametrize(("accumulate", "logged_steps"), [(1, [6, 13, 20, 27]), (2, [6, 13])])
+def test_written_step_scalars_land_at_the_steps_and_values_self_log_gives(accumulate, logged_steps,
+                                                                          tmp_path):
     logger = MemoryLogger()
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 1)), batch_size=4)
     trainer = pl.Trainer(max_epochs=3, log_every_n_steps=7, logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)
+                         accumulate_grad_batches=accumulate, default_root_dir=tmp_path)
     trainer.fit(TwoWays(), data)
 
     def series(name: str) -> list[tuple[int, float]]:
         return [(step, value) for step, key, value in logger.rows if key == name]
 
+    # under gradient accumulation only the batch that steps writes, once per logged step
     assert series("written") == series("via_self_log")
-    assert [step for step, _ in series("written")] == [6, 13, 20, 27]
-    assert float(trainer.callback_metrics["written"]) == 27.0
-    assert float(trainer.logged_metrics["written"]) == 27.0
+    assert [step for step, _ in series("written")] == logged_steps
+    # with the epoch, as Lightning writes it next to its own step metrics (both write it here)
+    assert sorted(set(series("epoch"))) == [(step, float(step * accumulate // 10)) for step in logged_steps]
+    last = series("written")[-1][1]
+    assert float(trainer.callback_metrics["written"]) == last
+    assert float(trainer.logged_metrics["written"]) == last
 
 
 def test_the_default_profiler_hands_out_one_empty_context():

@@ -392,7 +392,7 @@ def training_trainer(writes_this_step: bool) -> Any:
     """A trainer in its training stage, on a step Lightning writes to the loggers or not."""
     return SimpleNamespace(state=SimpleNamespace(stage=RunningStage.TRAINING), fast_dev_run=False,
                            _logger_connector=SimpleNamespace(should_update_logs=writes_this_step),
-                           world_size=1)
+                           accumulate_grad_batches=1, world_size=1)
 
 
 @pytest.mark.parametrize("estimator", ["analytic", "k3"])

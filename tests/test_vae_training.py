@@ -1,6 +1,6 @@
 """How the VAE's KL choices shape training: β ordering, free bits, the cyclical schedule, resume.
 
-Short real runs on dynamically binarised digits (20 batches of 64 per epoch); the values checked are
+Short real runs on dynamically binarised digits (10 batches of 128 per epoch); the values checked are
 read back from what the run logged to TensorBoard.
 """
 
