@@ -348,15 +348,13 @@ class KLTerm(pl.Callback):
             pl_module.log_dict(self._metrics(tally, f"{stage}/kl/{self.name}", step), on_step=False,
                                on_epoch=True, sync_dist=True, batch_size=tally.elements)
             return
-        measured = tally.value / tally.calls
         after_update, self._after_update = self._after_update, None
         if logs_this_step(pl_module):
             metrics = self._metrics(tally, f"kl/{self.name}", step)
             if after_update is not None:
                 metrics[f"kl/{self.name}/value_after_update"] = after_update
             write_step_scalars(pl_module, metrics)
-        if after_update is not None:
-            measured = after_update
+        measured = after_update if after_update is not None else tally.value / tally.calls
         if type(self.schedule).update is not Schedule.update:  # a controller: rank-mean KL
             self.schedule.update(mean_over_ranks(self._trainer or pl_module._trainer, measured))
 
