@@ -3,7 +3,7 @@
 Computes ``KL(P ‖ Q) = Σ_k p_k (log p_k − log q_k)`` per row of ``rows × classes`` float32 logits
 three ways:
 
-* ``klexp``   — ``klexp.divergences.categorical_kl(p_logits, q_logits)``;
+* ``klexp``   — ``klexp.core.categorical_kl(p_logits, q_logits)``;
 * ``F.kl_div`` — ``F.kl_div(log_softmax(q), log_softmax(p), log_target=True, reduction="none").sum(-1)``
   (note the argument order: ``F.kl_div(input, target)`` computes ``KL(target ‖ input)``);
 * ``naive``   — ``(p * (p / q).log()).sum(-1)`` on softmax probabilities.
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import rel_entr
 
-from klexp.divergences import categorical_kl
+from klexp.core import categorical_kl
 
 Method = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

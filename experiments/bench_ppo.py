@@ -47,8 +47,8 @@ from omegaconf import open_dict
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-from klexp.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
-from klexp.runner import run
+from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from klexp.app.runner import run
 
 # ------------------------------------------------------------------------------------------------
 # The plain single-file PPO (CleanRL style)

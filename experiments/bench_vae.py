@@ -38,10 +38,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import Checkpoint, ProgressBar
 
-from klexp.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
-from klexp.lightning_helpers import NoProfiler
-from klexp.nets import mlp
-from klexp.runner import build_callbacks, build_terms, instantiate_node
+from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from klexp.lightning.logging import NoProfiler
+from klexp.nets.mlp import mlp
+from klexp.app.runner import build_callbacks, build_terms, instantiate_node
 
 WARMUP_STEPS = 100
 BENCH_OVERRIDES = ["+trainer.limit_val_batches=0", "test=false", "trainer.enable_model_summary=false",

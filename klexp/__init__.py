@@ -1,3 +1,48 @@
-"""klexp: KL divergence as a first-class, configurable part of PyTorch Lightning training."""
+"""klexp: KL divergence as a first-class, configurable part of PyTorch Lightning training.
+
+The names a user's own project needs, importable from ``klexp`` itself. They load on first use,
+so ``from klexp import kl`` needs only torch, and the Lightning integration loads with the first
+Lightning name::
+
+    from klexp import KLTerm, LinearWarmup, total_loss, kl
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+#: public name → the module that defines it
+_EXPORTS: dict[str, str] = {
+    # the KL library (klexp.core): pure torch
+    **dict.fromkeys(
+        ["kl", "reverse_kl", "js", "entropy", "cross_entropy", "kl_samples", "monte_carlo_terms",
+         "categorical_kl", "categorical_entropy", "categorical_cross_entropy", "categorical_js",
+         "wasserstein1_categorical", "wasserstein2_gaussian", "Schedule", "Constant",
+         "LinearWarmup", "Cyclical", "Controller", "AdaptiveBeta", "ProportionalController"],
+        "klexp.core"),
+    **dict.fromkeys(["Shaping", "FreeBits", "Capacity", "PerExample"], "klexp.core.shaping"),
+    # the Lightning integration (klexp.lightning)
+    **dict.fromkeys(
+        ["KLTerm", "TargetKL", "LossTerm", "total_loss", "UpdatePhase", "log_metrics", "logs_now",
+         "Dashboards", "RunSummary", "RNGState", "FailureCheckpoint", "NoProfiler"],
+        "klexp.lightning"),
+    # errors
+    **dict.fromkeys(["KlexpError", "ConfigValueError", "NonFiniteError"], "klexp.errors"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'klexp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,3 +1,3 @@
-from klexp.cli import main
+from klexp.app.cli import main
 
 main()

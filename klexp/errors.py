@@ -33,6 +33,10 @@ def require_non_negative(key: str, value: float) -> None:
     require(_is_real(value) and value >= 0, key, "a number ≥ 0", value)
 
 
+def require_finite_non_negative(key: str, value: float) -> None:
+    require(_is_real(value) and math.isfinite(value) and value >= 0, key, "a finite number ≥ 0", value)
+
+
 def require_positive(key: str, value: float) -> None:
     require(_is_real(value) and value > 0, key, "a number > 0", value)
 

@@ -49,7 +49,7 @@ NOT_A_GROUP_KEY = frozenset({"seed", "ckpt_path"})
 REDUCTIONS = ("max", "min", "mean", "last")
 _FIRST_STEP = re.compile(r"^first_step:(?P<tag>.+?)(?P<op>>=|<=)(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?)$")
 TABLE_FILE, CSV_FILE = "report.md", "report.csv"
-#: The runner's run record (``klexp.tracking.SUMMARY_FILE``; not imported from there, which would
+#: The runner's run record (``klexp.lightning.run_summary.SUMMARY_FILE``; not imported from there, which would
 #: load Lightning and add seconds to every report).
 SUMMARY_FILE = "summary.json"
 

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from klexp.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None
 
 def run_experiment(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]:
     """Compose and run in-process, as ``klexp <overrides>`` would; returns the run summary."""
-    from klexp.runner import run
+    from klexp.app.runner import run
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -106,7 +106,7 @@ class RecordTermWeights:
 
         import pytorch_lightning as pl
 
-        from klexp.terms import kl_terms_of
+        from klexp.lightning.term import kl_terms_of
 
         class _Record(pl.Callback):
             def on_train_end(self, trainer: Any, pl_module: Any) -> None:

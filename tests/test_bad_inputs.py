@@ -13,7 +13,7 @@ import pytest
 from helpers import FAST, run_cli
 from test_data import write_mnist_like
 
-from klexp.cli import main
+from klexp.app.cli import main
 from klexp.data.idx import FILES, write_idx
 
 

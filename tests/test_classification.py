@@ -5,7 +5,7 @@ import torch
 from helpers import FAST, run_experiment
 from torch.distributions import Categorical
 
-from klexp import divergences
+from klexp import core as divergences
 from klexp.tasks.classification import ClassificationTask
 
 

@@ -61,7 +61,7 @@ def test_resume_and_rerun_name_a_bad_run_directory(args, message, tmp_path):
 
 
 def test_resuming_a_run_with_stages_reuses_their_checkpoints(tmp_path):
-    from klexp.rerun import resume_arguments
+    from klexp.app.resume import resume_arguments
 
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)

@@ -8,11 +8,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.profilers import SimpleProfiler
 
-from klexp.cli import CONFIG_DIR
-from klexp.lightning_helpers import NoProfiler
-from klexp.runner import build_callbacks, build_terms, check_terms_against_task, instantiate_node
-from klexp.terms import KLTerm
-from klexp.validation import check_config
+from klexp.app.cli import CONFIG_DIR
+from klexp.lightning.logging import NoProfiler
+from klexp.app.runner import build_callbacks, build_terms, check_terms_against_task, instantiate_node
+from klexp.lightning.term import KLTerm
+from klexp.app.config_checks import check_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

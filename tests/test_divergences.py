@@ -1,4 +1,4 @@
-"""Specification of the KL core, ``klexp.divergences``.
+"""Specification of the KL core, ``klexp.core``.
 
 Every value is checked against an independent computation — scipy (``rel_entr``, ``entr``,
 ``kl_div``, ``jensenshannon``, ``wasserstein_distance``, numerical integration), torch's registered
@@ -30,7 +30,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from klexp import divergences as D
+from klexp import core as D
 
 F64 = torch.float64
 LN2 = math.log(2.0)

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import Logger
 
-from klexp.lightning_helpers import NoProfiler, logs_this_step, write_step_scalars
+from klexp.lightning.logging import NoProfiler, logs_this_step, write_step_scalars
 
 
 class MemoryLogger(Logger):

@@ -13,14 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.distributions import Categorical, Independent, Normal
 
-from klexp import divergences
-from klexp.data.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory
+from klexp import core as divergences
+from klexp.tasks.ppo.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory
 from klexp.errors import ConfigValueError, KlexpError
-from klexp.schedules import AdaptiveBeta
-from klexp.tasks.policies import Actor, CategoricalPolicy, GaussianPolicy, NumpyMLP, policy_for
-from klexp.tasks.ppo import Batch, IterationIndices, PPOTask, explained_variance
-from klexp.tasks.rollout import gae
-from klexp.terms import KLTerm, TargetKL
+from klexp.core import AdaptiveBeta
+from klexp.tasks.ppo.policies import Actor, CategoricalPolicy, GaussianPolicy, NumpyMLP, policy_for
+from klexp.tasks.ppo.task import Batch, IterationIndices, PPOTask, explained_variance
+from klexp.tasks.ppo.rollout import gae
+from klexp.lightning.term import KLTerm, TargetKL
 
 # ---------------------------------------------------------------------------------------- GAE
 

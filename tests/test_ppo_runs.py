@@ -17,9 +17,9 @@ import torch
 from helpers import QUIET, REPO, run_cli, run_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from klexp.data.envs import VectorEnvFactory
+from klexp.tasks.ppo.envs import VectorEnvFactory
 from klexp.errors import KlexpError
-from klexp.tasks.ppo import PPOTask
+from klexp.tasks.ppo.task import PPOTask
 
 # 3 iterations of 4 envs × 64 steps, every iteration logged, a 2-episode greedy evaluation
 SHORT = [*QUIET, "+trainer.enable_progress_bar=false", "task.total_timesteps=768", "task.num_steps=64",

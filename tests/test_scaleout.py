@@ -5,7 +5,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from klexp.cli import CONFIG_DIR, CONFIG_NAME
+from klexp.app.cli import CONFIG_DIR, CONFIG_NAME
 
 
 def compose_with_hydra(overrides):

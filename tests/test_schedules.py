@@ -1,4 +1,4 @@
-"""Specification of KL weight schedules and controllers, ``klexp.schedules``.
+"""Specification of KL weight schedules and controllers, ``klexp.core.schedules`` and ``klexp.core.controllers``.
 
 Expected values are written out by hand from each paper's formula; ``step`` counts optimiser steps
 from 0 (the paper's ``t`` is ``step + 1`` where a paper counts from 1).
@@ -11,7 +11,7 @@ import math
 import pytest
 
 from klexp.errors import ConfigValueError
-from klexp.schedules import (
+from klexp.core import (
     AdaptiveBeta,
     Constant,
     Cyclical,

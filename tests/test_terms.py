@@ -17,8 +17,8 @@ from scipy.spatial.distance import jensenshannon
 from torch.distributions import Categorical, Independent, Normal
 
 from klexp.errors import ConfigValueError, NonFiniteError
-from klexp.schedules import AdaptiveBeta, Constant, LinearWarmup
-from klexp.terms import KLTerm
+from klexp.core import AdaptiveBeta, Constant, LinearWarmup
+from klexp.lightning.term import KLTerm
 
 F64 = torch.float64
 LN2 = math.log(2.0)

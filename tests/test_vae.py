@@ -17,9 +17,9 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from klexp.data.idx import write_idx
 from klexp.errors import ConfigValueError
-from klexp.images import image_grid
+from klexp.lightning.images import image_grid
 from klexp.tasks.vae import VAETask, active_units
-from klexp.terms import KLTerm
+from klexp.lightning.term import KLTerm
 
 VARIANTS = ["vae", "beta_vae", "vae_annealed", "vae_cyclical", "vae_free_bits", "vae_capacity"]
 # A few steps, one validation epoch (with its images) and the test set.

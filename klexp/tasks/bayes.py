@@ -42,9 +42,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 from torchmetrics.functional.classification import binary_auroc
 
-from klexp.bayes_layers import BayesMLP, gaussian_prior, inverse_softplus, scale_mixture_prior
-from klexp.checkpoints import load_classifier
-from klexp.divergences import categorical_entropy
+from klexp.core.categorical import categorical_entropy
 from klexp.errors import (
     KlexpError,
     require,
@@ -52,9 +50,12 @@ from klexp.errors import (
     require_positive,
     require_positive_int,
 )
-from klexp.lightning_helpers import logs_this_step, write_step_scalars
-from klexp.nets import Activation, check_mlp_args
-from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
+from klexp.lightning.logging import current_stage, log_metrics, logs_now
+from klexp.lightning.term import KLTerm, kl_terms_of
+from klexp.nets.bayesian import BayesMLP, gaussian_prior, inverse_softplus, scale_mixture_prior
+from klexp.nets.frozen import load_classifier
+from klexp.nets.mlp import Activation, check_mlp_args
+from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 
 Prior = Literal["gaussian", "scale_mixture"]
 PRIORS: tuple[str, ...] = ("gaussian", "scale_mixture")
@@ -62,7 +63,7 @@ EVAL_STAGES: tuple[str, ...] = ("val", "test")
 NOISE_SEED = 0
 
 
-class BayesByBackpropTask(KLTask):
+class BayesByBackpropTask(Task):
     """A classifier with a mean-field Gaussian posterior over its weights.
 
     Args:
@@ -162,15 +163,20 @@ class BayesByBackpropTask(KLTask):
             return gaussian_prior(self.net.num_weights, self.prior_sigma_t)
         return scale_mixture_prior(self.net.num_weights, self.mixture_pi_t, self.mixture_sigmas_t)
 
-    def on_fit_start(self) -> None:
+    def check_terms(self, terms: Sequence[KLTerm]) -> None:
+        """A closed-form KL needs the Gaussian prior (klexp's runner calls this before building
+        anything; fitting calls it again)."""
         if self.prior_kind != "scale_mixture":
             return
-        for term in self.kl_terms:
+        for term in terms:
             if "weights_prior" in (term.p, term.q) and term.estimator == "analytic":
                 raise KlexpError(
                     f"kl.{term.name}.estimator: KL(q(w) ‖ scale-mixture prior) has no closed form; "
                     "use a Monte-Carlo estimator (estimator=k1 as Blundell et al., or k3)"
                 )
+
+    def on_fit_start(self) -> None:
+        self.check_terms(kl_terms_of(self.trainer))
 
     # ------------------------------------------------------------------ the step
 
@@ -184,7 +190,18 @@ class BayesByBackpropTask(KLTask):
         logits, _ = self.sample_logits(images, num_samples or self.eval_samples)
         return _log_predictive(logits)
 
-    def step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Mapping[str, Any]]:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Any]:
+        """The expected data NLL (the task's own loss) and the outputs for the KL term."""
+        stage = current_stage(self)
         images, labels = batch
         num_samples = self.train_samples if stage == "train" else self.eval_samples
         posterior = self.net.posterior()
@@ -199,11 +216,11 @@ class BayesByBackpropTask(KLTask):
             "num_train": self.num_train,
         }
         self._log_metrics(stage, logits.detach(), labels)
-        if stage == "train" and logs_this_step(self):
-            write_step_scalars(self, {"train/posterior_sigma": posterior.base_dist.scale.detach().mean()})
+        if stage == "train" and logs_now(self):
+            log_metrics(self, {"train/posterior_sigma": posterior.base_dist.scale.detach().mean()})
         if stage == "test" and self.baseline is not None:
             self._log_baseline(images, labels)
-        return expected_nll, outputs
+        return {"loss": expected_nll, **outputs}
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -217,11 +234,8 @@ class BayesByBackpropTask(KLTask):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(log_predictive.exp(), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
-        if stage != "train":
-            self.log(f"{stage}/nll", F.nll_loss(log_predictive, labels), on_step=False, on_epoch=True,
-                     batch_size=len(labels), sync_dist=True)
-        elif logs_this_step(self):
-            write_step_scalars(self, {"train/nll": F.nll_loss(log_predictive, labels)})
+        if logs_now(self):
+            log_metrics(self, {f"{stage}/nll": F.nll_loss(log_predictive, labels)}, batch_size=len(labels))
         if stage in EVAL_STAGES:
             entropy, mutual_info = _uncertainty(logits)
             self._entropies.setdefault(f"{stage}/entropy/in_dist", []).append(entropy)

@@ -15,7 +15,7 @@ Outputs for KL terms:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,15 +25,15 @@ from torch.distributions import Categorical
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from klexp import divergences
-from klexp.checkpoints import CHECKPOINT_NET_KEY, load_classifier
+from klexp.core.categorical import categorical_cross_entropy, categorical_entropy
 from klexp.errors import require_positive, require_unit_interval
-from klexp.lightning_helpers import logs_this_step, write_step_scalars
-from klexp.nets import Activation, check_mlp_args, mlp
-from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
+from klexp.lightning.logging import current_stage, log_metrics, logs_now
+from klexp.nets.frozen import CHECKPOINT_NET_KEY, load_classifier
+from klexp.nets.mlp import Activation, check_mlp_args, mlp
+from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 
 
-class ClassificationTask(KLTask):
+class ClassificationTask(Task):
     """An MLP classifier whose loss is made of KL terms from the config.
 
     Args:
@@ -44,7 +44,6 @@ class ClassificationTask(KLTask):
         cross_entropy_loss: add plain cross-entropy with the true labels as the task's own loss
             (normally the ``ce`` KL term plays that part and the task loss is 0).
     """
-
 
     def __init__(
         self,
@@ -136,7 +135,18 @@ class ClassificationTask(KLTask):
         probs = F.one_hot(labels, classes).to(self.uniform_logits.dtype) * (1 - eps) + eps / classes
         return probs.log()
 
-    def step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Mapping[str, Any]]:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Any]:
+        """The task's own loss (0, or cross-entropy with ``cross_entropy_loss``) and the outputs
+        for the KL terms."""
         images, labels = batch
         logits = self(images)
         target_logits = self.target_logits(labels)
@@ -156,25 +166,21 @@ class ClassificationTask(KLTask):
 
         task_loss = (F.cross_entropy(logits, labels) if self.cross_entropy_loss
                      else logits.new_zeros(()))
-        self._log_metrics(stage, logits, labels, target_logits)
-        return task_loss, outputs
+        self._log_metrics(logits, labels, target_logits)
+        return {"loss": task_loss, **outputs}
 
-    def _log_metrics(self, stage: str, logits: Tensor, labels: Tensor, target_logits: Tensor) -> None:
+    def _log_metrics(self, logits: Tensor, labels: Tensor, target_logits: Tensor) -> None:
         """CE(target, model) = KL(target ‖ model) + H(target), shown side by side; NLL; accuracy, ECE."""
+        stage = current_stage(self)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits.detach().softmax(-1), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
-        on_step = stage == "train"
-        if on_step and not logs_this_step(self):
+        if not logs_now(self):
             return
         with torch.no_grad():
-            cross_entropy = divergences.categorical_cross_entropy(target_logits, logits).mean()
-            target_entropy = divergences.categorical_entropy(target_logits).mean()
+            cross_entropy = categorical_cross_entropy(target_logits, logits).mean()
+            target_entropy = categorical_entropy(target_logits).mean()
             nll = F.cross_entropy(logits, labels)
-        prefix = "loss" if on_step else stage
-        scalars = {f"{prefix}/ce": cross_entropy, f"{prefix}/target_entropy": target_entropy,
-                   f"{stage}/nll": nll}
-        if on_step:
-            write_step_scalars(self, scalars)
-        else:
-            self.log_dict(scalars, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
+        prefix = "loss" if stage == "train" else stage
+        log_metrics(self, {f"{prefix}/ce": cross_entropy, f"{prefix}/target_entropy": target_entropy,
+                           f"{stage}/nll": nll}, batch_size=len(labels))

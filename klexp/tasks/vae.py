@@ -24,7 +24,7 @@ the highest-KL dimensions. On the test set the reconstruction term averages the 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from klexp.errors import require, require_in, require_positive, require_positive_int
-from klexp.images import image_grid, upscale_factor
-from klexp.lightning_helpers import logs_this_step, write_step_scalars
-from klexp.nets import Activation, check_mlp_args, mlp
-from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
+from klexp.lightning.images import image_grid, upscale_factor
+from klexp.lightning.logging import current_stage, log_metrics, logs_now
+from klexp.nets.mlp import Activation, check_mlp_args, mlp
+from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 
 Likelihood = Literal["bernoulli", "gaussian"]
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian")
@@ -49,7 +49,7 @@ _IW_ROWS = 1 << 16
 _PRIOR_IMAGE_SEED = 0
 
 
-class VAETask(KLTask):
+class VAETask(Task):
     """An MLP VAE: encoder → ``q(z|x)``, decoder → ``p(x|z)``; its KL comes from the config.
 
     Args:
@@ -65,7 +65,7 @@ class VAETask(KLTask):
         traversal_dims: how many of the highest-KL dimensions the traversal image shows.
         traversal_steps, traversal_range: values ``linspace(−range, range, steps)`` given to each
             traversed dimension, the others held at the posterior mean of the first val image.
-        optimizer, lr_scheduler: see ``KLTask``.
+        optimizer, lr_scheduler: see ``klexp.tasks.base.Task``.
     """
 
     output_names = frozenset({"posterior", "prior", "z"})
@@ -179,7 +179,18 @@ class VAETask(KLTask):
 
     # ------------------------------------------------------------------ the step
 
-    def step(self, batch: tuple[Tensor, ...], stage: str) -> tuple[Tensor, Mapping[str, Any]]:
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def step(self, batch: tuple[Tensor, ...]) -> dict[str, Any]:
+        """The reconstruction NLL (the task's own loss) and the outputs for the KL terms."""
+        stage = current_stage(self)
         x = batch[0].flatten(1)
         posterior = self.encode(x)
         prior = self.prior_like(posterior)
@@ -189,10 +200,10 @@ class VAETask(KLTask):
             z = posterior.rsample()
             recon = self.reconstruction_nll(z, x)
         recon_nll = recon.mean()
-        if self._trainer is not None and logs_this_step(self):
+        if logs_now(self):
             self._log_bound(stage, x, recon_nll.detach(), posterior, prior,
                             iw_nll if stage == "test" else None)
-        return recon_nll, {"posterior": posterior, "prior": prior, "z": z}
+        return {"loss": recon_nll, "posterior": posterior, "prior": prior, "z": z}
 
     @torch.no_grad()
     def _log_bound(self, stage: str, x: Tensor, recon_nll: Tensor, posterior: Independent,
@@ -206,10 +217,7 @@ class VAETask(KLTask):
             metrics[f"{stage}/iw_nll"] = iw_nll.mean()
         if stage != "train":
             self._accumulate(stage, x, posterior.base_dist.loc, kl_dims)
-        if stage == "train":
-            write_step_scalars(self, metrics)
-        else:
-            self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        log_metrics(self, metrics, batch_size=len(x))
 
     def importance_weighted(self, x: Tensor, posterior: Independent,
                             prior: Independent) -> tuple[Tensor, Tensor, Tensor]:

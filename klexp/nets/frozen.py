@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from klexp.errors import KlexpError
-from klexp.nets import mlp
+from klexp.nets.mlp import mlp
 
 # where a ClassificationTask checkpoint describes its network
 CHECKPOINT_NET_KEY = "klexp_net"

@@ -53,20 +53,28 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from klexp import divergences
-from klexp.data.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory, episode_statistics
+from klexp import core as divergences
 from klexp.errors import ConfigValueError, KlexpError, require, require_non_negative, require_positive_int
-from klexp.lightning_helpers import logs_this_step
-from klexp.tasks.base import KLTask, OptimizerFactory, SchedulerFactory
-from klexp.tasks.policies import CHECKPOINT_POLICY_KEY, Actor, load_policy, orthogonal_mlp, policy_for
-from klexp.tasks.rollout import Rollout, gae
-from klexp.terms import KLTerm, TargetKL
+from klexp.lightning.logging import logs_now
+from klexp.lightning.loss import total_loss
+from klexp.lightning.phase import UpdatePhase
+from klexp.lightning.term import KLTerm, kl_terms_of
+from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
+from klexp.tasks.ppo.envs import (
+    ACTION_STREAM,
+    EVAL_STREAM,
+    TRAIN_STREAM,
+    VectorEnvFactory,
+    episode_statistics,
+)
+from klexp.tasks.ppo.policies import CHECKPOINT_POLICY_KEY, Actor, load_policy, orthogonal_mlp, policy_for
+from klexp.tasks.ppo.rollout import Rollout, gae
 
 CHECKPOINT_PROGRESS_KEY = "klexp_ppo_progress"
 PPO_OUTPUTS = frozenset({"policy", "old_policy", "reference", "uniform", "actions"})
 
 
-class PPOTask(KLTask):
+class PPOTask(Task):
     """PPO with GAE, advantage normalisation, the clipped surrogate, optional value clipping, an
     entropy bonus, gradient-norm clipping and linear learning-rate annealing (via ``lr_scheduler``).
 
@@ -213,7 +221,7 @@ class PPOTask(KLTask):
         return IterationIndices(1)
 
     def on_fit_start(self) -> None:
-        self._check_terms(self.kl_terms)
+        self.check_terms(kl_terms_of(self.trainer))
 
     def on_train_start(self) -> None:
         rank = self.global_rank
@@ -237,21 +245,22 @@ class PPOTask(KLTask):
     # ------------------------------------------------------------------ one PPO iteration
 
     def training_step(self, iteration: int, batch_idx: int) -> None:
-        terms = self.kl_terms
+        phase = UpdatePhase(self)
         episodes = self.collect_rollout()
         batch = self.process_rollout()
         learning_rate = self.optimizers().param_groups[0]["lr"]
-        phase = self.update(batch, terms)
+        if phase.terms:
+            with torch.no_grad():
+                phase.start(self.outputs(batch.old_params, batch))
+        stats = self.update(batch, phase)
 
         # Measure every KL term once more on the whole batch with the final π_θ; controllers adapt
         # to this (the PPO paper computes d = Ê[KL[π_old, π_θ]] after the epochs of updates).
         with torch.no_grad():
             params = self.actor(batch.obs)
-            phase["ppo/kl_after_update"] = self.policy.kl(batch.old_params, params).mean().item()
-            if terms:
-                outputs = self.outputs(params, batch)
-                for term in terms:
-                    term.after_update(outputs)
+            stats["ppo/kl_after_update"] = self.policy.kl(batch.old_params, params).mean().item()
+            if phase.terms:
+                phase.end(self.outputs(params, batch))
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -260,9 +269,9 @@ class PPOTask(KLTask):
         self.unlogged_episodes += episodes
         # Log only on the iterations the trainer writes (every trainer.log_every_n_steps), and the
         # last for the run's summary: in Lightning 2.6 each self.log call costs ~0.5 ms here.
-        if logs_this_step(self) or batch_idx + 1 == self.trainer.num_training_batches:
+        if logs_now(self) or batch_idx + 1 == self.trainer.num_training_batches:
             elapsed = time.perf_counter() - self.start_time
-            metrics = {**phase, "ppo/learning_rate": learning_rate,
+            metrics = {**stats, "ppo/learning_rate": learning_rate,
                        "ppo/explained_variance": explained_variance(batch.values, batch.returns),
                        "time/env_steps": float(self.env_steps), "time/sps": self.env_steps / elapsed,
                        **self.episode_metrics(self.unlogged_episodes)}
@@ -318,10 +327,9 @@ class PPOTask(KLTask):
             reference_params=self.reference(obs) if self.reference is not None else None,
         )
 
-    def update(self, b: Batch, terms: list[KLTerm]) -> dict[str, float]:
+    def update(self, b: Batch, phase: UpdatePhase) -> dict[str, float]:
         """The update phase: epochs of minibatch steps on the PPO loss plus the KL terms."""
         optimizer = self.optimizers()
-        stoppers = [term for term in terms if isinstance(term, TargetKL)]
         stats: list[Tensor] = []
         steps, stopped = 0, False
         for epoch in range(self.update_epochs):
@@ -358,7 +366,8 @@ class PPOTask(KLTask):
 
                 entropy_loss = entropy.mean()
                 task_loss = pg_loss - self.ent_coef * entropy_loss + self.vf_coef * v_loss
-                loss = self.total_loss(task_loss, self.outputs(params, mb) if terms else {}, "train")
+                outputs = self.outputs(params, mb) if phase.terms else {}
+                loss = total_loss(self, {"loss": task_loss, **outputs}, log=False)
 
                 with torch.no_grad():
                     # KL(π_old ‖ π_θ) three ways: k1 and k3 from the log-ratio of the rollout's
@@ -371,7 +380,7 @@ class PPOTask(KLTask):
                                               kl_k1, kl_k3, kl_exact, clipfrac]))
 
                 # A TargetKL term measured this minibatch: stop before stepping past its target
-                if self.should_stop(stoppers, epoch, index, "minibatch"):
+                if phase.should_stop(epoch, index, "minibatch"):
                     stopped = True
                     break
                 optimizer.zero_grad()
@@ -380,7 +389,7 @@ class PPOTask(KLTask):
                     self.clip_gradients(optimizer, self.max_grad_norm, "norm")
                 optimizer.step()
                 steps += 1
-            if stopped or self.should_stop(stoppers, epoch, index, "epoch"):
+            if stopped or phase.should_stop(epoch, index, "epoch"):
                 break
 
         table = torch.stack(stats)
@@ -395,19 +404,6 @@ class PPOTask(KLTask):
             "ppo/clipfrac": clipfrac, "ppo/update_steps": float(steps),
         }
 
-    def should_stop(self, stoppers: list[TargetKL], epoch: int, minibatch: int,
-                    boundary: Literal["minibatch", "epoch"]) -> bool:
-        """Whether a TargetKL term ends the update phase here. Under DDP every rank must take the
-        same number of steps: the phase stops on all ranks when any rank's term says so."""
-        if not stoppers:
-            return False
-        stop = any(term.exceeded(boundary) for term in stoppers)
-        stop = self.trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
-            for term in stoppers:
-                term.stopped_at(epoch, minibatch)
-        return stop
-
     def outputs(self, params: Tensor, b: Batch) -> dict[str, Any]:
         """The distributions KL terms read, on the states ``b.obs`` (π_θ's parameters ``params``)."""
         outputs: dict[str, Any] = {
@@ -416,7 +412,7 @@ class PPOTask(KLTask):
             "actions": b.actions,
         }
         if self._uniform_needed:
-            outputs["uniform"] = self.policy.uniform()
+            outputs["uniform"] = self.policy.uniform(params)
         if b.reference_params is not None:
             outputs["reference"] = self.policy.distribution(b.reference_params)
         return outputs
@@ -480,19 +476,22 @@ class PPOTask(KLTask):
 
     # ------------------------------------------------------------------ config checks and charts
 
-    def _check_terms(self, terms: list[KLTerm]) -> None:
-        """Every output a KL term reads must exist for this env and config."""
+    def check_terms(self, terms: Sequence[KLTerm]) -> None:
+        """The outputs a KL term reads must exist for this env and config: ``uniform`` only for
+        discrete actions, ``reference`` only with a reference policy. klexp's runner calls this
+        before building anything; fitting calls it again."""
+        policy = policy_for(self.env.spaces()[1])
         self._uniform_needed = False
         for term in terms:
             for role in ("p", "q"):
                 key = getattr(term, role)
                 if key == "uniform":
                     try:
-                        self.policy.uniform()
+                        policy.uniform(torch.zeros(()))
                     except KlexpError as error:
                         raise KlexpError(f"kl.{term.name}.{role}: {error}") from None
                     self._uniform_needed = True
-                if key == "reference" and self.reference is None:
+                if key == "reference" and self.reference_checkpoint is None:
                     raise KlexpError(f"kl.{term.name}.{role}: the term reads 'reference', which needs "
                                      "task.reference_checkpoint (or a stage that trains it)")
 

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-from klexp import divergences
-from klexp.checkpoints import load_frozen, read_checkpoint
+from klexp import core as divergences
 from klexp.errors import KlexpError
-from klexp.nets import mlp
+from klexp.nets.frozen import load_frozen, read_checkpoint
+from klexp.nets.mlp import mlp
 
 # where a PPO checkpoint describes its actor
 CHECKPOINT_POLICY_KEY = "klexp_policy"
@@ -96,9 +96,10 @@ class CategoricalPolicy:
     def distribution(self, logits: Tensor) -> Distribution:
         return Categorical(logits=logits, validate_args=False)
 
-    def uniform(self) -> Distribution:
-        """The uniform policy: ``KL(π ‖ uniform) = log K − H(π)``."""
-        return Categorical(logits=torch.zeros(self.num_actions), validate_args=False)
+    def uniform(self, like: Tensor) -> Distribution:
+        """The uniform policy, on the device and in the dtype of ``like``:
+        ``KL(π ‖ uniform) = log K − H(π)``."""
+        return Categorical(logits=like.new_zeros(self.num_actions), validate_args=False)
 
 
 class GaussianPolicy:
@@ -144,7 +145,7 @@ class GaussianPolicy:
         mean, log_std = self.split(params)
         return Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
 
-    def uniform(self) -> Distribution:
+    def uniform(self, like: Tensor) -> Distribution:
         raise KlexpError("a Gaussian policy over an unbounded action space has no uniform "
                          "counterpart (KL(π ‖ uniform) is infinite); use task.ent_coef instead")
 

@@ -15,15 +15,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from klexp.app.resume import rerun_arguments, resume_arguments
 from klexp.errors import KlexpError
-from klexp.rerun import rerun_arguments, resume_arguments
 
 
 def _config_dir() -> Path:
     """The repository's conf/ in a checkout (editable install); the copy shipped inside the
     package (klexp/conf) in a regular install."""
-    checkout = Path(__file__).resolve().parent.parent / "conf"
-    return checkout if (checkout / "config.yaml").is_file() else Path(__file__).resolve().parent / "conf"
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent / "conf"
+    return checkout if (checkout / "config.yaml").is_file() else package / "conf"
 
 
 CONFIG_DIR = _config_dir()
@@ -85,7 +86,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> Any:
-    from klexp.runner import run  # heavy imports only once the config composed
+    from klexp.app.runner import run  # heavy imports only once the config composed
 
     overrides = [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task)]
     try:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from klexp.errors import require, require_positive
-from klexp.nets import ACTIVATIONS, Activation, check_mlp_args
+from klexp.nets.mlp import ACTIVATIONS, Activation, check_mlp_args
 
 
 def inverse_softplus(sigma: float) -> float:

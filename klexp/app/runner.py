@@ -1,0 +1,187 @@
+"""Run one experiment from a composed config: check, build, fit, test, record.
+
+Nothing here knows which experiment it runs: data, task, KL terms, callbacks, logger and trainer
+are all instantiated from the config, and the run record and dashboards are the same public
+callbacks (``RunSummary``, ``Dashboards``) a user's own Trainer can hold. ``stages`` (a teacher
+to distil from, a reference policy) are earlier runs of the same app whose checkpoints feed config
+keys of this one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.model_helpers import is_overridden
+from rich.console import Console
+from rich.table import Table
+
+from klexp.app.config_checks import ConfigError, check_config, check_run_settings
+from klexp.app.hparams import hparams_of, override_keys
+from klexp.app.stages import Compose, run_stages
+from klexp.errors import ConfigValueError, KlexpError
+from klexp.lightning.dashboards import Dashboards
+from klexp.lightning.internals import checkpoint_logging_step
+from klexp.lightning.run_summary import RunSummary
+from klexp.lightning.term import KLTerm
+from klexp.nets.frozen import load_checkpoint
+
+console = Console(stderr=True)
+
+
+def instantiate_node(node: Any, path: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with a constructor's range errors reported at their key's path."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause, full_key = _innermost(error, path)
+        if isinstance(cause, ConfigValueError):
+            raise ConfigError(f"{full_key}.{cause.key}: {cause.message}") from None
+        if isinstance(cause, KlexpError):
+            raise cause from None
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"{full_key}: {first_line}") from None
+
+
+def _innermost(error: BaseException, path: str) -> tuple[BaseException, str]:
+    full_key = path
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        match = re.search(r"full_key: (\S+)", str(error))
+        if match:
+            full_key = match.group(1)
+        error = error.__cause__
+    return error, full_key
+
+
+def build_terms(kl: Mapping[str, Any] | None) -> list[KLTerm]:
+    """One ``KLTerm`` per entry of ``cfg.kl``; the entry's key is the term's name (null drops it)."""
+    terms = []
+    for name, node in (kl or {}).items():
+        if node is None:
+            continue
+        term = instantiate_node(node, f"kl.{name}", name=name)
+        if not isinstance(term, KLTerm):
+            raise ConfigError(f"kl.{name}: expected a KLTerm (_target_: klexp.KLTerm), "
+                              f"got {type(term).__name__}")
+        terms.append(term)
+    return terms
+
+
+def check_terms_against_task(terms: Sequence[KLTerm], task: pl.LightningModule) -> None:
+    """Before anything is built: every output a term reads is one the task declares
+    (``output_names``), and the task's own checks of its terms (``check_terms``) pass."""
+    names = getattr(task, "output_names", None)
+    for term in terms:
+        if names is not None:
+            try:
+                term.check_outputs(names, f"{type(task).__name__} returns")
+            except KlexpError as error:
+                raise ConfigError(f"kl.{term.name}: {error}") from None
+    if hasattr(task, "check_terms"):
+        task.check_terms(terms)
+
+
+def build_callbacks(callbacks: Mapping[str, Any] | None) -> list[pl.Callback]:
+    built = []
+    for name, node in (callbacks or {}).items():
+        if node is not None:
+            built.append(instantiate_node(node, f"callbacks.{name}"))
+    return built
+
+
+def _has_test_data(task: pl.LightningModule, datamodule: pl.LightningDataModule | None) -> bool:
+    if is_overridden("test_dataloader", task):
+        return True
+    return datamodule is not None and is_overridden("test_dataloader", datamodule)
+
+
+def run(
+    cfg: DictConfig,
+    run_dir: Path | str,
+    overrides: Sequence[str] = (),
+    compose: Compose | None = None,
+) -> dict[str, Any]:
+    """Check ``cfg``, train and test, and return the run's summary (also in summary.json)."""
+    run_dir = Path(run_dir)
+    check_run_settings(cfg)
+    check_config(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    info: dict[str, Any] = {"experiment": cfg.get("experiment_name"), "seed": cfg.get("seed"),
+                            "overrides": list(overrides), "stages": {}}
+    if cfg.get("stages"):
+        if compose is None:
+            raise KlexpError("stages: this config has stages, which need the Hydra app to compose them")
+        info["stages"] = run_stages(cfg, run_dir, overrides, compose, run, console)
+
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    task = instantiate_node(cfg.task, "task")
+    terms = build_terms(cfg.get("kl"))
+    check_terms_against_task(terms, task)
+    datamodule = instantiate_node(cfg.data, "data") if cfg.get("data") is not None else None
+    callbacks = build_callbacks(cfg.get("callbacks"))
+    resume_step = checkpoint_step(cfg.get("ckpt_path"))
+    if resume_step is not None:
+        info["resumed_from_step"] = resume_step
+    # On resume, TensorBoard drops events logged after the checkpoint by the killed process.
+    purge = {"purge_step": resume_step} if resume_step is not None else {}
+    logger = instantiate_node(cfg.logger, "logger", **purge) if cfg.get("logger") is not None else False
+    will_test = bool(cfg.get("test", True)) and _has_test_data(task, datamodule)
+    summary = RunSummary(run_dir, objective=cfg.get("objective"), info=info)
+    dashboards = Dashboards(hparams_of(cfg, overrides), chosen=override_keys(overrides),
+                            objective=cfg.get("objective"),
+                            write_hparams_after="test" if will_test else "fit")
+    trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=logger,
+                                           callbacks=[*terms, *callbacks, summary, dashboards])
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        if will_test:
+            trainer.test(task, datamodule=datamodule, verbose=False)
+    finally:
+        _flush(logger)
+    if trainer.is_global_zero:
+        print_run_result(summary.data, run_dir, logger)
+    return summary.data
+
+
+def checkpoint_step(path: str | None) -> int | None:
+    """The logging step a checkpoint was saved at (``internals.checkpoint_logging_step``; the
+    global step for a checkpoint without loop state), or None without a checkpoint."""
+    if path is None:
+        return None
+    checkpoint = load_checkpoint(path, "ckpt_path")
+    step = checkpoint_logging_step(checkpoint)
+    return int(checkpoint["global_step"]) if step is None else step
+
+
+def _flush(logger: Any) -> None:
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.flush()
+
+
+def print_run_result(summary: Mapping[str, Any], run_dir: Path, logger: Any) -> None:
+    """Print the test (or final) metrics, where the run lives and how to look at it."""
+    metrics = summary["metrics"]
+    shown = {k: v for k, v in metrics.items() if k.startswith("test/")} or {
+        k: v for k, v in metrics.items() if k.startswith("val/")}
+    table = Table(title=f"{summary.get('experiment') or 'run'} — final metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in sorted(shown):
+        table.add_row(key, f"{shown[key]:.4f}")
+    out = Console(soft_wrap=True)
+    out.print(table)
+    if summary.get("objective") is not None:
+        out.print(f"objective {summary['objective_name']} = {summary['objective']:.4f}")
+    out.print(f"run directory: {run_dir}")
+    if isinstance(logger, TensorBoardLogger):
+        out.print(f"TensorBoard logs: {logger.log_dir}")
+        out.print(f"view them with:  tensorboard --logdir {run_dir}")

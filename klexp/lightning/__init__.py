@@ -1,0 +1,30 @@
+"""The Lightning integration: KL terms as callbacks, the path by which they reach a module's loss,
+step logging, DDP agreement, dashboards and the run record, and every touch of Lightning's
+private state (``internals``)."""
+
+from klexp.lightning.callbacks import FailureCheckpoint, RNGState
+from klexp.lightning.dashboards import Dashboards
+from klexp.lightning.logging import current_stage, log_metrics, logs_now
+from klexp.lightning.loss import LossTerm, total_loss
+from klexp.lightning.phase import UpdatePhase
+from klexp.lightning.profiler import NoProfiler
+from klexp.lightning.run_summary import RunSummary
+from klexp.lightning.target_kl import TargetKL
+from klexp.lightning.term import KLTerm, kl_terms_of
+
+__all__ = [
+    "Dashboards",
+    "FailureCheckpoint",
+    "KLTerm",
+    "LossTerm",
+    "NoProfiler",
+    "RNGState",
+    "RunSummary",
+    "TargetKL",
+    "UpdatePhase",
+    "current_stage",
+    "kl_terms_of",
+    "log_metrics",
+    "logs_now",
+    "total_loss",
+]

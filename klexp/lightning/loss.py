@@ -1,0 +1,251 @@
+"""How terms reach a module's loss: the one public path, used by klexp's own tasks as by any
+``LightningModule``.
+
+A module exposes the named distributions of each step in the mapping its step returns, and the
+trainer holds the terms::
+
+    def training_step(self, batch, batch_idx):
+        ...
+        return {"loss": reconstruction_nll, "posterior": q, "prior": p}
+
+    Trainer(callbacks=[KLTerm("prior", p="posterior", q="prior")])
+
+When the trainer sets up, the terms wrap the module's ``training_step``, ``validation_step`` and
+``test_step`` (on the instance; the class is untouched and the wrappers go at teardown). After each
+step the wrapper replaces ``"loss"`` by ``total_loss`` of the returned mapping,
+``loss + Σ_terms term(outputs)``, which Lightning then back-propagates.
+
+Why a wrapper and a function: the wrapper makes the natural contract — return your distributions —
+work with no call at all, so a term can never be configured and silently left out. Under manual
+optimisation the module back-propagates by itself, so there ``total_loss(self, outputs)`` is the one
+call to make (``self.manual_backward(klexp.total_loss(self, {...}))``); a step that called it is
+not added to again.
+
+Checks, every training step: a term that received nothing (its outputs missing from the returned
+mapping, or no ``total_loss`` call under manual optimisation) stops the run with one line naming
+the term, the outputs it reads and what the step returned. In validation and test a term whose
+outputs are missing is skipped: an evaluation step need not return distributions. The loss and
+every term's value are checked to be finite with one device-to-host copy per step (agreed across
+DDP ranks); a failure names the term and describes its distributions.
+
+Logged: ``loss/task`` and ``loss/total`` on the training steps Lightning writes, and
+``<stage>/loss/task``, ``<stage>/loss/total`` as epoch means in validation and test.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.model_helpers import is_overridden
+from torch import Tensor
+
+from klexp.errors import KlexpError, NonFiniteError
+from klexp.lightning.internals import trainer_of
+from klexp.lightning.logging import current_stage, log_metrics, logs_now
+from klexp.lightning.ranks import all_ranks_agree
+
+Placement = Literal["loss", "reward"]
+PLACEMENTS: tuple[str, ...] = ("loss", "reward")
+STEPS: dict[str, str] = {"training_step": "train", "validation_step": "val", "test_step": "test"}
+_WRAPPED = "_klexp_wrapped_steps"
+
+
+class LossTerm(pl.Callback, ABC):
+    """A callback that adds a term, computed from a step's named outputs, to the module's loss.
+
+    ``KLTerm`` is the one klexp ships; a subclass implements ``reads`` and ``contribute`` and
+    gets the wrapping, the checks and the finiteness guard of this module.
+    """
+
+    name: str
+    #: ``loss``: added by ``total_loss``; ``reward``: taken by an RL task from ``reward_penalty``
+    placement: Placement = "loss"
+    check_finite: bool = True
+    #: how many times the term received outputs (``total_loss`` / ``reward_penalty`` calls)
+    calls: int = 0
+
+    @abstractmethod
+    def reads(self) -> tuple[str, ...]:
+        """The names of the outputs the term needs."""
+
+    @abstractmethod
+    def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
+        """The term's loss on one batch and the value it measured (detached; for the guard)."""
+
+    def describe(self, outputs: Mapping[str, Any]) -> str:
+        """What the outputs the term read looked like, for a non-finite value's message."""
+        return ""
+
+    def missing(self, outputs: Collection[str]) -> list[str]:
+        """The outputs the term reads that are not among ``outputs``."""
+        return [name for name in self.reads() if name not in outputs]
+
+    def check_outputs(self, available: Collection[str], where: str) -> None:
+        """Raise ``KlexpError`` naming the term, what it reads and what ``where`` provides, if an
+        output it reads is not ``available``. The one check of a term's outputs: at start-up
+        against the outputs a module declares, and on every training step against the ones it
+        returned."""
+        missing = self.missing(available)
+        if missing:
+            raise KlexpError(
+                f"{type(self).__name__} '{self.name}' reads {_names(self.reads())}; {where} "
+                f"{_names(sorted(map(str, available))) or 'nothing'} (missing: {_names(missing)})"
+            )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        wrap_steps(pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        unwrap_steps(pl_module)
+
+
+def loss_terms_of(trainer: pl.Trainer | None) -> list[LossTerm]:
+    """The terms among a trainer's callbacks, in the order they were given."""
+    if trainer is None:
+        return []
+    return [callback for callback in trainer.callbacks if isinstance(callback, LossTerm)]
+
+
+def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage: str | None = None,
+               log: bool = True) -> Tensor:
+    """``outputs["loss"] + Σ term(outputs)`` over the trainer's terms placed in the loss, checked
+    to be finite; each term records what it measured for its logs.
+
+    ``stage`` defaults to where the trainer is (``train``, ``val`` or ``test``). In evaluation a
+    term whose outputs are missing is skipped, and ``"loss"`` may be missing too (the terms are
+    then only measured, and the sum of their losses returned). ``log`` writes ``loss/task`` and
+    ``loss/total`` (pass False when a step calls this several times and logs its own means)."""
+    trainer = trainer_of(module)
+    stage = stage or current_stage(module)
+    task_loss = outputs.get("loss")
+    if task_loss is None and stage == "train":
+        raise KlexpError(f"total_loss: the outputs of a training step need a 'loss' (the module's own "
+                         f"loss, 0 if it has none); got {_names(map(str, outputs)) or 'nothing'}")
+    step = trainer.global_step if trainer is not None else 0
+    loss = task_loss
+    guarded: list[tuple[LossTerm, Tensor]] = []
+    for term in loss_terms_of(trainer):
+        if term.placement != "loss":
+            continue
+        if stage == "train":
+            term.check_outputs(outputs, "the step returned")
+        elif term.missing(outputs):
+            continue
+        term_loss, value = term.contribute(outputs, stage, step)
+        term.calls += 1
+        loss = term_loss if loss is None else loss + term_loss
+        if term.check_finite:
+            guarded.append((term, value))
+    if loss is None:
+        return torch.zeros(())
+    _check_finite(trainer, stage, step, loss, task_loss, guarded, outputs)
+    if log and task_loss is not None and logs_now(module):
+        prefix = "loss" if stage == "train" else f"{stage}/loss"
+        log_metrics(module, {f"{prefix}/task": task_loss.detach(), f"{prefix}/total": loss.detach()})
+    return loss
+
+
+def _check_finite(trainer: pl.Trainer | None, stage: str, step: int, loss: Tensor,
+                  task_loss: Tensor | None, guarded: list[tuple[LossTerm, Tensor]],
+                  outputs: Mapping[str, Any]) -> None:
+    """One device-to-host copy for the loss and every guarded term's value; on a non-finite one,
+    the first term at fault (or the loss) is named and described."""
+    values = torch.stack([loss.detach().reshape(()).float(),
+                          *(v.reshape(()).float() for _, v in guarded)])
+    finite = bool(torch.isfinite(values).all())
+    if all_ranks_agree(trainer, finite):
+        return
+    if finite:
+        raise NonFiniteError(f"the {stage} loss turned non-finite on another rank at step {step}")
+    for term, value in guarded:
+        if not math.isfinite(float(value)):
+            raise NonFiniteError(f"{type(term).__name__} '{term.name}' is {float(value)} at step {step} "
+                                 f"({stage}); {term.describe(outputs)}")
+    task = f" (task loss {float(task_loss)})" if task_loss is not None else ""
+    raise NonFiniteError(f"the {stage} loss is {float(loss)} at step {step}{task}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrapping the module's steps
+# ---------------------------------------------------------------------------------------------
+
+
+def wrap_steps(module: pl.LightningModule) -> None:
+    """Wrap the module's own ``training_step``, ``validation_step`` and ``test_step`` (see the
+    module docstring); a second call does nothing."""
+    if _WRAPPED in vars(module):
+        return
+    wrapped = []
+    for name, stage in STEPS.items():
+        if is_overridden(name, module):
+            setattr(module, name, _wrapped_step(module, getattr(module, name), stage))
+            wrapped.append(name)
+    object.__setattr__(module, _WRAPPED, wrapped)
+
+
+def unwrap_steps(module: pl.LightningModule) -> None:
+    """Remove the wrappers ``wrap_steps`` installed."""
+    for name in vars(module).pop(_WRAPPED, []):
+        vars(module).pop(name, None)
+
+
+def _wrapped_step(module: pl.LightningModule, step: Callable[..., Any], stage: str) -> Callable[..., Any]:
+    @functools.wraps(step)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        terms = loss_terms_of(trainer_of(module))
+        if not terms:
+            return step(*args, **kwargs)
+        calls_before = [term.calls for term in terms]
+        output = step(*args, **kwargs)
+        called = [term.calls != before for term, before in zip(terms, calls_before, strict=True)]
+        if any(called):  # the step called total_loss (or reward_penalty) itself
+            if stage == "train":
+                _check_all_received(terms, called, output, module)
+            return output
+        if stage == "train":
+            if not module.automatic_optimization or output is None:
+                _check_all_received(terms, called, output, module)
+                return output
+            if not isinstance(output, Mapping):
+                _check_all_received(terms, called, output, module)
+        if isinstance(output, Mapping):
+            total = total_loss(module, output, stage=stage)
+            if "loss" in output:
+                output = {**output, "loss": total}
+        return output
+
+    return wrapped
+
+
+def _check_all_received(terms: list[LossTerm], called: list[bool], output: Any,
+                        module: pl.LightningModule) -> None:
+    for term, received in zip(terms, called, strict=True):
+        if received:
+            continue
+        if isinstance(output, Mapping):
+            term.check_outputs(output, "training_step returned")
+        if not module.automatic_optimization:
+            how = ("under manual optimisation, back-propagate klexp.total_loss(self, outputs) "
+                   "with outputs = {'loss': ..., " + ", ".join(f"{n!r}: ..." for n in term.reads()) + "}")
+        elif term.placement == "reward":
+            how = "a reward-placed term needs the task to call klexp.reward_penalty"
+        else:
+            how = f"training_step returned {_shape_of(output)}; return a mapping with 'loss' and them"
+        raise KlexpError(f"{type(term).__name__} '{term.name}' reads {_names(term.reads())}, but "
+                         f"received nothing in training_step: {how}")
+
+
+def _names(names: Any) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _shape_of(output: Any) -> str:
+    if isinstance(output, Mapping):
+        return "{" + ", ".join(repr(k) for k in output) + "}"
+    return "None" if output is None else f"a {type(output).__name__}"

@@ -1,0 +1,371 @@
+"""The KL term: a Lightning callback that adds ``weight(t) · shaping(D(p ‖ q))`` to the loss.
+
+``p`` and ``q`` name two distributions among a step's outputs (``klexp.lightning.loss`` says how
+outputs reach the term); ``D`` is the divergence of ``direction`` computed with ``estimator``
+(``klexp.core.measure``); the weight is ``weight`` times a schedule of the step or a controller
+driven by the measured KL; a shaping (free bits, capacity, per-example share) may change what is
+weighted. The term keeps per-batch tallies on the device and logs them under ``kl/<name>/...`` on
+the training steps Lightning writes, and as epoch means under ``val/kl/<name>/...`` and
+``test/kl/<name>/...``; it updates its controller once per training step and saves the
+controller's state in checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from klexp.core.controllers import Controller
+from klexp.core.estimators import ESTIMATORS, MONTE_CARLO_ESTIMATORS, Estimator
+from klexp.core.measure import DIRECTIONS, Direction, Measurement, PerDim, measure
+from klexp.core.schedules import Constant, Schedule
+from klexp.core.shaping import Shaping
+from klexp.errors import (
+    ConfigValueError,
+    require,
+    require_finite_non_negative,
+    require_in,
+    require_positive_int,
+)
+from klexp.lightning.logging import log_metrics, logs_now, step_metrics_written
+from klexp.lightning.loss import PLACEMENTS, LossTerm, Placement
+from klexp.lightning.ranks import mean_over_ranks
+
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+STAGES: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass
+class _Tally:
+    """Running sums, on the device, of what a term measured over the calls of one batch."""
+
+    calls: int = 0
+    value: Tensor | None = None
+    value_max: Tensor | None = None
+    loss: Tensor | None = None
+    std: Tensor | None = None
+    std_calls: int = 0
+    dims: Tensor | None = None
+    # the weight the losses used: by the batch-end hook Lightning has already advanced global_step
+    weight: float | None = None
+    # batch elements behind each value: the weight of this batch in an epoch mean across ranks
+    elements: int = 1
+    phase: dict[str, Tensor] = field(default_factory=dict)
+
+    def add(self, value: Tensor, loss: Tensor, std: Tensor | None, dims: Tensor | None,
+            weight: float, elements: int) -> None:
+        # sums in float64 where the device has it, so a mean over many calls loses no digits
+        wide = torch.float32 if value.device.type == "mps" else torch.float64
+        value, loss = value.to(wide), loss.to(wide)
+        std = None if std is None else std.to(wide)
+        first = self.calls == 0
+        self.calls += 1
+        self.weight, self.elements = weight, elements
+        self.value = value if first else self.value + value
+        self.value_max = value if first else torch.maximum(self.value_max, value)
+        self.loss = loss if first else self.loss + loss
+        if std is not None:
+            self.std = std if self.std is None else self.std + std
+            self.std_calls += 1
+        if dims is not None:
+            self.dims = dims if self.dims is None else self.dims + dims
+
+
+class KLTerm(LossTerm):
+    """``weight · schedule(t) · shaping(D)`` added to the loss, where ``D`` is chosen by
+    ``direction``: ``forward`` → ``KL(p ‖ q)``, ``reverse`` → ``KL(q ‖ p)``, ``js`` → Jensen–Shannon.
+
+    Args:
+        name: the term's name in logs and checkpoints.
+        p, q: names of two distributions among the step's outputs.
+        direction: ``forward`` | ``reverse`` | ``js``.
+        estimator: ``analytic`` (closed form) or a Monte-Carlo estimator ``k1`` | ``k2`` | ``k3``.
+        weight: β, a finite number ≥ 0: the term's scale.
+        schedule: a schedule (``klexp.core.schedules``) or a controller
+            (``klexp.core.controllers``); the effective weight is ``weight · schedule`` (constant
+            ``weight`` when None).
+        shaping: what the term weights instead of ``D`` (``klexp.core.shaping``: free bits,
+            capacity, per-example share), or None.
+        num_samples: Monte-Carlo samples per batch element.
+        samples: name of an output holding draws already made (e.g. a rollout's actions), which
+            Monte-Carlo estimators use instead of drawing afresh.
+        samples_from: name of the output distribution those draws came from. When it is not the
+            distribution the estimator samples (``p``, or ``q`` for ``reverse``), each term is
+            importance-weighted by ``ρ = sampled(x) / samples_from(x)`` (``importance_weight``)
+            or used as written. Unset, the draws are taken to come from the sampled distribution:
+            klexp cannot check that for you.
+        importance_weight: see ``samples_from`` and ``klexp.core.kl_samples``.
+        placement: ``loss`` (added by ``total_loss``) or ``reward`` (an RL task subtracts
+            ``weight · k`` per step from its rewards, see ``klexp.reward_penalty``).
+        reduction: how the values of a batch combine: ``mean`` or ``sum``.
+        log_dims: also log the batch-mean KL of each event dimension as ``kl/<name>/dim_<i>``.
+        check_finite: stop training with ``NonFiniteError`` naming the term when its value is NaN
+            or infinite.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        p: str,
+        q: str,
+        direction: Direction = "forward",
+        estimator: Estimator = "analytic",
+        weight: float = 1.0,
+        schedule: Schedule | Controller | None = None,
+        shaping: Shaping | None = None,
+        num_samples: int = 1,
+        samples: str | None = None,
+        samples_from: str | None = None,
+        importance_weight: bool = True,
+        placement: Placement = "loss",
+        reduction: Literal["mean", "sum"] = "mean",
+        log_dims: bool = False,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        require(isinstance(name, str) and name.isidentifier(), "name",
+                "an identifier (letters, digits, _)", name)
+        for key, value in (("p", p), ("q", q), ("samples", samples), ("samples_from", samples_from)):
+            if value is not None or key in ("p", "q"):
+                require(isinstance(value, str) and value != "", key, "the name of an output", value)
+        require_in("direction", direction, DIRECTIONS)
+        require_in("estimator", estimator, ESTIMATORS)
+        require_finite_non_negative("weight", weight)
+        require(schedule is None or isinstance(schedule, (Schedule, Controller)), "schedule",
+                "a schedule or a controller", schedule)
+        require(shaping is None or isinstance(shaping, Shaping), "shaping", "a shaping", shaping)
+        require_positive_int("num_samples", num_samples)
+        require_in("placement", placement, PLACEMENTS)
+        require_in("reduction", reduction, REDUCTIONS)
+        if direction == "js" and estimator != "analytic":
+            raise ConfigValueError("estimator", "Jensen–Shannon has no k1/k2/k3 estimator; "
+                                   f"use estimator=analytic, got {estimator!r}")
+        if samples is not None and num_samples != 1:
+            raise ConfigValueError("num_samples", "with samples given in an output, their own count is "
+                                   f"used; leave num_samples at 1, got {num_samples}")
+        if samples_from is not None and samples is None:
+            raise ConfigValueError("samples_from", "names where the draws in `samples` came from; "
+                                   "set samples too")
+        if shaping is not None:
+            shaping.check_direction(direction)
+        if log_dims and direction == "js":
+            raise ConfigValueError("log_dims", "Jensen–Shannon does not split over dimensions")
+        self.name, self.p, self.q = name, p, q
+        self.direction, self.estimator = direction, estimator
+        self.weight = float(weight)
+        self.schedule: Schedule | Controller = schedule if schedule is not None else Constant(1.0)
+        self.shaping, self.num_samples = shaping, num_samples
+        self.samples, self.samples_from, self.importance_weight = samples, samples_from, importance_weight
+        self.placement, self.reduction = placement, reduction
+        self.log_dims, self.check_finite = log_dims, check_finite
+        self._tallies = {stage: _Tally() for stage in STAGES}
+        self._state_key = self._generate_state_key(name=name)
+        self._batch_elements = 1
+        self._trainer: pl.Trainer | None = None
+
+    # ---------------------------------------------------------------- Lightning plumbing
+
+    @property
+    def state_key(self) -> str:
+        # Lightning reads it on every hook call (to name the profiled action): build it once
+        return self._state_key
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.controller.state_dict()} if self.controller is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.controller is not None and "schedule" in state_dict:
+            self.controller.load_state_dict(state_dict["schedule"])
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        super().setup(trainer, pl_module, stage)
+
+    @property
+    def controller(self) -> Controller | None:
+        return self.schedule if isinstance(self.schedule, Controller) else None
+
+    # ---------------------------------------------------------------- what the term reads
+
+    @property
+    def sampled(self) -> str:
+        """The output whose distribution Monte-Carlo estimators sample."""
+        return self.q if self.direction == "reverse" else self.p
+
+    @property
+    def monte_carlo(self) -> bool:
+        return self.estimator in MONTE_CARLO_ESTIMATORS and self.direction != "js"
+
+    def reads(self) -> tuple[str, ...]:
+        names = [self.p, self.q]
+        if self.monte_carlo and self.samples is not None:
+            names.append(self.samples)
+            if self.samples_from not in (None, self.sampled):
+                names.append(self.samples_from)
+        if self.shaping is not None:
+            names += self.shaping.reads()
+        return tuple(dict.fromkeys(names))
+
+    # ---------------------------------------------------------------- the computation
+
+    def current_weight(self, step: int) -> float:
+        if isinstance(self.schedule, Controller):
+            return self.weight * self.schedule.value()
+        return self.weight * self.schedule.value(step)
+
+    def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
+        """The term's loss on one batch, ``weight · shaping(D)``, and ``D``; records what it measured
+        for logging. At weight 0 the term only measures (no graph is built)."""
+        weight = self.current_weight(step)
+        logged = stage != "train" or self._trainer is None or step_metrics_written(self._trainer)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
+            measurement = self.measure(outputs)
+            value = self.reduce(measurement.elementwise)
+            shaped = value if self.shaping is None else self.shaping(
+                value, measurement, step=step, outputs=outputs, batch_scale=self._batch_scale())
+            if weight == 0:
+                loss = value.new_zeros(())
+            elif weight == 1:  # a small network's step is spared a multiply and its backward
+                loss = shaped
+            else:
+                loss = weight * shaped
+        # spread and per-dimension statistics cost a small network's step more than its KL:
+        # computed only on the steps whose metrics are written
+        std = None
+        if logged and measurement.per_sample is not None and measurement.per_sample.numel() > 1:
+            std = measurement.per_sample.detach().std()
+        dims = measurement.per_dim.detach() if self.log_dims and logged else None
+        value = value.detach()
+        self._tallies[stage].add(value, loss.detach(), std, dims, weight, self._batch_elements)
+        return loss, value
+
+    def measure(self, outputs: Mapping[str, Any], per_dim: PerDim | Literal["auto"] = "auto") -> Measurement:
+        """What the term measures on ``outputs`` (``klexp.core.measure``), without weighting."""
+        if per_dim == "auto":
+            per_dim = ("estimate" if self.shaping is not None and self.shaping.needs_dims
+                       else "report" if self.log_dims else None)
+        p, q = self._distribution(outputs, "p"), self._distribution(outputs, "q")
+        samples = sample_log_prob = None
+        if self.monte_carlo and self.samples is not None:
+            samples = outputs[self.samples]
+            if self.samples_from not in (None, self.sampled):
+                sample_log_prob = self._distribution(outputs, "samples_from").log_prob(samples)
+        try:
+            measurement = measure(p, q, direction=self.direction, estimator=self.estimator,
+                                  num_samples=self.num_samples, samples=samples,
+                                  sample_log_prob=sample_log_prob,
+                                  importance_weight=self.importance_weight, per_dim=per_dim)
+        except ValueError as error:
+            key = "shaping" if per_dim == "estimate" else "log_dims" if per_dim else "p"
+            raise ConfigValueError(key, f"KL term '{self.name}': {error}") from None
+        self._batch_elements = max(1, measurement.elementwise.numel())
+        return measurement
+
+    def reduce(self, elementwise: Tensor) -> Tensor:
+        return elementwise.mean() if self.reduction == "mean" else elementwise.sum()
+
+    def _batch_scale(self) -> float:
+        return 1.0 if self.reduction == "mean" else float(self._batch_elements)
+
+    def _distribution(self, outputs: Mapping[str, Any], role: str) -> Distribution:
+        key = getattr(self, role)
+        d = outputs[key]
+        if not isinstance(d, Distribution):
+            raise ConfigValueError(role, f"KL term '{self.name}' needs a distribution in output "
+                                   f"{key!r}, got {type(d).__name__}")
+        return d
+
+    def describe(self, outputs: Mapping[str, Any]) -> str:
+        parts = []
+        for role in ("p", "q"):
+            d = outputs.get(getattr(self, role))
+            params = [v for v in vars(d).values() if isinstance(v, Tensor)] if d is not None else []
+            stats = ", ".join(
+                f"nan={int(t.isnan().sum())} inf={int(t.isinf().sum())} "
+                f"min={t.nan_to_num().min().item():.3g} max={t.nan_to_num().max().item():.3g}"
+                for t in params[:1]
+            )
+            parts.append(f"{role}={getattr(self, role)} ({type(d).__name__}: {stats})")
+        return "; ".join(parts)
+
+    # ---------------------------------------------------------------- update phases
+
+    def measure_phase(self, point: Literal["rollout", "after_update"],
+                      outputs: Mapping[str, Any]) -> None:
+        """Measure the reduced divergence on a whole batch at a point of a task's update phase
+        (``klexp.lightning.phase``): ``rollout`` before its first step, ``after_update`` once it
+        is over. Logged as ``kl/<name>/value_<point>``; a controller whose ``adapt_to`` names the
+        point adapts to it. Measured before the phase only for such a controller, so that a
+        Monte-Carlo term's draws leave the random stream of other runs unchanged."""
+        if point == "rollout" and (self.controller is None or self.controller.adapt_to != "rollout"):
+            return
+        with torch.no_grad():
+            value = self.reduce(self.measure(outputs).elementwise)
+        self._tallies["train"].phase[point] = value
+
+    # ---------------------------------------------------------------- logging and control
+
+    def _flush(self, stage: str, pl_module: pl.LightningModule, step: int) -> None:
+        tally = self._tallies[stage]
+        if tally.calls == 0:
+            return
+        self._tallies[stage] = _Tally()
+        if stage != "train":
+            log_metrics(pl_module, self._metrics(tally, f"{stage}/kl/{self.name}", step),
+                        batch_size=tally.elements)
+            return
+        if logs_now(pl_module):
+            metrics = self._metrics(tally, f"kl/{self.name}", step)
+            metrics.update({f"kl/{self.name}/value_{point}": value
+                            for point, value in tally.phase.items()})
+            log_metrics(pl_module, metrics)
+        controller = self.controller
+        if controller is not None:
+            measured = tally.phase.get(controller.adapt_to, tally.value / tally.calls)
+            controller.update(mean_over_ranks(self._trainer, float(measured)))
+
+    def _metrics(self, tally: _Tally, prefix: str, step: int) -> dict[str, Tensor | float]:
+        calls = tally.calls
+        metrics: dict[str, Tensor | float] = {
+            f"{prefix}/value": tally.value / calls,
+            f"{prefix}/weight": self.current_weight(step) if tally.weight is None else tally.weight,
+            f"{prefix}/loss": tally.loss / calls,
+        }
+        if self.monte_carlo:
+            metrics[f"{prefix}/std"] = tally.std / tally.std_calls if tally.std_calls else 0.0
+        if calls > 1:
+            metrics[f"{prefix}/value_max"] = tally.value_max
+        if tally.dims is not None:
+            metrics.update({f"{prefix}/dim_{i}": v for i, v in enumerate(tally.dims / calls)})
+        return metrics
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._flush("train", pl_module, trainer.global_step)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        self._flush("val", pl_module, trainer.global_step)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                          outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._flush("test", pl_module, trainer.global_step)
+
+    def __repr__(self) -> str:
+        return (f"KLTerm(name={self.name!r}, {self.direction} D({self.p} ‖ {self.q}), "
+                f"estimator={self.estimator}, weight={self.weight}, schedule={self.schedule!r})")
+
+
+def kl_terms_of(trainer: pl.Trainer | None) -> list[KLTerm]:
+    """The KL terms among a trainer's callbacks, in config order."""
+    if trainer is None:
+        return []
+    return [callback for callback in trainer.callbacks if isinstance(callback, KLTerm)]
+
