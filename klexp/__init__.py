@@ -26,8 +26,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["Shaping", "FreeBits", "Capacity", "PerExample"], "klexp.core.shaping"),
     # the Lightning integration (klexp.lightning)
     **dict.fromkeys(
-        ["KLTerm", "TargetKL", "LossTerm", "total_loss", "UpdatePhase", "log_metrics", "logs_now",
-         "Dashboards", "RunSummary", "RNGState", "FailureCheckpoint", "NoProfiler"],
+        ["KLTerm", "TargetKL", "LossTerm", "total_loss", "reward_penalty", "UpdatePhase",
+         "log_metrics", "logs_now", "Dashboards", "RunSummary", "RNGState", "FailureCheckpoint",
+         "NoProfiler"],
         "klexp.lightning"),
     # errors
     **dict.fromkeys(["KlexpError", "ConfigValueError", "NonFiniteError"], "klexp.errors"),

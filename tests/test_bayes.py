@@ -62,9 +62,9 @@ def test_weights_kl_is_the_sum_of_per_layer_closed_forms(tmp_path, prior_sigma):
     term = weights_term(tmp_path)
     assert term.estimator == "analytic"
     task = built_task(prior_sigma=prior_sigma)
-    _, outputs = task.step(batch(), "train")
+    outputs = task.step(batch(), "train")
 
-    value, _, _ = term.measure(outputs)
+    value = term.reduce(term.measure(outputs).elementwise)
 
     expected = per_layer_closed_forms(task, prior_sigma)
     torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-3)
@@ -75,7 +75,7 @@ def test_weights_kl_loss_is_its_per_example_share(tmp_path):
     """weight · KL / N, so that loss = NLL per example + KL / N = −ELBO / N."""
     term = weights_term(tmp_path)
     task = built_task()
-    _, outputs = task.step(batch(), "train")
+    outputs = task.step(batch(), "train")
     assert outputs["num_train"] == NUM_TRAIN
 
     loss = term(outputs, "train", step=0)
@@ -87,10 +87,11 @@ def test_weights_kl_loss_is_its_per_example_share(tmp_path):
 def test_monte_carlo_estimators_match_the_closed_form_within_monte_carlo_error(tmp_path, estimator):
     term = weights_term(tmp_path, f"kl.weights.estimator={estimator}")
     task = built_task(eval_samples=64)
-    _, outputs = task.step(batch(), "val")
+    outputs = task.step(batch(), "val")
     assert outputs["weights_sample"].shape == (64, task.net.num_weights)
 
-    value, _, per_sample = term.measure(outputs)
+    measurement = term.measure(outputs)
+    value, per_sample = term.reduce(measurement.elementwise), measurement.per_sample
 
     exact = per_layer_closed_forms(task, 1.0)
     standard_error = per_sample.std() / math.sqrt(len(per_sample))
@@ -105,9 +106,9 @@ def test_monte_carlo_kl_uses_the_weights_drawn_for_the_forward_pass(tmp_path):
     pi, sigma1, sigma2 = 0.25, 1.0, math.exp(-7)
     task = built_task(prior="scale_mixture", mixture_pi=pi, mixture_sigma1=sigma1,
                       mixture_sigma2=sigma2, eval_samples=5)
-    _, outputs = task.step(batch(), "val")
+    outputs = task.step(batch(), "val")
 
-    value, _, _ = term.measure(outputs)
+    value = term.reduce(term.measure(outputs).elementwise)
 
     w = outputs["weights_sample"].detach()
     posterior = outputs["weights_posterior"]
@@ -120,7 +121,8 @@ def test_monte_carlo_kl_uses_the_weights_drawn_for_the_forward_pass(tmp_path):
 def test_gradients_reach_every_mean_and_scale_through_the_nll_and_the_sampled_kl(tmp_path):
     term = weights_term(tmp_path, "kl.weights.estimator=k1")
     task = built_task()
-    nll, outputs = task.step(batch(), "train")
+    outputs = task.step(batch(), "train")
+    nll = outputs["loss"]
 
     (nll + term(outputs, "train", step=0)).backward()
 

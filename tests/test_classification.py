@@ -64,7 +64,8 @@ def test_distill_trains_a_teacher_stage_then_a_student_that_reads_it(tmp_path):
 
 @pytest.mark.slow
 def test_default_experiment_beats_sklearns_mlp_on_digits(tmp_path):
-    """The default run (digits, ce term) reaches ≥ 98.5 % test accuracy."""
+    """The default run (digits, ce term) reaches ≥ 98.5 % test accuracy. (How long it takes is
+    measured on a quiet machine and reported in docs/classification.md, not asserted here: the
+    same run takes twice as long when others share the machine.)"""
     summary = run_experiment(["callbacks.progress_bar=null"], tmp_path)
     assert summary["metrics"]["test/acc"] >= 0.985
-    assert summary["wall_seconds"] < 120

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.profilers import SimpleProfiler
 
 from klexp.app.cli import CONFIG_DIR
-from klexp.lightning.logging import NoProfiler
+from klexp.lightning.profiler import NoProfiler
 from klexp.app.runner import build_callbacks, build_terms, check_terms_against_task, instantiate_node
 from klexp.lightning.term import KLTerm
 from klexp.app.config_checks import check_config
@@ -46,8 +46,8 @@ def _compose_option(group: str, option: str, experiment: str, tmp_path):
     if group == "kl":  # the experiment's own terms plus this one
         own = [name for name in compose_config([f"experiment={experiment}"]).kl]
         overrides = [f"kl=[{','.join(dict.fromkeys([*own, option]))}]"]
-    elif group == "schedule":
-        overrides = [f"+schedule@kl.{experiment_term(experiment)}.schedule={option}"]
+    elif group in ("schedule", "shaping"):
+        overrides = [f"+{group}@kl.{experiment_term(experiment)}.{group}={option}"]
     else:
         overrides = [f"{group}={option}"]
     if option == "mnist_idx":
@@ -66,7 +66,7 @@ def experiment_term(experiment: str) -> str:
 @pytest.mark.parametrize(
     ("group", "option"),
     [(group, option)
-     for group in ("data", "task", "trainer", "logger", "callbacks", "kl", "schedule", "env")
+     for group in ("data", "task", "trainer", "logger", "callbacks", "kl", "schedule", "shaping", "env")
      if (CONFIG_DIR / group).is_dir()
      for option in group_options(group)],
 )
@@ -79,8 +79,8 @@ def test_every_group_option_composes_in_some_experiment(group, option, tmp_path)
     for experiment in ["classification", *EXPERIMENTS]:
         try:
             cfg = _compose_option(group, option, experiment, tmp_path)
-            if group == "schedule":
-                instantiate(cfg.kl[experiment_term(experiment)].schedule)
+            if group in ("schedule", "shaping"):
+                instantiate(cfg.kl[experiment_term(experiment)][group])
             if group == "kl":
                 for stage in (cfg.get("stages") or {}).values():  # what a stage would hand over
                     OmegaConf.update(cfg, stage.checkpoint_to, "stage/checkpoints/last.ckpt")
@@ -95,7 +95,7 @@ def test_every_group_option_composes_in_some_experiment(group, option, tmp_path)
 
 def test_every_yaml_file_is_reachable_through_a_group():
     groups = {"experiment", "data", "task", "trainer", "logger", "callbacks", "kl", "schedule",
-              "env", "launcher", "hparams_search", "hydra"}
+              "shaping", "env", "launcher", "hparams_search", "hydra"}
     for path in Path(CONFIG_DIR).rglob("*.yaml"):
         relative = path.relative_to(CONFIG_DIR)
         assert relative.parts[0] in groups or relative == Path("config.yaml"), relative

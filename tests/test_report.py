@@ -166,9 +166,10 @@ def test_python_dash_m_entry_point(sweep, tmp_path):
 
 
 def test_the_report_reads_the_file_the_runner_writes():
-    from klexp import report, tracking
+    from klexp import report
+    from klexp.lightning import run_summary
 
-    assert report.SUMMARY_FILE == tracking.SUMMARY_FILE
+    assert report.SUMMARY_FILE == run_summary.SUMMARY_FILE
 
 
 def test_a_group_that_does_not_override_a_key_comes_before_those_that_do(tmp_path):

@@ -26,7 +26,9 @@ def measured(tag: str) -> bool:
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={SCALARS: 0})
     accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+    # sorted: Lightning's logger reopens a second event file for the test stage, and the order in
+    # which TensorBoard reads two files named in the same second is not part of a run's numbers
+    return {tag: sorted((e.step, e.value) for e in accumulator.Scalars(tag))
             for tag in accumulator.Tags()[SCALARS] if measured(tag)}
 
 

@@ -20,6 +20,7 @@ from klexp.core import (
     Schedule,
     as_schedule,
 )
+from klexp.core.controllers import Controller
 
 
 def values(schedule: Schedule, steps: list[int]) -> list[float]:
@@ -73,12 +74,15 @@ def test_cyclical_with_ratio_one_rises_over_the_whole_cycle():
     assert values(schedule, [0, 1, 2, 3, 4, 7]) == pytest.approx([0.0, 0.25, 0.5, 0.75, 0.0, 0.75])
 
 
-def test_schedules_ignore_measured_kl():
+def test_schedules_depend_on_the_step_only_and_controllers_on_the_measured_kl():
+    """Two types: a schedule has no state and nothing to update (it resumes from the trainer's
+    step alone); a controller carries β and adapts it."""
     for schedule in (Constant(0.5), LinearWarmup(10), Cyclical(100)):
-        before = values(schedule, [0, 3, 7, 50])
-        schedule.update(123.0)
-        assert values(schedule, [0, 3, 7, 50]) == before
-        assert schedule.state_dict() == {}
+        assert isinstance(schedule, Schedule) and not isinstance(schedule, Controller)
+        assert not hasattr(schedule, "update") and not hasattr(schedule, "state_dict")
+    for controller in (AdaptiveBeta(target=0.1), ProportionalController(target=0.1, horizon=10)):
+        assert isinstance(controller, Controller) and not isinstance(controller, Schedule)
+        assert controller.adapt_to == "after_update"
 
 
 def test_adaptive_beta_doubles_and_halves_per_the_ppo_paper():
@@ -87,29 +91,46 @@ def test_adaptive_beta_doubles_and_halves_per_the_ppo_paper():
     trace = []
     for measured in [0.02, 0.02, 0.012, 0.009, 0.005, 0.001, 0.0, 0.0151]:
         controller.update(measured)
-        trace.append(controller.value(step=0))
+        trace.append(controller.value())
     assert trace == [2.0, 4.0, 4.0, 4.0, 2.0, 1.0, 0.5, 1.0]
+
+
+def test_adaptive_beta_keeps_a_positive_floor_so_it_can_always_grow_again():
+    """Halving without a floor reaches exactly 0 after ~1,075 quiet phases, and 0 doubles to 0."""
+    unbounded_beta = 1.0
+    for _ in range(1100):
+        unbounded_beta /= 2.0
+    assert unbounded_beta == 0.0
+    controller = AdaptiveBeta(target=0.01, initial=1.0)
+    for _ in range(1100):
+        controller.update(0.0)
+    assert controller.value() == 1e-6
+    controller.update(1.0)
+    assert controller.value() == 2e-6
+    for _ in range(100):
+        controller.update(1.0)
+    assert controller.value() == 1e6
 
 
 def test_adaptive_beta_leaves_beta_unchanged_exactly_at_the_boundaries():
     controller = AdaptiveBeta(target=0.03, initial=0.5)
     controller.update(0.03 * 1.5)
     controller.update(0.03 / 1.5)
-    assert controller.value(0) == 0.5
+    assert controller.value() == 0.5
 
 
 def test_adaptive_beta_respects_its_bounds_and_custom_factor():
     controller = AdaptiveBeta(target=1.0, initial=1.0, tolerance=2.0, factor=3.0,
                               min_value=0.2, max_value=5.0)
     controller.update(2.5)     # > 2·target → ×3
-    assert controller.value(0) == 3.0
+    assert controller.value() == 3.0
     controller.update(2.5)     # 9 → clipped to 5
-    assert controller.value(0) == 5.0
+    assert controller.value() == 5.0
     controller.update(1.5)     # within [target/2, 2·target] → unchanged
-    assert controller.value(0) == 5.0
+    assert controller.value() == 5.0
     for _ in range(4):
         controller.update(0.1)  # 5/3, 5/9, 0.2 (clipped), 0.2
-    assert controller.value(0) == pytest.approx(0.2)
+    assert controller.value() == pytest.approx(0.2)
 
 
 def test_proportional_controller_follows_ziegler_et_al():
@@ -117,21 +138,21 @@ def test_proportional_controller_follows_ziegler_et_al():
     With target 6 nats, horizon 10 000 and batch size n = 512: K = n/horizon = 0.0512."""
     controller = ProportionalController(target=6.0, horizon=10_000, batch_size=512, initial=0.15)
     controller.update(6.0)             # e = 0: unchanged
-    assert controller.value(0) == 0.15
+    assert controller.value() == 0.15
     controller.update(6.6)             # e = 0.1 → ×1.00512
-    assert controller.value(0) == pytest.approx(0.15 * 1.00512, rel=1e-12)
+    assert controller.value() == pytest.approx(0.15 * 1.00512, rel=1e-12)
     controller.update(60.0)            # e = 9, clipped to 0.2 → ×1.01024
-    assert controller.value(0) == pytest.approx(0.15 * 1.00512 * 1.01024, rel=1e-12)
+    assert controller.value() == pytest.approx(0.15 * 1.00512 * 1.01024, rel=1e-12)
     controller.update(0.0)             # e = −1, clipped to −0.2 → ×0.98976
-    assert controller.value(0) == pytest.approx(0.15 * 1.00512 * 1.01024 * 0.98976, rel=1e-12)
+    assert controller.value() == pytest.approx(0.15 * 1.00512 * 1.01024 * 0.98976, rel=1e-12)
     controller.update(4.2)             # e = −0.3 → clipped to −0.2
-    assert controller.value(0) == pytest.approx(0.15 * 1.00512 * 1.01024 * 0.98976**2, rel=1e-12)
+    assert controller.value() == pytest.approx(0.15 * 1.00512 * 1.01024 * 0.98976**2, rel=1e-12)
 
 
 def test_proportional_controller_with_a_custom_error_clip():
     controller = ProportionalController(target=1.0, horizon=10.0, initial=1.0, error_clip=0.5)
     controller.update(3.0)  # e = 2 → 0.5 → ×(1 + 0.5/10)
-    assert controller.value(0) == pytest.approx(1.05)
+    assert controller.value() == pytest.approx(1.05)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +164,7 @@ def test_controllers_leave_beta_unchanged_on_a_nan_measurement(controller):
     """NaN says nothing about the KL's side of the target (a term with check_finite=False can
     pass one on): neither controller may read it as "far below target"."""
     controller.update(math.nan)
-    assert controller.value(0) == 0.3
+    assert controller.value() == 0.3
 
 
 @pytest.mark.parametrize(
@@ -161,13 +182,13 @@ def test_controller_state_round_trips(make):
     state = controller.state_dict()
     restored = make()
     restored.load_state_dict(state)
-    assert restored.value(0) == controller.value(0)
+    assert restored.value() == controller.value()
     assert restored.state_dict() == state
     # Both continue identically.
     for measured in (0.3, 0.0, 9.0):
         controller.update(measured)
         restored.update(measured)
-        assert restored.value(0) == controller.value(0)
+        assert restored.value() == controller.value()
 
 
 def test_as_schedule_turns_a_number_into_a_constant_and_passes_schedules_through():
@@ -177,7 +198,7 @@ def test_as_schedule_turns_a_number_into_a_constant_and_passes_schedules_through
     assert as_schedule(warmup) is warmup
     with pytest.raises(ConfigValueError) as error:
         as_schedule(-1.0)
-    assert error.value.key == "weight"
+    assert error.value.key == "value"
 
 
 BAD_ARGUMENTS = [
@@ -201,12 +222,15 @@ BAD_ARGUMENTS = [
     (AdaptiveBeta, {"target": 0.01, "tolerance": 0.5}, "tolerance"),
     (AdaptiveBeta, {"target": 0.01, "factor": 1.0}, "factor"),
     (AdaptiveBeta, {"target": 0.01, "min_value": -1.0}, "min_value"),
+    (AdaptiveBeta, {"target": 0.01, "min_value": 0.0}, "min_value"),
     (AdaptiveBeta, {"target": 0.01, "min_value": 2.0, "max_value": 1.0}, "max_value"),
     (ProportionalController, {"target": 0.0, "horizon": 10.0}, "target"),
     (ProportionalController, {"target": 6.0, "horizon": 0.0}, "horizon"),
     (ProportionalController, {"target": 6.0, "horizon": 10.0, "batch_size": 0}, "batch_size"),
     (ProportionalController, {"target": 6.0, "horizon": 10.0, "initial": -0.1}, "initial"),
     (ProportionalController, {"target": 6.0, "horizon": 10.0, "error_clip": 0.0}, "error_clip"),
+    (ProportionalController, {"target": 6.0, "horizon": 10.0, "adapt_to": "later"}, "adapt_to"),
+    (AdaptiveBeta, {"target": 0.01, "adapt_to": "batches"}, "adapt_to"),
 ]
 
 

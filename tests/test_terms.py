@@ -1,6 +1,7 @@
 """Specification of ``KLTerm`` as a unit: what loss it returns for given outputs, what it logs, how
 its schedule advances, and which mistakes it rejects. No Trainer is needed for most of this: a
-term is called as ``term(outputs, stage, step)`` and flushes its tallies in the batch-end hooks.
+term is called as ``term(outputs, stage, step)`` and flushes its tallies in the batch-end hooks;
+``total_loss`` (the finiteness guard and the output checks) runs against a stand-in module.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from pytorch_lightning.trainer.states import RunningStage
 from scipy.spatial.distance import jensenshannon
 from torch.distributions import Categorical, Independent, Normal
 
-from klexp.errors import ConfigValueError, NonFiniteError
-from klexp.core import AdaptiveBeta, Constant, LinearWarmup
+from klexp.core import AdaptiveBeta, LinearWarmup
+from klexp.core.controllers import Controller
+from klexp.core.shaping import Capacity, FreeBits, PerExample
+from klexp.errors import ConfigValueError, KlexpError, NonFiniteError
+from klexp.lightning.loss import total_loss
 from klexp.lightning.term import KLTerm
 
 F64 = torch.float64
@@ -35,7 +39,7 @@ class Recorder:
         self._trainer = None
 
     def log_dict(self, metrics: dict[str, float], **kwargs: Any) -> None:
-        self.logged.append((dict(metrics), kwargs))
+        self.logged.append(({k: float(v) for k, v in metrics.items()}, kwargs))
 
     @property
     def last(self) -> dict[str, float]:
@@ -44,6 +48,21 @@ class Recorder:
 
 def trainer_at(step: int) -> Any:
     return SimpleNamespace(global_step=step)
+
+
+def training_trainer(writes_this_step: bool, callbacks: tuple[Any, ...] = (), step: int = 0) -> Any:
+    """A trainer in its training stage, on a step Lightning writes to the loggers or not."""
+    return SimpleNamespace(state=SimpleNamespace(stage=RunningStage.TRAINING), fast_dev_run=False,
+                           _logger_connector=SimpleNamespace(should_update_logs=writes_this_step),
+                           accumulate_grad_batches=1, world_size=1, callbacks=list(callbacks),
+                           global_step=step)
+
+
+def module_holding(*terms: KLTerm, step: int = 0) -> Recorder:
+    """A stand-in module whose trainer holds ``terms``, on a training step that is not written."""
+    module = Recorder()
+    module._trainer = training_trainer(False, terms, step)
+    return module
 
 
 def end_train_batch(term: KLTerm, module: Recorder, step: int = 0) -> None:
@@ -117,13 +136,13 @@ def test_gradient_descent_on_the_term_moves_q_towards_p():
 
 
 # --------------------------------------------------------------------------------------------
-# Shaping: free bits, capacity, divide_by, schedules.
+# Shaping: free bits, capacity, per-example share; schedules.
 # --------------------------------------------------------------------------------------------
 
 def test_free_bits_floor_each_dimension_and_stop_its_gradient():
     """Kingma et al. 2016: loss = Σ_i max(λ, batch-mean KL_i); no gradient below λ."""
     mu = MU.clone().requires_grad_()
-    term = KLTerm("kl", p="posterior", q="prior", free_bits=0.1, weight=2.0, log_dims=True)
+    term = KLTerm("kl", p="posterior", q="prior", shaping=FreeBits(0.1), weight=2.0, log_dims=True)
     loss = term(gaussian_outputs(mu), "train", 0)
     assert loss.item() == pytest.approx(2.0 * (0.1 + 0.5 + 1.0), rel=1e-12)
     loss.backward()
@@ -137,7 +156,7 @@ def test_free_bits_floor_each_dimension_and_stop_its_gradient():
 
 
 def test_free_bits_with_sum_reduction_scale_with_the_batch():
-    term = KLTerm("kl", p="posterior", q="prior", free_bits=0.1, reduction="sum")
+    term = KLTerm("kl", p="posterior", q="prior", shaping=FreeBits(0.1), reduction="sum")
     assert term(gaussian_outputs(MU), "train", 0).item() == pytest.approx(2 * 1.6, rel=1e-12)
 
 
@@ -146,7 +165,7 @@ def test_free_bits_with_sum_reduction_scale_with_the_batch():
 def test_capacity_penalises_the_distance_to_the_target_kl(capacity):
     """Burgess et al. 2018: loss = γ·|KL − C(t)|; C(4) = 2 for the schedule too."""
     mu = MU.clone().requires_grad_()
-    term = KLTerm("kl", p="posterior", q="prior", capacity=capacity, weight=10.0)
+    term = KLTerm("kl", p="posterior", q="prior", shaping=Capacity(capacity), weight=10.0)
     loss = term(gaussian_outputs(mu), "train", step=4)
     value = sum(KL_PER_ELEMENT) / 2
     assert loss.item() == pytest.approx(10.0 * abs(value - 2.0), rel=1e-12)
@@ -155,8 +174,8 @@ def test_capacity_penalises_the_distance_to_the_target_kl(capacity):
     assert mu.grad.numpy() == pytest.approx((-10.0 * MU / 2).numpy())
 
 
-def test_divide_by_scales_the_loss_but_not_the_logged_value():
-    term = KLTerm("weights", p="posterior", q="prior", divide_by="num_train", weight=1.0)
+def test_per_example_share_scales_the_loss_but_not_the_logged_value():
+    term = KLTerm("weights", p="posterior", q="prior", shaping=PerExample("num_train"), weight=1.0)
     loss = term(gaussian_outputs(MU), "train", 0)
     value = sum(KL_PER_ELEMENT) / 2
     assert loss.item() == pytest.approx(value / 100, rel=1e-12)
@@ -216,9 +235,9 @@ def test_analytic_terms_log_no_std_and_fresh_draws_have_a_positive_std():
 # Logging and controllers.
 # --------------------------------------------------------------------------------------------
 
-class RecordingSchedule(Constant):
-    def __init__(self) -> None:
-        super().__init__(1.0)
+class RecordingController(Controller):
+    def __init__(self, adapt_to: str = "after_update") -> None:
+        self.beta, self.adapt_to = 1.0, adapt_to
         self.updates: list[float] = []
 
     def update(self, measured_kl: float) -> None:
@@ -226,7 +245,7 @@ class RecordingSchedule(Constant):
 
 
 def test_controller_updates_once_per_train_batch_with_the_batch_mean():
-    schedule = RecordingSchedule()
+    schedule = RecordingController()
     term = KLTerm("kl", p="posterior", q="prior", schedule=schedule)
     module = Recorder()
     first, second = gaussian_outputs(MU), gaussian_outputs(2 * MU)  # two minibatches, one batch
@@ -287,19 +306,51 @@ def test_state_dict_round_trip_restores_the_controller():
     assert other.state_key != term.state_key
 
 
-def test_non_finite_values_raise_naming_the_term():
+def test_a_controller_adapts_to_the_phase_measurement_it_names():
+    """A task with update phases measures each term before and after the phase; the controller
+    takes the value its ``adapt_to`` names, the batch mean otherwise."""
+    module = Recorder()
+    for adapt_to, expected in (("after_update", 4.0), ("rollout", 9.0), ("batch", 1.0)):
+        controller = RecordingController(adapt_to)
+        term = KLTerm("kl", p="posterior", q="prior", schedule=controller)
+        value = sum(KL_PER_ELEMENT) / 2
+        term.measure_phase("rollout", gaussian_outputs(3 * MU))
+        term(gaussian_outputs(MU), "train", 0)
+        term.measure_phase("after_update", gaussian_outputs(2 * MU))
+        end_train_batch(term, module)
+        assert controller.updates == [pytest.approx(expected * value)]
+        assert module.last["kl/kl/value_after_update"] == pytest.approx(4 * value)
+        assert ("kl/kl/value_rollout" in module.last) == (adapt_to == "rollout")
+
+
+def test_non_finite_values_stop_the_step_naming_the_term():
     term = KLTerm("coin", p="p", q="q")
-    zero_q = {"p": Categorical(probs=torch.tensor([0.5, 0.5])),
+    zero = torch.zeros((), dtype=F64)
+    zero_q = {"loss": zero, "p": Categorical(probs=torch.tensor([0.5, 0.5])),
               "q": Categorical(probs=torch.tensor([1.0, 0.0]))}
-    with pytest.raises(NonFiniteError, match=r"coin.*inf"):
-        term(zero_q, "train", 3)
+    with pytest.raises(NonFiniteError, match=r"KL term 'coin' is inf at step 3 \(train\); p=p"):
+        total_loss(module_holding(term, step=3), zero_q)
     # A NaN from a diverged model must not be hidden as a finite KL.
-    nan_q = {"p": Categorical(logits=torch.tensor([0.0, 1.0])),
+    nan_q = {"loss": zero, "p": Categorical(logits=torch.tensor([0.0, 1.0])),
              "q": Categorical(logits=torch.tensor([0.0, math.nan]), validate_args=False)}
     with pytest.raises(NonFiniteError, match=r"coin.*nan"):
-        term(nan_q, "train", 3)
+        total_loss(module_holding(term, step=3), nan_q)
+    # check_finite=False leaves the term unchecked, but the loss it makes infinite is not
     quiet = KLTerm("coin", p="p", q="q", check_finite=False)
-    assert math.isinf(quiet(zero_q, "train", 3).item())
+    assert math.isinf(quiet(zero_q).item())
+    with pytest.raises(NonFiniteError, match=r"the train loss is inf at step 3 \(task loss 0.0\)"):
+        total_loss(module_holding(quiet, step=3), zero_q)
+    # a measuring term (weight 0) adds nothing, yet its NaN is caught
+    with pytest.raises(NonFiniteError, match="coin"):
+        total_loss(module_holding(KLTerm("coin", p="p", q="q", weight=0.0)), nan_q)
+
+
+def test_total_loss_adds_every_term_to_the_task_loss():
+    terms = (KLTerm("a", p="p", q="q", weight=2.0), KLTerm("b", p="q", q="p"))
+    task = torch.tensor(0.5, dtype=F64)
+    total = total_loss(module_holding(*terms), {"loss": task, **coin_outputs()})
+    assert total.item() == pytest.approx(0.5 + 2 * FORWARD_NATS + REVERSE_NATS, rel=1e-12)
+    assert [term.calls for term in terms] == [1, 1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,13 +363,17 @@ BAD_ARGUMENTS = [
     ({"direction": "sideways"}, "direction"),
     ({"estimator": "k4"}, "estimator"),
     ({"weight": -1.0}, "weight"),
+    ({"weight": math.inf}, "weight"),
+    ({"weight": math.nan}, "weight"),
     ({"num_samples": 0}, "num_samples"),
     ({"reduction": "max"}, "reduction"),
-    ({"free_bits": -0.5}, "free_bits"),
-    ({"capacity": -1.0}, "capacity"),
+    ({"placement": "everywhere"}, "placement"),
+    ({"schedule": 0.5}, "schedule"),
     ({"direction": "js", "estimator": "k3"}, "estimator"),
-    ({"free_bits": 0.1, "capacity": 2.0}, "capacity"),
-    ({"direction": "js", "free_bits": 0.1}, "direction"),
+    ({"direction": "js", "shaping": FreeBits(0.1)}, "shaping"),
+    ({"direction": "js", "log_dims": True}, "log_dims"),
+    ({"samples_from": "old"}, "samples_from"),
+    ({"samples": "actions", "num_samples": 4}, "num_samples"),
 ]
 
 
@@ -331,32 +386,49 @@ def test_bad_arguments_raise_config_value_error_naming_the_argument(kwargs, key)
     assert error.value.key == key
 
 
-@pytest.mark.parametrize("role", ["p", "q", "samples", "divide_by"])
-def test_an_unknown_output_name_is_rejected_before_training(role):
-    arguments = {"name": "kl", "p": "posterior", "q": "prior", "estimator": "k3", role: "typo"}
-    term = KLTerm(**arguments)
-    module = SimpleNamespace(output_names=frozenset({"posterior", "prior", "num_train"}))
+@pytest.mark.parametrize(("shaping", "key"), [(lambda: FreeBits(-0.5), "nats"),
+                                              (lambda: Capacity(-1.0), "target"),
+                                              (lambda: PerExample(""), "count")])
+def test_bad_shapings_name_their_argument(shaping, key):
     with pytest.raises(ConfigValueError) as error:
-        term.setup(trainer_at(0), module, "fit")
-    assert error.value.key == role
-    assert "'typo'" in str(error.value) and "num_train, posterior, prior" in str(error.value)
+        shaping()
+    assert error.value.key == key
 
 
-def test_an_unknown_output_name_at_call_time_names_the_available_outputs():
+@pytest.mark.parametrize("role", ["p", "q", "samples", "shaping"])
+def test_an_unknown_output_name_is_named_with_the_available_ones(role):
+    arguments = {"name": "kl", "p": "posterior", "q": "prior", "estimator": "k3"}
+    arguments.update({"shaping": PerExample("typo")} if role == "shaping" else {role: "typo"})
+    term = KLTerm(**arguments)
+    with pytest.raises(KlexpError) as error:
+        term.check_outputs(frozenset({"posterior", "prior", "num_train"}), "VAETask returns")
+    message = str(error.value)
+    assert message.startswith("KL term 'kl' reads ")
+    assert "VAETask returns 'num_train', 'posterior', 'prior' (missing: 'typo')" in message
+
+
+def test_a_training_step_missing_an_output_stops_at_once_naming_it():
     term = KLTerm("kl", p="posterior", q="typo")
-    with pytest.raises(ConfigValueError, match=r"'typo'.*num_train, posterior, prior") as error:
-        term(gaussian_outputs(MU), "train", 0)
-    assert error.value.key == "q"
+    with pytest.raises(KlexpError, match=r"KL term 'kl' reads 'posterior', 'typo'; total_loss was given "
+                                         r"'loss', 'num_train', 'posterior', 'prior' \(missing: 'typo'\)"):
+        total_loss(module_holding(term), {**gaussian_outputs(MU), "loss": torch.zeros(())})
     not_a_distribution = KLTerm("kl", p="posterior", q="num_train")
     with pytest.raises(ConfigValueError, match="distribution"):
         not_a_distribution(gaussian_outputs(MU), "train", 0)
 
 
+def test_evaluation_skips_a_term_whose_outputs_are_missing():
+    term = KLTerm("kl", p="posterior", q="prior")
+    module = module_holding(term)
+    loss = total_loss(module, {"loss": torch.ones(())}, stage="val")
+    assert loss.item() == 1.0 and term.calls == 0
+
+
 def test_free_bits_need_independent_distributions():
-    term = KLTerm("kl", p="p", q="q", free_bits=0.1)
+    term = KLTerm("kl", p="p", q="q", shaping=FreeBits(0.1))
     with pytest.raises(ConfigValueError) as error:
         term(coin_outputs(), "train", 0)
-    assert error.value.key == "free_bits"
+    assert error.value.key == "shaping"
 
 
 def test_a_term_is_a_lightning_callback():
@@ -381,18 +453,28 @@ def test_monte_carlo_gradient_through_a_trainable_categorical_p_matches_the_anal
     torch.testing.assert_close(sampled, analytic, atol=0.01, rtol=0.05)
 
 
-def test_draws_given_in_an_output_serve_only_the_forward_direction():
-    with pytest.raises(ConfigValueError, match="samples"):
-        KLTerm(name="t", p="old", q="new", direction="reverse", estimator="k3", samples="actions")
-    with pytest.raises(ConfigValueError, match="num_samples"):
-        KLTerm(name="t", p="old", q="new", estimator="k3", samples="actions", num_samples=4)
-
-
-def training_trainer(writes_this_step: bool) -> Any:
-    """A trainer in its training stage, on a step Lightning writes to the loggers or not."""
-    return SimpleNamespace(state=SimpleNamespace(stage=RunningStage.TRAINING), fast_dev_run=False,
-                           _logger_connector=SimpleNamespace(should_update_logs=writes_this_step),
-                           accumulate_grad_batches=1, world_size=1)
+def test_draws_from_another_distribution_are_importance_weighted():
+    """Draws of π_old used for KL(π_θ ‖ π_ref): each term is weighted by ρ = π_θ(a)/π_old(a), or
+    used as written when importance_weight is off."""
+    old = Categorical(logits=torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]], dtype=F64))
+    new = Categorical(logits=torch.tensor([[0.3, 0.2, -1.0], [1.0, 0.5, 0.0]], dtype=F64))
+    ref = Categorical(logits=torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64))
+    actions = torch.tensor([1, 2])
+    outputs = {"old": old, "new": new, "ref": ref, "actions": actions}
+    log_ratio = ref.log_prob(actions) - new.log_prob(actions)
+    k3 = log_ratio.expm1() - log_ratio
+    rho = (new.log_prob(actions) - old.log_prob(actions)).exp()
+    weighted = KLTerm("ref", p="new", q="ref", estimator="k3", samples="actions", samples_from="old")
+    assert weighted(outputs).item() == pytest.approx((rho * k3).mean().item(), rel=1e-12)
+    assert set(weighted.reads()) == {"new", "ref", "actions", "old"}
+    plain = KLTerm("ref", p="new", q="ref", estimator="k3", samples="actions", samples_from="old",
+                   importance_weight=False)
+    assert plain(outputs).item() == pytest.approx(k3.mean().item(), rel=1e-12)
+    # draws of the distribution the estimator samples need no weight
+    direct = KLTerm("old", p="old", q="new", estimator="k3", samples="actions", samples_from="old")
+    log_ratio = new.log_prob(actions) - old.log_prob(actions)
+    assert direct(outputs).item() == pytest.approx((log_ratio.expm1() - log_ratio).mean().item())
+    assert set(direct.reads()) == {"old", "new", "actions"}
 
 
 @pytest.mark.parametrize("estimator", ["analytic", "k3"])
@@ -425,7 +507,10 @@ def test_logging_per_dimension_does_not_change_the_estimator(estimator):
         torch.manual_seed(3)
         term = KLTerm(name="t", p="posterior", q="prior", estimator=estimator, num_samples=8,
                       log_dims=log_dims)
-        values.append(term.measure(outputs, dims=log_dims)[0])
+        measurement = term.measure(outputs)
+        if log_dims:
+            assert measurement.per_dim.shape == (6,)
+        values.append(term.reduce(measurement.elementwise))
         values.append(torch.randn(()))  # the random stream goes on as if no dimension was drawn
     torch.testing.assert_close(values[0], values[2])
     torch.testing.assert_close(values[1], values[3])

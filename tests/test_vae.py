@@ -19,6 +19,7 @@ from klexp.data.idx import write_idx
 from klexp.errors import ConfigValueError
 from klexp.lightning.images import image_grid
 from klexp.tasks.vae import VAETask, active_units
+from klexp.core.shaping import FreeBits
 from klexp.lightning.term import KLTerm
 
 VARIANTS = ["vae", "beta_vae", "vae_annealed", "vae_cyclical", "vae_free_bits", "vae_capacity"]
@@ -36,7 +37,8 @@ def test_outputs_are_the_posterior_the_standard_normal_prior_and_a_posterior_dra
     torch.manual_seed(0)
     task = built_task(latent_dim=3, hidden=[16])
     x = torch.bernoulli(torch.full((5, 8, 8), 0.3))
-    recon_nll, outputs = task.step((x, torch.zeros(5)), "train")
+    outputs = task.step((x, torch.zeros(5)), "train")
+    recon_nll = outputs["loss"]
     posterior, prior, z = outputs["posterior"], outputs["prior"], outputs["z"]
     assert isinstance(posterior, Independent) and isinstance(posterior.base_dist, Normal)
     assert posterior.batch_shape == prior.batch_shape == (5,)
@@ -154,7 +156,7 @@ def test_free_bits_give_no_gradient_to_dimensions_below_lambda_and_full_gradient
     posterior = Independent(Normal(loc, scale), 1)
     prior = Independent(Normal(torch.zeros(3, 4), torch.ones(3, 4)), 1)
     per_dim = kl_divergence(posterior.base_dist, prior.base_dist).mean(0)  # ½ μ²: 0.005, 2, 0, 1.125
-    term = KLTerm("prior", "posterior", "prior", free_bits=0.5)
+    term = KLTerm("prior", "posterior", "prior", shaping=FreeBits(0.5))
     loss = term({"posterior": posterior, "prior": prior}, "train", 0)
     assert loss.item() == pytest.approx(0.5 + per_dim[1].item() + 0.5 + per_dim[3].item(), rel=1e-5)
     loss.backward()

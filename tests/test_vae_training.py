@@ -57,7 +57,8 @@ def test_with_free_bits_no_trained_dimension_sits_below_lambda(tmp_path):
     Without free bits, β = 1 collapses some dimensions far below λ on the same data."""
     lam, tolerance = 0.5, 0.1
     common = ("trainer.max_steps=400", "trainer.log_every_n_steps=1")
-    _, free_bits_dir = run_vae(tmp_path, "free_bits", f"kl.prior.free_bits={lam}", *common)
+    _, free_bits_dir = run_vae(tmp_path, "free_bits", "+shaping@kl.prior.shaping=free_bits",
+                               f"kl.prior.shaping.nats={lam}", *common)
     _, plain_dir = run_vae(tmp_path, "plain", *common)
     with_free_bits = training_kl_per_dimension(free_bits_dir, last_steps=40)
     without = training_kl_per_dimension(plain_dir, last_steps=40)

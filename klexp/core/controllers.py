@@ -47,7 +47,9 @@ class AdaptiveBeta(Controller):
     """Adaptive KL penalty coefficient (Schulman et al. 2017, "Proximal Policy Optimization
     Algorithms", sec. 4): after each update, with measured ``d``,
     ``d < target / tolerance → β ← β / factor``; ``d > target · tolerance → β ← β · factor``.
-    The paper uses ``tolerance = 1.5`` and ``factor = 2``; β stays within ``[min_value, max_value]``.
+    The paper uses ``tolerance = 1.5`` and ``factor = 2``; β stays within ``[min_value, max_value]``:
+    the floor is positive, since halving without one reaches exactly 0 after ~1,075 quiet phases
+    (float64 underflow), from where doubling can never bring β back.
     ``adapt_to`` (see the module docstring) is ``after_update`` as in the paper."""
 
     def __init__(
@@ -56,8 +58,8 @@ class AdaptiveBeta(Controller):
         initial: float = 1.0,
         tolerance: float = 1.5,
         factor: float = 2.0,
-        min_value: float = 0.0,
-        max_value: float = math.inf,
+        min_value: float = 1e-6,
+        max_value: float = 1e6,
         adapt_to: AdaptTo = "after_update",
     ) -> None:
         require_positive("target", target)
@@ -65,9 +67,9 @@ class AdaptiveBeta(Controller):
         require(isinstance(tolerance, (int, float)) and tolerance >= 1, "tolerance",
                 "a number ≥ 1", tolerance)
         require(isinstance(factor, (int, float)) and factor > 1, "factor", "a number > 1", factor)
-        require_non_negative("min_value", min_value)
-        require(max_value >= min_value, "max_value", f"a number ≥ min_value ({min_value})",
-                max_value)
+        require_positive("min_value", min_value)
+        require(isinstance(max_value, (int, float)) and max_value >= min_value, "max_value",
+                f"a number ≥ min_value ({min_value})", max_value)
         self.target, self.tolerance, self.factor = float(target), float(tolerance), float(factor)
         require_in("adapt_to", adapt_to, ADAPT_TO)
         self.min_value, self.max_value = float(min_value), float(max_value)

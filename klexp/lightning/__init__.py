@@ -5,7 +5,7 @@ private state (``internals``)."""
 from klexp.lightning.callbacks import FailureCheckpoint, RNGState
 from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
-from klexp.lightning.loss import LossTerm, total_loss
+from klexp.lightning.loss import LossTerm, reward_penalty, total_loss
 from klexp.lightning.phase import UpdatePhase
 from klexp.lightning.profiler import NoProfiler
 from klexp.lightning.run_summary import RunSummary
@@ -26,5 +26,6 @@ __all__ = [
     "kl_terms_of",
     "log_metrics",
     "logs_now",
+    "reward_penalty",
     "total_loss",
 ]

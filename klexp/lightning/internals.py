@@ -17,15 +17,15 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor
 
-#: The private attributes used below, as ``(owner, dotted path)``; the pin test walks each one.
-PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
-    ("LightningModule", "_trainer"),
-    ("LightningModule", "_current_fx_name"),
-    ("Trainer", "_logger_connector.should_update_logs"),
-    ("Trainer", "fit_loop._should_accumulate"),
-    ("Trainer", "fit_loop.epoch_loop._batches_that_stepped"),
-    ("checkpoint", "loops.fit_loop.epoch_loop.state_dict._batches_that_stepped"),
-    ("checkpoint", "loops.fit_loop.epoch_loop.batch_progress.current"),
+#: The private state read or written below, as ``(owner, path)``; the pin test walks each one.
+PRIVATE_STATE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("LightningModule", ("_trainer",)),
+    ("LightningModule", ("_current_fx_name",)),
+    ("Trainer", ("_logger_connector", "should_update_logs")),
+    ("Trainer", ("fit_loop", "_should_accumulate")),
+    ("Trainer", ("fit_loop", "epoch_loop", "_batches_that_stepped")),
+    ("checkpoint", ("loops", "fit_loop", "epoch_loop.state_dict", "_batches_that_stepped")),
+    ("checkpoint", ("loops", "fit_loop", "epoch_loop.batch_progress", "current", "ready")),
 )
 
 

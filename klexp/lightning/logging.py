@@ -8,6 +8,12 @@
 * Validation and test: ``log_metrics`` hands the values to ``LightningModule.log_dict`` as epoch
   means (``on_epoch=True``, ``sync_dist=True``), weighted by ``batch_size``.
 
+The x-axis of training scalars is Lightning's logging step, unless the module defines
+``log_step()``: then every training scalar klexp writes (KL terms included) goes at the step it
+returns — an RL task's environment steps, so that curves of runs with different numbers of
+environments line up. Such a module saves the next step it will log at under ``LOG_STEP_KEY`` in
+its checkpoints, which a resumed run's TensorBoard logger purges from.
+
 Why not ``self.log`` in training: in Lightning 2.6 each call costs ~0.2 ms (it moves and
 deep-copies its bookkeeping every time), more than a small network's KL term. Scalars written here
 still reach ``trainer.callback_metrics`` and ``trainer.logged_metrics``.
@@ -31,6 +37,8 @@ from klexp.lightning.internals import (
     trainer_of,
 )
 
+#: the checkpoint key under which a module with its own ``log_step`` saves the next step it logs at
+LOG_STEP_KEY = "klexp_log_step"
 Stage = Literal["train", "val", "test", "predict"]
 _STAGES: dict[RunningStage, Stage] = {
     RunningStage.TRAINING: "train",
@@ -70,12 +78,13 @@ def step_metrics_written(trainer: pl.Trainer) -> bool:
 
 
 def log_metrics(module: pl.LightningModule, metrics: Mapping[str, Tensor | float], *,
-                batch_size: int | None = None) -> None:
-    """Log scalars where they belong for the current stage (see the module docstring). In
-    training, call it on the steps ``logs_now`` admits; every DDP rank must call it."""
+                batch_size: int | None = None, stage: Stage | None = None) -> None:
+    """Log scalars where they belong for ``stage`` (by default where the trainer is; see the
+    module docstring). In training, call it on the steps ``logs_now`` admits; every DDP rank
+    must call it."""
     if not metrics:
         return
-    if current_stage(module) == "train":
+    if (stage or current_stage(module)) == "train":
         write_step_scalars(module, metrics)
     else:
         module.log_dict(dict(metrics), on_step=False, on_epoch=True, batch_size=batch_size,
@@ -96,7 +105,8 @@ def write_step_scalars(module: pl.LightningModule, scalars: Mapping[str, Tensor 
     if trainer.world_size > 1:
         stacked = trainer.strategy.reduce(stacked, reduce_op="mean")
     values = dict(zip(scalars, stacked.tolist(), strict=True))  # the one device-to-host copy
-    step = logging_step(trainer)
+    own_step = getattr(module, "log_step", None)
+    step = int(own_step()) if callable(own_step) else logging_step(trainer)
     for logger in trainer.loggers:
         logger.log_metrics({**values, "epoch": trainer.current_epoch}, step=step)
         logger.save()

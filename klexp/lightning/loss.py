@@ -64,6 +64,8 @@ class LossTerm(pl.Callback, ABC):
     """
 
     name: str
+    #: what messages call the term
+    label: str = "term"
     #: ``loss``: added by ``total_loss``; ``reward``: taken by an RL task from ``reward_penalty``
     placement: Placement = "loss"
     check_finite: bool = True
@@ -77,6 +79,14 @@ class LossTerm(pl.Callback, ABC):
     @abstractmethod
     def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
         """The term's loss on one batch and the value it measured (detached; for the guard)."""
+
+    def penalty(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
+        """For ``placement="reward"``: the penalty per element (no gradient) and the value measured."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be placed in the reward")
+
+    def __call__(self, outputs: Mapping[str, Any], stage: str = "train", step: int = 0) -> Tensor:
+        """The term's loss on ``outputs`` (``contribute`` without the measured value)."""
+        return self.contribute(outputs, stage, step)[0]
 
     def describe(self, outputs: Mapping[str, Any]) -> str:
         """What the outputs the term read looked like, for a non-finite value's message."""
@@ -94,7 +104,7 @@ class LossTerm(pl.Callback, ABC):
         missing = self.missing(available)
         if missing:
             raise KlexpError(
-                f"{type(self).__name__} '{self.name}' reads {_names(self.reads())}; {where} "
+                f"{self.label} '{self.name}' reads {_names(self.reads())}; {where} "
                 f"{_names(sorted(map(str, available))) or 'nothing'} (missing: {_names(missing)})"
             )
 
@@ -134,7 +144,7 @@ def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage:
         if term.placement != "loss":
             continue
         if stage == "train":
-            term.check_outputs(outputs, "the step returned")
+            term.check_outputs(outputs, "total_loss was given")
         elif term.missing(outputs):
             continue
         term_loss, value = term.contribute(outputs, stage, step)
@@ -147,8 +157,34 @@ def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage:
     _check_finite(trainer, stage, step, loss, task_loss, guarded, outputs)
     if log and task_loss is not None and logs_now(module):
         prefix = "loss" if stage == "train" else f"{stage}/loss"
-        log_metrics(module, {f"{prefix}/task": task_loss.detach(), f"{prefix}/total": loss.detach()})
+        log_metrics(module, {f"{prefix}/task": task_loss.detach(), f"{prefix}/total": loss.detach()},
+                    stage=stage)
     return loss
+
+
+def reward_penalty(module: pl.LightningModule, outputs: Mapping[str, Any], *,
+                   stage: str | None = None) -> Tensor | None:
+    """``Σ_terms weight · k`` per element over the trainer's terms placed in the reward, or None when
+    there are none; an RL task subtracts it from the rewards of the steps ``outputs`` describe
+    (``r_t ← r_t − β·k(s_t, a_t)``) before computing advantages, so the policy gradient carries the
+    KL through the return (see the KL-placement table in the docs). No gradient flows through it."""
+    trainer = trainer_of(module)
+    stage = stage or current_stage(module)
+    step = trainer.global_step if trainer is not None else 0
+    total: Tensor | None = None
+    guarded: list[tuple[LossTerm, Tensor]] = []
+    for term in loss_terms_of(trainer):
+        if term.placement != "reward":
+            continue
+        term.check_outputs(outputs, "reward_penalty was given")
+        penalty, value = term.penalty(outputs, stage, step)
+        term.calls += 1
+        total = penalty if total is None else total + penalty
+        if term.check_finite:
+            guarded.append((term, value))
+    if total is not None:
+        _check_finite(trainer, stage, step, total.sum(), None, guarded, outputs)
+    return total
 
 
 def _check_finite(trainer: pl.Trainer | None, stage: str, step: int, loss: Tensor,
@@ -165,7 +201,7 @@ def _check_finite(trainer: pl.Trainer | None, stage: str, step: int, loss: Tenso
         raise NonFiniteError(f"the {stage} loss turned non-finite on another rank at step {step}")
     for term, value in guarded:
         if not math.isfinite(float(value)):
-            raise NonFiniteError(f"{type(term).__name__} '{term.name}' is {float(value)} at step {step} "
+            raise NonFiniteError(f"{term.label} '{term.name}' is {float(value)} at step {step} "
                                  f"({stage}); {term.describe(outputs)}")
     task = f" (task loss {float(task_loss)})" if task_loss is not None else ""
     raise NonFiniteError(f"the {stage} loss is {float(loss)} at step {step}{task}")
@@ -203,21 +239,23 @@ def _wrapped_step(module: pl.LightningModule, step: Callable[..., Any], stage: s
             return step(*args, **kwargs)
         calls_before = [term.calls for term in terms]
         output = step(*args, **kwargs)
-        called = [term.calls != before for term, before in zip(terms, calls_before, strict=True)]
-        if any(called):  # the step called total_loss (or reward_penalty) itself
-            if stage == "train":
-                _check_all_received(terms, called, output, module)
+        called_itself = any(term.calls != before for term, before in zip(terms, calls_before, strict=True))
+        if stage != "train":
+            if isinstance(output, Mapping) and not called_itself:
+                total = total_loss(module, output, stage=stage)
+                if "loss" in output:
+                    output = {**output, "loss": total}
             return output
-        if stage == "train":
-            if not module.automatic_optimization or output is None:
-                _check_all_received(terms, called, output, module)
-                return output
-            if not isinstance(output, Mapping):
-                _check_all_received(terms, called, output, module)
-        if isinstance(output, Mapping):
-            total = total_loss(module, output, stage=stage)
-            if "loss" in output:
-                output = {**output, "loss": total}
+        if module.automatic_optimization:
+            if output is None:
+                return output  # Lightning skips the batch: nothing is trained, nothing to add
+            if isinstance(output, Mapping) and not called_itself:
+                for term in terms:
+                    if term.placement == "loss":
+                        term.check_outputs(output, "training_step returned")
+                output = {**output, "loss": total_loss(module, output, stage=stage)}
+        received = [term.calls != before for term, before in zip(terms, calls_before, strict=True)]
+        _check_all_received(terms, received, output, module)
         return output
 
     return wrapped
@@ -237,7 +275,7 @@ def _check_all_received(terms: list[LossTerm], called: list[bool], output: Any,
             how = "a reward-placed term needs the task to call klexp.reward_penalty"
         else:
             how = f"training_step returned {_shape_of(output)}; return a mapping with 'loss' and them"
-        raise KlexpError(f"{type(term).__name__} '{term.name}' reads {_names(term.reads())}, but "
+        raise KlexpError(f"{term.label} '{term.name}' reads {_names(term.reads())}, but "
                          f"received nothing in training_step: {how}")
 
 

@@ -135,8 +135,12 @@ def library_versions() -> dict[str, str]:
 
 
 def git_state(directory: Path | None = None) -> dict[str, Any]:
-    """The commit of the repository klexp runs from and whether it has uncommitted changes."""
-    cwd = directory or Path(__file__).resolve().parent
+    """The commit of the git repository of ``directory`` and whether it has uncommitted changes;
+    by default the project being run (the working directory), else klexp's own checkout."""
+    if directory is None:
+        state = git_state(Path.cwd())
+        return state if state["commit"] is not None else git_state(Path(__file__).resolve().parent)
+    cwd = directory
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()

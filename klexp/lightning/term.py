@@ -109,6 +109,8 @@ class KLTerm(LossTerm):
             or infinite.
     """
 
+    label = "KL term"
+
     def __init__(
         self,
         name: str,
@@ -154,6 +156,9 @@ class KLTerm(LossTerm):
                                    "set samples too")
         if shaping is not None:
             shaping.check_direction(direction)
+            if placement == "reward":
+                raise ConfigValueError("shaping", "a shaping acts on the batch's divergence, and a "
+                                       "term placed in the reward gives one penalty per step")
         if log_dims and direction == "js":
             raise ConfigValueError("log_dims", "Jensen–Shannon does not split over dimensions")
         self.name, self.p, self.q = name, p, q
@@ -245,6 +250,22 @@ class KLTerm(LossTerm):
         self._tallies[stage].add(value, loss.detach(), std, dims, weight, self._batch_elements)
         return loss, value
 
+    def penalty(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
+        """``weight · D`` per batch element, for a term placed in the reward (no gradient), and
+        the reduced ``D``; records what it measured for logging like ``contribute``."""
+        weight = self.current_weight(step)
+        with torch.no_grad():
+            measurement = self.measure(outputs)
+            value = self.reduce(measurement.elementwise)
+            penalty = weight * measurement.elementwise
+        logged = stage != "train" or self._trainer is None or step_metrics_written(self._trainer)
+        std = None
+        if logged and measurement.per_sample is not None and measurement.per_sample.numel() > 1:
+            std = measurement.per_sample.std()
+        dims = measurement.per_dim if self.log_dims and logged else None
+        self._tallies[stage].add(value, self.reduce(penalty), std, dims, weight, self._batch_elements)
+        return penalty, value
+
     def measure(self, outputs: Mapping[str, Any], per_dim: PerDim | Literal["auto"] = "auto") -> Measurement:
         """What the term measures on ``outputs`` (``klexp.core.measure``), without weighting."""
         if per_dim == "auto":
@@ -318,13 +339,13 @@ class KLTerm(LossTerm):
         self._tallies[stage] = _Tally()
         if stage != "train":
             log_metrics(pl_module, self._metrics(tally, f"{stage}/kl/{self.name}", step),
-                        batch_size=tally.elements)
+                        batch_size=tally.elements, stage=stage)
             return
         if logs_now(pl_module):
             metrics = self._metrics(tally, f"kl/{self.name}", step)
             metrics.update({f"kl/{self.name}/value_{point}": value
                             for point, value in tally.phase.items()})
-            log_metrics(pl_module, metrics)
+            log_metrics(pl_module, metrics, stage="train")
         controller = self.controller
         if controller is not None:
             measured = tally.phase.get(controller.adapt_to, tally.value / tally.calls)

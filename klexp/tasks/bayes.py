@@ -199,9 +199,9 @@ class BayesByBackpropTask(Task):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
         return self.step(batch)
 
-    def step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Any]:
+    def step(self, batch: tuple[Tensor, Tensor], stage: str | None = None) -> dict[str, Any]:
         """The expected data NLL (the task's own loss) and the outputs for the KL term."""
-        stage = current_stage(self)
+        stage = stage or current_stage(self)
         images, labels = batch
         num_samples = self.train_samples if stage == "train" else self.eval_samples
         posterior = self.net.posterior()
@@ -217,7 +217,8 @@ class BayesByBackpropTask(Task):
         }
         self._log_metrics(stage, logits.detach(), labels)
         if stage == "train" and logs_now(self):
-            log_metrics(self, {"train/posterior_sigma": posterior.base_dist.scale.detach().mean()})
+            log_metrics(self, {"train/posterior_sigma": posterior.base_dist.scale.detach().mean()},
+                        stage=stage)
         if stage == "test" and self.baseline is not None:
             self._log_baseline(images, labels)
         return {"loss": expected_nll, **outputs}
@@ -235,7 +236,8 @@ class BayesByBackpropTask(Task):
         metrics.update(log_predictive.exp(), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
         if logs_now(self):
-            log_metrics(self, {f"{stage}/nll": F.nll_loss(log_predictive, labels)}, batch_size=len(labels))
+            log_metrics(self, {f"{stage}/nll": F.nll_loss(log_predictive, labels)}, batch_size=len(labels),
+                        stage=stage)
         if stage in EVAL_STAGES:
             entropy, mutual_info = _uncertainty(logits)
             self._entropies.setdefault(f"{stage}/entropy/in_dist", []).append(entropy)

@@ -144,9 +144,9 @@ class ClassificationTask(Task):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
         return self.step(batch)
 
-    def step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Any]:
+    def step(self, batch: tuple[Tensor, Tensor], stage: str | None = None) -> dict[str, Any]:
         """The task's own loss (0, or cross-entropy with ``cross_entropy_loss``) and the outputs
-        for the KL terms."""
+        for the KL terms; ``stage`` defaults to where the trainer is."""
         images, labels = batch
         logits = self(images)
         target_logits = self.target_logits(labels)
@@ -166,12 +166,11 @@ class ClassificationTask(Task):
 
         task_loss = (F.cross_entropy(logits, labels) if self.cross_entropy_loss
                      else logits.new_zeros(()))
-        self._log_metrics(logits, labels, target_logits)
+        self._log_metrics(stage or current_stage(self), logits, labels, target_logits)
         return {"loss": task_loss, **outputs}
 
-    def _log_metrics(self, logits: Tensor, labels: Tensor, target_logits: Tensor) -> None:
+    def _log_metrics(self, stage: str, logits: Tensor, labels: Tensor, target_logits: Tensor) -> None:
         """CE(target, model) = KL(target ‖ model) + H(target), shown side by side; NLL; accuracy, ECE."""
-        stage = current_stage(self)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits.detach().softmax(-1), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels))
@@ -183,4 +182,4 @@ class ClassificationTask(Task):
             nll = F.cross_entropy(logits, labels)
         prefix = "loss" if stage == "train" else stage
         log_metrics(self, {f"{prefix}/ce": cross_entropy, f"{prefix}/target_entropy": target_entropy,
-                           f"{stage}/nll": nll}, batch_size=len(labels))
+                           f"{stage}/nll": nll}, batch_size=len(labels), stage=stage)

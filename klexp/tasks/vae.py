@@ -188,9 +188,9 @@ class VAETask(Task):
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Any]:
         return self.step(batch)
 
-    def step(self, batch: tuple[Tensor, ...]) -> dict[str, Any]:
+    def step(self, batch: tuple[Tensor, ...], stage: str | None = None) -> dict[str, Any]:
         """The reconstruction NLL (the task's own loss) and the outputs for the KL terms."""
-        stage = current_stage(self)
+        stage = stage or current_stage(self)
         x = batch[0].flatten(1)
         posterior = self.encode(x)
         prior = self.prior_like(posterior)
@@ -217,7 +217,7 @@ class VAETask(Task):
             metrics[f"{stage}/iw_nll"] = iw_nll.mean()
         if stage != "train":
             self._accumulate(stage, x, posterior.base_dist.loc, kl_dims)
-        log_metrics(self, metrics, batch_size=len(x))
+        log_metrics(self, metrics, batch_size=len(x), stage=stage)
 
     def importance_weighted(self, x: Tensor, posterior: Independent,
                             prior: Independent) -> tuple[Tensor, Tensor, Tensor]:

@@ -90,6 +90,16 @@ class VectorEnvFactory:
         finally:
             env.close()
 
+    def problem(self) -> Any:
+        """The exactly solvable problem behind the environment, when it has one: the
+        ``problem`` attribute of the unwrapped env (``klexp/TokenSequence-v0`` has a
+        ``TokenSequenceProblem``: its reference policy and exact metrics); else None."""
+        env = gym.make(self.id, **self._make_kwargs())
+        try:
+            return getattr(env.unwrapped, "problem", None)
+        finally:
+            env.close()
+
     def seed_sequence(self, rank: int, stream: int) -> np.random.SeedSequence:
         """The random stream ``stream`` of rank ``rank``: ``SeedSequence(seed, spawn_key=(rank, stream))``."""
         return np.random.SeedSequence(self.seed, spawn_key=(rank, stream))

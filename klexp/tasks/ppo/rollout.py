@@ -1,4 +1,4 @@
-"""On-policy rollouts: preallocated buffers and GAE.
+"""On-policy rollouts: preallocated buffers, GAE, and the rollout as a batch of tensors.
 
 Layout of a rollout of ``T`` steps in ``N`` envs (Gymnasium 1.x, next-step autoreset): at step ``t``
 the agent sees ``obs[t]``, takes ``actions[t]`` and the env answers ``rewards[t]``,
@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from torch import Tensor
 
 
 @dataclass
@@ -73,3 +74,29 @@ def gae(
     return advantages, advantages + values[:-1]
 
 
+@dataclass
+class Batch:
+    """One rollout, flattened over (step, env), autoreset steps removed, as torch tensors."""
+
+    obs: Tensor
+    actions: Tensor
+    logprobs: Tensor  # log π_old(a|s)
+    old_params: Tensor  # π_old's parameters on obs
+    advantages: Tensor
+    returns: Tensor
+    values: Tensor  # V(s) when the rollout was scored
+    reference_params: Tensor | None
+
+    def select(self, indices: Tensor) -> Batch:
+        """The minibatch at ``indices``."""
+        return Batch(self.obs[indices], self.actions[indices], self.logprobs[indices],
+                     self.old_params[indices], self.advantages[indices], self.returns[indices],
+                     self.values[indices],
+                     None if self.reference_params is None else self.reference_params[indices])
+
+
+def explained_variance(values: Tensor, returns: Tensor) -> float:
+    """``1 − Var[returns − values] / Var[returns]``: 1 is a perfect critic, ≤ 0 no better than a
+    constant (NaN when the returns do not vary)."""
+    variance = returns.var().item()
+    return float("nan") if variance == 0 else 1.0 - (returns - values).var().item() / variance

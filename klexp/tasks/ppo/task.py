@@ -9,35 +9,39 @@ One ``training_step`` is one PPO iteration, read top to bottom:
    transition and is left out (``Rollout.autoreset``); truncated episodes bootstrap from the value
    of their final observation.
 2. ``process_rollout``: one batched torch pass for the values, the old policy's parameters and
-   log-probabilities (and the reference policy's), then GAE (``rollout.gae``).
-3. ``update``: ``update_epochs`` epochs over ``num_minibatches`` shuffled minibatches of the
-   clipped surrogate ``L^CLIP`` (eq. 7; ``clip=false`` gives the unclipped ``ratio · A``), the value
-   loss, the entropy bonus, plus ``Σ term(outputs)`` over the KL terms in the config; manual
-   optimisation with gradient-norm clipping; the learning rate anneals linearly per iteration.
+   log-probabilities (and the reference policy's); KL terms placed in the reward subtract
+   ``β·k(s_t, a_t)`` from the rewards (``klexp.reward_penalty``); then GAE (``rollout.gae``).
+3. ``update``: ``update_epochs`` epochs over ``num_minibatches`` shuffled minibatches of PPO's loss
+   (``loss.ppo_loss``) plus the KL terms placed in the loss (``klexp.total_loss``); manual
+   optimisation with gradient-norm clipping; the learning rate anneals linearly per iteration. The
+   phase talks to its KL terms through ``klexp.UpdatePhase``: they measure themselves on the whole
+   batch before and after it (controllers adapt to one of these), and a ``TargetKL`` term can stop
+   it early.
 
 Lightning carries the loop (the task's own train dataloader yields iteration indices), logging,
-checkpoints, callbacks and strategies. Statistics are gathered per minibatch as tensors and logged
-once per logged iteration (every ``trainer.log_every_n_steps``).
+checkpoints, callbacks and strategies. Training scalars are written against environment steps
+(``log_step``), every ``trainer.log_every_n_steps`` iterations and on the last.
 
-Outputs for KL terms (``conf/kl/*.yaml``), on the minibatch states:
+Outputs for KL terms (``conf/kl/*.yaml``), on the minibatch states (in the reward: on the rollout):
 
-* ``policy``     — ``π_θ(·|s)``, with gradient;
+* ``policy``     — ``π_θ(·|s)``, with gradient (at rollout time, the policy that acted);
 * ``old_policy`` — ``π_old(·|s)``, the policy that collected the rollout (``KL(old_policy ‖ policy)``
   is the PPO paper's penalty, fixed β or adaptive β, sec. 4);
-* ``reference``  — ``π_ref(·|s)``, a frozen policy from ``reference_checkpoint`` (``KL(policy ‖
-  reference)`` as in KL-regularised fine-tuning, Ziegler et al. 2019);
+* ``reference``  — ``π_ref(·|s)``, a frozen policy from ``reference_checkpoint`` or the env's own
+  (``reference_from_env``) (``KL(policy ‖ reference)`` as in KL-regularised fine-tuning, Ziegler
+  et al. 2019);
 * ``uniform``    — the uniform policy over discrete actions (``KL(policy ‖ uniform) = log K − H``,
   the entropy bonus as a KL: the same gradient as ``−H``);
-* ``actions``    — the rollout's actions, draws from ``π_old`` for Monte-Carlo estimators.
-
-After each update phase every KL term also measures itself on the whole batch with the final
-``π_θ`` (``KLTerm.after_update``); a controller adapts to that value, as the PPO paper's rule does.
-A ``TargetKL`` term stops the update phase early once the KL it measures exceeds its target.
+* ``actions``    — the rollout's actions, draws from ``π_old`` (``samples_from: old_policy``).
 
 Measured every minibatch whatever the config, logged as mean and max over the update phase:
-``ppo/kl_k1`` and ``ppo/kl_k3`` (Schulman's estimators of ``KL(π_old ‖ π_θ)`` from the log-ratio of
+``ppo/kl_k1``, ``ppo/kl_k3`` (Schulman's estimators of ``KL(π_old ‖ π_θ)`` from the log-ratio of
 the rollout's actions, http://joschu.net/blog/kl-approx.html) and ``ppo/kl_exact`` (the closed form
-on the batch states), so the estimators can be compared with the truth.
+on the batch states), so the estimators can be compared with the truth; with a reference policy,
+``ppo/kl_reference``, the exact ``KL(π_θ ‖ π_ref)`` on the batch states after the update, whatever
+the estimator and placement of the run's own term. On an exactly solvable env
+(``klexp/TokenSequence-v0``), ``exact/*``: the regularised objective of the current policy, its gap
+to the optimum and its KL to the optimum and to the reference, by enumeration.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -53,10 +56,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from klexp import core as divergences
-from klexp.errors import ConfigValueError, KlexpError, require, require_non_negative, require_positive_int
-from klexp.lightning.logging import logs_now
-from klexp.lightning.loss import total_loss
+from klexp.errors import (
+    ConfigValueError,
+    KlexpError,
+    require,
+    require_non_negative,
+    require_positive,
+    require_positive_int,
+)
+from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
+from klexp.lightning.loss import reward_penalty, total_loss
 from klexp.lightning.phase import UpdatePhase
 from klexp.lightning.term import KLTerm, kl_terms_of
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
@@ -67,11 +76,14 @@ from klexp.tasks.ppo.envs import (
     VectorEnvFactory,
     episode_statistics,
 )
+from klexp.tasks.ppo.loss import LossSettings, MinibatchStats, phase_summary, ppo_loss
 from klexp.tasks.ppo.policies import CHECKPOINT_POLICY_KEY, Actor, load_policy, orthogonal_mlp, policy_for
-from klexp.tasks.ppo.rollout import Rollout, gae
+from klexp.tasks.ppo.rollout import Batch, Rollout, explained_variance, gae
 
 CHECKPOINT_PROGRESS_KEY = "klexp_ppo_progress"
 PPO_OUTPUTS = frozenset({"policy", "old_policy", "reference", "uniform", "actions"})
+#: where the rollout's actions come from, for KL terms that use them as Monte-Carlo draws
+SAMPLE_SOURCES = {"actions": "old_policy"}
 
 
 class PPOTask(Task):
@@ -86,7 +98,7 @@ class PPOTask(Task):
         num_minibatches, update_epochs: each update phase makes ``update_epochs`` passes over the
             rollout in ``num_minibatches`` shuffled minibatches.
         gamma, gae_lambda: discount γ and GAE's λ.
-        norm_adv: normalise advantages per minibatch.
+        norm_adv: normalise advantages per minibatch (each minibatch then needs ≥ 2 states).
         clip: use the clipped surrogate ``min(r·A, clip(r, 1 − ε, 1 + ε)·A)``; false gives ``r·A``
             (then a KL term is the trust region, as in the paper's KL-penalty variant).
         clip_coef: ε.
@@ -96,12 +108,18 @@ class PPOTask(Task):
         hidden, activation, init_log_std: separate actor and critic MLPs (orthogonal init) and the
             initial log-σ of a Gaussian policy.
         reference_checkpoint: a PPO checkpoint whose actor becomes the frozen ``reference`` policy.
-        init_from_reference: start the actor from the reference's weights (fine-tuning, as in
-            Ziegler et al. 2019, where ``KL(π_θ ‖ π_ref)`` starts at 0).
+        reference_from_env: take the frozen ``reference`` policy from an exactly solvable env
+            (its ``problem.reference_logits``) instead.
+        init_from_reference: start the actor from the reference checkpoint's weights (fine-tuning,
+            as in Ziegler et al. 2019, where ``KL(π_θ ‖ π_ref)`` starts at 0).
+        exact_beta: on an exactly solvable env, the β of the objective
+            ``J(π) = E[r] − β·KL(π ‖ π_ref)`` whose exact metrics are logged (null: none logged);
+            set it to the weight of the run's KL to the reference.
         eval_episodes: greedy episodes in the final evaluation (the test step).
     """
 
     output_names = PPO_OUTPUTS
+    sample_sources = SAMPLE_SOURCES
 
     def __init__(
         self,
@@ -123,7 +141,9 @@ class PPOTask(Task):
         activation: Literal["tanh", "relu"] = "tanh",
         init_log_std: float = 0.0,
         reference_checkpoint: str | None = None,
+        reference_from_env: bool = False,
         init_from_reference: bool = False,
+        exact_beta: float | None = None,
         eval_episodes: int = 10,
         optimizer: OptimizerFactory | None = None,
         lr_scheduler: SchedulerFactory | None = None,
@@ -140,29 +160,37 @@ class PPOTask(Task):
             require_non_negative(key, value)
         if max_grad_norm is not None:
             require_non_negative("max_grad_norm", max_grad_norm)
+        if exact_beta is not None:
+            require_positive("exact_beta", exact_beta)
         require(all(isinstance(h, int) and h > 0 for h in hidden), "hidden",
                 "a list of positive layer widths", list(hidden))
         batch_size = env.num_envs * num_steps
         if total_timesteps < batch_size:
             raise ConfigValueError("total_timesteps", f"must be at least one rollout "
                                    f"(num_envs · num_steps = {batch_size}), got {total_timesteps}")
-        if num_minibatches > batch_size:
-            raise ConfigValueError("num_minibatches", f"must be ≤ the rollout size {batch_size}, "
-                                   f"got {num_minibatches}")
+        if num_minibatches > batch_size // (2 if norm_adv else 1):
+            raise ConfigValueError("num_minibatches", _minibatch_limit(batch_size, norm_adv, num_minibatches))
+        if reference_from_env and (reference_checkpoint is not None or init_from_reference):
+            raise ConfigValueError("reference_from_env", "the reference comes from the env or from "
+                                   "task.reference_checkpoint (with init_from_reference), not both")
         self.env = env
         self.total_timesteps, self.num_steps = total_timesteps, num_steps
         self.rollout_size = batch_size
         self.num_minibatches, self.update_epochs = num_minibatches, update_epochs
-        self.gamma, self.gae_lambda, self.norm_adv = float(gamma), float(gae_lambda), norm_adv
-        self.clip, self.clip_coef, self.clip_vloss = clip, float(clip_coef), clip_vloss
-        self.ent_coef, self.vf_coef, self.max_grad_norm = float(ent_coef), float(vf_coef), max_grad_norm
+        self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
+        self.loss_settings = LossSettings(clip=clip, clip_coef=float(clip_coef), clip_vloss=clip_vloss,
+                                          ent_coef=float(ent_coef), vf_coef=float(vf_coef),
+                                          norm_adv=norm_adv)
+        self.max_grad_norm = max_grad_norm
         self.hidden, self.activation, self.init_log_std = list(hidden), activation, float(init_log_std)
         self.reference_checkpoint, self.init_from_reference = reference_checkpoint, init_from_reference
+        self.reference_from_env, self.exact_beta = reference_from_env, exact_beta
         self.eval_episodes = eval_episodes
         self.automatic_optimization = False
         self.actor: Actor | None = None
         self.critic: nn.Module | None = None
-        self.reference: Actor | None = None
+        self.reference: Any = None
+        self.problem: Any = None
         self._uniform_needed = False
 
     # ------------------------------------------------------------------ building
@@ -178,7 +206,15 @@ class PPOTask(Task):
         self.policy = policy_for(action_space)
         self.actor = Actor(self.obs_size, self.hidden, self.activation, self.policy, self.init_log_std)
         self.critic = orthogonal_mlp(self.obs_size, self.hidden, 1, self.activation, out_std=1.0)
-        if self.reference_checkpoint is not None:
+        if self.reference_from_env or self.exact_beta is not None:
+            self.problem = self.env.problem()
+            if self.problem is None:
+                key = "reference_from_env" if self.reference_from_env else "exact_beta"
+                raise KlexpError(f"task.{key}: env {self.env.id} has no exactly solvable problem "
+                                 "(klexp/TokenSequence-v0 has one)")
+        if self.reference_from_env:
+            self.reference = self.problem.reference_logits
+        elif self.reference_checkpoint is not None:
             self.reference = load_policy(self.reference_checkpoint, self.obs_size, self.policy)
             if self.init_from_reference:
                 try:
@@ -203,6 +239,7 @@ class PPOTask(Task):
             checkpoint[CHECKPOINT_PROGRESS_KEY] = {
                 "env_steps": self.env_steps, "solved_at": self.solved_at,
                 "action_rng": json.dumps(self.rng.bit_generator.state)}
+            checkpoint[LOG_STEP_KEY] = self.env_steps + 1
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._progress = checkpoint.get(CHECKPOINT_PROGRESS_KEY)
@@ -219,6 +256,10 @@ class PPOTask(Task):
 
     def test_dataloader(self) -> IterationIndices:
         return IterationIndices(1)
+
+    def log_step(self) -> int:
+        """The x-axis of every training scalar: environment steps over all ranks."""
+        return self.env_steps
 
     def on_fit_start(self) -> None:
         self.check_terms(kl_terms_of(self.trainer))
@@ -259,6 +300,8 @@ class PPOTask(Task):
         with torch.no_grad():
             params = self.actor(batch.obs)
             stats["ppo/kl_after_update"] = self.policy.kl(batch.old_params, params).mean().item()
+            if batch.reference_params is not None:
+                stats["ppo/kl_reference"] = self.policy.kl(params, batch.reference_params).mean().item()
             if phase.terms:
                 phase.end(self.outputs(params, batch))
         scheduler = self.lr_schedulers()
@@ -267,15 +310,13 @@ class PPOTask(Task):
 
         self.note_if_solved()
         self.unlogged_episodes += episodes
-        # Log only on the iterations the trainer writes (every trainer.log_every_n_steps), and the
-        # last for the run's summary: in Lightning 2.6 each self.log call costs ~0.5 ms here.
         if logs_now(self) or batch_idx + 1 == self.trainer.num_training_batches:
             elapsed = time.perf_counter() - self.start_time
             metrics = {**stats, "ppo/learning_rate": learning_rate,
                        "ppo/explained_variance": explained_variance(batch.values, batch.returns),
                        "time/env_steps": float(self.env_steps), "time/sps": self.env_steps / elapsed,
-                       **self.episode_metrics(self.unlogged_episodes)}
-            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+                       **self.episode_metrics(self.unlogged_episodes), **self.exact_metrics("exact")}
+            log_metrics(self, metrics, stage="train")
             self.unlogged_episodes = []
 
     def collect_rollout(self) -> list[tuple[float, int]]:
@@ -301,83 +342,54 @@ class PPOTask(Task):
 
     @torch.no_grad()
     def process_rollout(self) -> Batch:
-        """Values, GAE and the old (and reference) policy for the rollout, in one batched pass;
-        the autoreset steps are dropped here."""
+        """Values, the old (and reference) policy and GAE for the rollout, in one batched pass;
+        KL terms placed in the reward lower the rewards first; autoreset steps are dropped."""
         buffer, steps, envs = self.buffer, self.num_steps, self.env.num_envs
         device = self.device  # the rollout lives in numpy on the host; learning, on the device
         obs = torch.from_numpy(buffer.obs.reshape(steps * envs, -1)).to(device)
         next_obs = torch.from_numpy(buffer.next_obs).to(device)
         values = self.critic(torch.cat([obs, next_obs])).view(steps + 1, envs).cpu().numpy()
-        advantages, returns = gae(buffer.rewards, values, buffer.terminated, buffer.truncated,
-                                  self.gamma, self.gae_lambda)
-
         valid = torch.from_numpy(~buffer.autoreset.reshape(-1)).to(device)
         obs = obs[valid]
         actions = torch.from_numpy(
             buffer.actions.reshape(steps * envs, *self.policy.action_shape)).to(device)[valid]
         old_params = self.actor(obs)
-        return Batch(
-            obs=obs,
-            actions=actions,
-            logprobs=self.policy.log_prob(old_params, actions),
-            old_params=old_params,
-            advantages=torch.from_numpy(advantages.reshape(-1)).to(device)[valid],
-            returns=torch.from_numpy(returns.reshape(-1)).to(device)[valid],
-            values=torch.from_numpy(values[:-1].reshape(-1)).to(device)[valid],
-            reference_params=self.reference(obs) if self.reference is not None else None,
-        )
+        batch = Batch(obs=obs, actions=actions, logprobs=self.policy.log_prob(old_params, actions),
+                      old_params=old_params, advantages=obs.new_empty(0), returns=obs.new_empty(0),
+                      values=torch.from_numpy(values[:-1].reshape(-1)).to(device)[valid],
+                      reference_params=self.reference(obs) if self.reference is not None else None)
+        rewards = buffer.rewards
+        penalty = reward_penalty(self, self.outputs(old_params, batch))
+        if penalty is not None:
+            per_step = torch.zeros(steps * envs, dtype=penalty.dtype, device=device)
+            per_step[valid] = penalty.to(per_step.dtype)
+            rewards = rewards - per_step.view(steps, envs).cpu().numpy().astype(rewards.dtype)
+        advantages, returns = gae(rewards, values, buffer.terminated, buffer.truncated,
+                                  self.gamma, self.gae_lambda)
+        batch.advantages = torch.from_numpy(advantages.reshape(-1)).to(device)[valid]
+        batch.returns = torch.from_numpy(returns.reshape(-1)).to(device)[valid]
+        return batch
 
     def update(self, b: Batch, phase: UpdatePhase) -> dict[str, float]:
-        """The update phase: epochs of minibatch steps on the PPO loss plus the KL terms."""
+        """The update phase: epochs of minibatch steps on PPO's loss plus the KL terms."""
         optimizer = self.optimizers()
-        stats: list[Tensor] = []
+        stats: list[MinibatchStats] = []
         steps, stopped = 0, False
         for epoch in range(self.update_epochs):
             minibatches = np.array_split(self.rng.permutation(len(b.obs)), self.num_minibatches)
             for index, indices in enumerate(minibatches):
+                self.check_minibatch(len(indices), len(b.obs))
                 mb = b.select(torch.from_numpy(indices).to(self.device))
                 params = self.actor(mb.obs)
-                newlogprob = self.policy.log_prob(params, mb.actions)
-                entropy = self.policy.entropy(params)
-                newvalue = self.critic(mb.obs).view(-1)
-                logratio = newlogprob - mb.logprobs
-                ratio = logratio.exp()
-
-                mb_advantages = mb.advantages
-                if self.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                # Policy loss: −min(r·A, clip(r, 1 − ε, 1 + ε)·A), or −r·A without clipping
-                pg_loss1 = -mb_advantages * ratio
-                if self.clip:
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - self.clip_coef, 1 + self.clip_coef)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-                else:
-                    pg_loss = pg_loss1.mean()
-
-                # Value loss, optionally clipped around the values the rollout was scored with
-                if self.clip_vloss:
-                    v_loss_unclipped = (newvalue - mb.returns).square()
-                    v_clipped = mb.values + torch.clamp(newvalue - mb.values, -self.clip_coef, self.clip_coef)
-                    v_loss_clipped = (v_clipped - mb.returns).square()
-                    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                else:
-                    v_loss = 0.5 * (newvalue - mb.returns).square().mean()
-
-                entropy_loss = entropy.mean()
-                task_loss = pg_loss - self.ent_coef * entropy_loss + self.vf_coef * v_loss
+                logratio = self.policy.log_prob(params, mb.actions) - mb.logprobs
+                loss_parts = ppo_loss(logratio, self.policy.entropy(params), self.critic(mb.obs).view(-1),
+                                      mb.advantages, mb.returns, mb.values, self.loss_settings)
                 outputs = self.outputs(params, mb) if phase.terms else {}
-                loss = total_loss(self, {"loss": task_loss, **outputs}, log=False)
-
+                loss = total_loss(self, {"loss": loss_parts.task, **outputs}, log=False)
                 with torch.no_grad():
-                    # KL(π_old ‖ π_θ) three ways: k1 and k3 from the log-ratio of the rollout's
-                    # actions (http://joschu.net/blog/kl-approx.html), and exactly on the states
-                    kl_k1 = divergences.monte_carlo_terms(logratio, "k1").mean()
-                    kl_k3 = divergences.monte_carlo_terms(logratio, "k3").mean()
-                    kl_exact = self.policy.kl(mb.old_params, params).mean()
-                    clipfrac = ((ratio - 1.0).abs() > self.clip_coef).float().mean()
-                    stats.append(torch.stack([pg_loss, v_loss, entropy_loss, task_loss, loss,
-                                              kl_k1, kl_k3, kl_exact, clipfrac]))
+                    stats.append(MinibatchStats.measure(loss_parts, loss, logratio,
+                                                        self.policy.kl(mb.old_params, params),
+                                                        self.loss_settings.clip_coef))
 
                 # A TargetKL term measured this minibatch: stop before stepping past its target
                 if phase.should_stop(epoch, index, "minibatch"):
@@ -392,17 +404,25 @@ class PPOTask(Task):
             if stopped or phase.should_stop(epoch, index, "epoch"):
                 break
 
-        table = torch.stack(stats)
-        means, maxima = table.mean(0).tolist(), table.amax(0).tolist()
-        pg_loss, v_loss, entropy_mean, task_loss, loss, kl_k1, kl_k3, kl_exact, clipfrac = means
+        means, maxima = phase_summary(stats)
         return {
-            "loss/policy": pg_loss, "loss/value": v_loss, "loss/entropy": -self.ent_coef * entropy_mean,
-            "loss/task": task_loss, "loss/total": loss, "ppo/entropy": entropy_mean,
-            "ppo/kl_k1": kl_k1, "ppo/kl_k1_max": maxima[5],
-            "ppo/kl_k3": kl_k3, "ppo/kl_k3_max": maxima[6],
-            "ppo/kl_exact": kl_exact, "ppo/kl_exact_max": maxima[7],
-            "ppo/clipfrac": clipfrac, "ppo/update_steps": float(steps),
+            "loss/policy": means["policy_loss"], "loss/value": means["value_loss"],
+            "loss/entropy": -self.loss_settings.ent_coef * means["entropy"],
+            "loss/task": means["task_loss"], "loss/total": means["total_loss"],
+            "ppo/entropy": means["entropy"],
+            "ppo/kl_k1": means["kl_k1"], "ppo/kl_k1_max": maxima["kl_k1"],
+            "ppo/kl_k3": means["kl_k3"], "ppo/kl_k3_max": maxima["kl_k3"],
+            "ppo/kl_exact": means["kl_exact"], "ppo/kl_exact_max": maxima["kl_exact"],
+            "ppo/clipfrac": means["clipfrac"], "ppo/update_steps": float(steps),
         }
+
+    def check_minibatch(self, size: int, states: int) -> None:
+        """Autoreset steps are dropped from the rollout, which can leave a minibatch too small for
+        advantage normalisation (its standard deviation needs two states)."""
+        if size < (2 if self.loss_settings.norm_adv else 1):
+            raise KlexpError(f"task.num_minibatches: {self.num_minibatches} minibatches of the "
+                             f"{states} states left once autoreset steps were dropped give one of "
+                             f"{size}; use fewer minibatches or longer rollouts (task.num_steps)")
 
     def outputs(self, params: Tensor, b: Batch) -> dict[str, Any]:
         """The distributions KL terms read, on the states ``b.obs`` (π_θ's parameters ``params``)."""
@@ -416,6 +436,19 @@ class PPOTask(Task):
         if b.reference_params is not None:
             outputs["reference"] = self.policy.distribution(b.reference_params)
         return outputs
+
+    @torch.no_grad()
+    def exact_metrics(self, prefix: str) -> dict[str, float]:
+        """On an exactly solvable env with ``exact_beta`` set: the current policy's ``J`` and
+        ``E[r]``, the optimum's ``J*``, the gap ``J* − J = β·KL(π ‖ π*)``, ``KL(π ‖ π*)`` and the
+        sequence-level ``KL(π ‖ π_ref)``, by enumeration."""
+        if self.problem is None or self.exact_beta is None:
+            return {}
+        observations = self.problem.prefix_observations(device=self.device)
+        values = self.problem.metrics(self.actor(observations), self.exact_beta)
+        names = {"reward": "reward", "kl_reference": "kl_reference", "objective": "objective",
+                 "optimal_objective": "optimal_objective", "gap": "gap", "kl_optimum": "kl_optimum"}
+        return {f"{prefix}/{tag}": float(getattr(values, field)) for field, tag in names.items()}
 
     # ------------------------------------------------------------------ acting and evaluating
 
@@ -454,7 +487,8 @@ class PPOTask(Task):
     def test_step(self, batch: int, batch_idx: int) -> None:
         returns, lengths = self.evaluate(self.eval_episodes)
         self.log_dict({"test/return_mean": float(returns.mean()), "test/return_std": float(returns.std()),
-                       "test/return_min": float(returns.min()), "test/length_mean": float(lengths.mean())},
+                       "test/return_min": float(returns.min()), "test/length_mean": float(lengths.mean()),
+                       **self.exact_metrics("test/exact")},
                       batch_size=1, sync_dist=True)
 
     @torch.inference_mode()
@@ -478,9 +512,11 @@ class PPOTask(Task):
 
     def check_terms(self, terms: Sequence[KLTerm]) -> None:
         """The outputs a KL term reads must exist for this env and config: ``uniform`` only for
-        discrete actions, ``reference`` only with a reference policy. klexp's runner calls this
-        before building anything; fitting calls it again."""
+        discrete actions, ``reference`` only with a reference policy; the rollout's ``actions``
+        are draws from ``old_policy``. klexp's runner calls this before building anything;
+        fitting calls it again."""
         policy = policy_for(self.env.spaces()[1])
+        has_reference = self.reference_checkpoint is not None or self.reference_from_env
         self._uniform_needed = False
         for term in terms:
             for role in ("p", "q"):
@@ -491,9 +527,14 @@ class PPOTask(Task):
                     except KlexpError as error:
                         raise KlexpError(f"kl.{term.name}.{role}: {error}") from None
                     self._uniform_needed = True
-                if key == "reference" and self.reference_checkpoint is None:
+                if key == "reference" and not has_reference:
                     raise KlexpError(f"kl.{term.name}.{role}: the term reads 'reference', which needs "
-                                     "task.reference_checkpoint (or a stage that trains it)")
+                                     "task.reference_checkpoint (or a stage that trains it) or "
+                                     "task.reference_from_env")
+            source = SAMPLE_SOURCES.get(term.samples) if term.monte_carlo else None
+            if source is not None and term.samples_from != source:
+                raise KlexpError(f"kl.{term.name}.samples_from: '{term.samples}' are draws from "
+                                 f"'{source}'; set samples_from: {source} (got {term.samples_from!r})")
 
     def custom_scalars(self) -> dict[str, dict[str, list[str]]]:
         return {"PPO": {
@@ -501,33 +542,17 @@ class PPOTask(Task):
             "KL maxima over the update phase": [r"^ppo/kl_(k1|k3|exact)_max$"],
             "episodic return": [r"^episode/return(_recent)?$"],
             "losses": [r"^loss/(policy|value|entropy)$"],
+            "exact: gap to the optimum and KL to it": [r"^exact/(gap|kl_optimum)$"],
+            "exact: objective, reward, KL to the reference": [r"^exact/(objective|optimal_objective|"
+                                                              r"reward|kl_reference)$"],
         }}
 
 
-# ---------------------------------------------------------------------------------------------
-# The batch, the iteration "data", and explained variance
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """One rollout, flattened over (step, env), autoreset steps removed, as torch tensors."""
-
-    obs: Tensor
-    actions: Tensor
-    logprobs: Tensor  # log π_old(a|s)
-    old_params: Tensor  # π_old's parameters on obs
-    advantages: Tensor
-    returns: Tensor
-    values: Tensor  # V(s) when the rollout was scored
-    reference_params: Tensor | None
-
-    def select(self, indices: Tensor) -> Batch:
-        """The minibatch at ``indices``."""
-        return Batch(self.obs[indices], self.actions[indices], self.logprobs[indices],
-                     self.old_params[indices], self.advantages[indices], self.returns[indices],
-                     self.values[indices],
-                     None if self.reference_params is None else self.reference_params[indices])
+def _minibatch_limit(rollout: int, norm_adv: bool, asked: int) -> str:
+    if norm_adv:
+        return (f"must be ≤ {rollout // 2}: advantage normalisation needs ≥ 2 states a minibatch and "
+                f"a rollout has {rollout} (num_envs · num_steps), got {asked}")
+    return f"must be ≤ the rollout size {rollout}, got {asked}"
 
 
 class IterationIndices:
@@ -551,12 +576,3 @@ class IterationIndices:
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self._start = int(state["next"]) % self.n
-
-
-def explained_variance(values: Tensor, returns: Tensor) -> float:
-    """``1 − Var[returns − values] / Var[returns]``: 1 is a perfect critic, ≤ 0 no better than a
-    constant (NaN when the returns do not vary)."""
-    variance = returns.var().item()
-    return float("nan") if variance == 0 else 1.0 - (returns - values).var().item() / variance
-
-

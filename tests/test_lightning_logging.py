@@ -1,5 +1,6 @@
-"""Lightning plumbing: training-step scalars written straight to the loggers land where
-``self.log`` would put them, on the steps Lightning writes; the default profiler records nothing."""
+"""The logging router: training-step scalars written straight to the loggers land where
+``self.log`` would put them, on the steps Lightning writes; evaluation metrics become epoch means;
+the default profiler records nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import Logger
 
-from klexp.lightning.logging import NoProfiler, logs_this_step, write_step_scalars
+from klexp.lightning.logging import current_stage, log_metrics, logs_now
+from klexp.lightning.profiler import NoProfiler
 
 
 class MemoryLogger(Logger):
@@ -36,7 +38,7 @@ class MemoryLogger(Logger):
 
 
 class TwoWays(pl.LightningModule):
-    """Logs its step count both through ``self.log`` and through ``write_step_scalars``."""
+    """Logs its step count both through ``self.log`` and through ``log_metrics``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,9 +46,13 @@ class TwoWays(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self.log("via_self_log", float(self.global_step), on_step=True, on_epoch=False)
-        if logs_this_step(self):
-            write_step_scalars(self, {"written": float(self.global_step)})
+        if logs_now(self):
+            log_metrics(self, {"written": float(self.global_step)})
         return self.layer(batch[0]).square().mean()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        assert current_stage(self) == "val"
+        log_metrics(self, {"val/first": batch[0][0, 0]}, batch_size=len(batch[0]))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -73,6 +79,19 @@ def test_written_step_scalars_land_at_the_steps_and_values_self_log_gives(accumu
     last = series("written")[-1][1]
     assert float(trainer.callback_metrics["written"]) == last
     assert float(trainer.logged_metrics["written"]) == last
+
+
+def test_evaluation_metrics_are_epoch_means_weighted_by_batch_size(tmp_path):
+    logger = MemoryLogger()
+    values = torch.arange(10.0).reshape(10, 1)
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 1)), batch_size=4)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(values), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(TwoWays(), train, val)
+    # batches start at 0, 4, 8 with sizes 4, 4, 2: (0·4 + 4·4 + 8·2) / 10
+    assert float(trainer.callback_metrics["val/first"]) == pytest.approx(3.2)
 
 
 def test_the_default_profiler_hands_out_one_empty_context():

@@ -1,0 +1,1 @@
+"""The application: the ``klexp`` command, the runner, config checks, stages, resume and rerun."""
