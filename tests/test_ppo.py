@@ -15,12 +15,13 @@ from torch.distributions import Categorical, Independent, Normal
 
 from klexp import core as divergences
 from klexp.core import AdaptiveBeta
+from klexp.data.step_indices import StepIndices
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning import KLTerm, TargetKL
 from klexp.tasks.ppo.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory
 from klexp.tasks.ppo.policies import Actor, CategoricalPolicy, GaussianPolicy, NumpyMLP, policy_for
 from klexp.tasks.ppo.rollout import Batch, explained_variance, gae
-from klexp.tasks.ppo.task import IterationIndices, PPOTask
+from klexp.tasks.ppo.task import PPOTask
 
 # ---------------------------------------------------------------------------------------- GAE
 
@@ -306,11 +307,11 @@ def test_truncated_steps_bootstrap_from_the_final_observation():
 
 
 def test_iteration_indices_resume_after_the_last_iteration_handed_out():
-    indices = IterationIndices(5)
+    indices = StepIndices(5)
     iterator = iter(indices)
     assert [next(iterator), next(iterator)] == [0, 1]
     state = indices.state_dict()
-    resumed = IterationIndices(5)
+    resumed = StepIndices(5)
     resumed.load_state_dict(state)
     assert list(resumed) == [2, 3, 4]
     assert list(resumed) == [0, 1, 2, 3, 4]

@@ -1,4 +1,5 @@
-"""Specification of KL weight schedules and controllers, ``klexp.core.schedules`` and ``klexp.core.controllers``.
+"""Specification of KL weight schedules and controllers (``klexp.core.schedules``,
+``klexp.core.controllers``).
 
 Expected values are written out by hand from each paper's formula; ``step`` counts optimiser steps
 from 0 (the paper's ``t`` is ``step + 1`` where a paper counts from 1).
@@ -10,7 +11,6 @@ import math
 
 import pytest
 
-from klexp.errors import ConfigValueError
 from klexp.core import (
     AdaptiveBeta,
     Constant,
@@ -21,6 +21,7 @@ from klexp.core import (
     as_schedule,
 )
 from klexp.core.controllers import Controller
+from klexp.errors import ConfigValueError
 
 
 def values(schedule: Schedule, steps: list[int]) -> list[float]:

@@ -514,3 +514,24 @@ def test_logging_per_dimension_does_not_change_the_estimator(estimator):
         values.append(torch.randn(()))  # the random stream goes on as if no dimension was drawn
     torch.testing.assert_close(values[0], values[2])
     torch.testing.assert_close(values[1], values[3])
+
+
+def test_per_dimension_values_of_nested_independent_distributions_split_every_event_dimension():
+    """``Independent(Independent(Normal, 1), 1)`` has two event dimensions: free bits floor each
+    of its 2 × 3 entries, as for the flat ``Independent(Normal, 2)``."""
+    mu = torch.tensor([[[0.1, 1.0, 2.0], [0.3, 1.0, 0.0]]] * 4, dtype=F64)
+    def outputs(nested: bool) -> dict[str, Any]:
+        def wrap(loc: torch.Tensor) -> Independent:
+            base = Normal(loc, torch.ones_like(loc))
+            return Independent(Independent(base, 1), 1) if nested else Independent(base, 2)
+        return {"posterior": wrap(mu), "prior": wrap(torch.zeros_like(mu))}
+    values = [KLTerm("kl", p="posterior", q="prior", shaping=FreeBits(0.1), log_dims=True)(outputs(n))
+              for n in (False, True)]
+    assert values[0].item() == values[1].item() == pytest.approx(0.1 + 0.5 + 2.0 + 0.1 + 0.5 + 0.1)
+
+
+def test_jensen_shannon_is_never_split_per_dimension():
+    posterior = Independent(Normal(torch.zeros(2, 3), torch.ones(2, 3)), 1)
+    from klexp.core.measure import measure
+    with pytest.raises(ValueError, match="Jensen–Shannon does not split"):
+        measure(posterior, posterior, direction="js", per_dim="report")

@@ -13,7 +13,7 @@ from klexp.lightning.dashboards import as_hparam
 
 #: Overrides that change how a run is displayed or launched, not what it computes.
 NOT_HPARAMS = frozenset({"callbacks.progress_bar", "trainer.enable_model_summary",
-                         "trainer.enable_progress_bar", "launcher", "hparams_search"})
+                         "trainer.enable_progress_bar", "launcher", "hparams_search", "verbose"})
 
 
 def hparams_of(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:

@@ -25,11 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from klexp.app.config_checks import ConfigError, check_config, check_run_settings
+from klexp.app.console import run_output
 from klexp.app.hparams import hparams_of, override_keys
 from klexp.app.stages import Compose, run_stages
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.internals import checkpoint_logging_step
+from klexp.lightning.logging import LOG_STEP_KEY
 from klexp.lightning.run_summary import RunSummary
 from klexp.lightning.term import KLTerm
 from klexp.nets.frozen import load_checkpoint
@@ -118,6 +120,7 @@ def run(
     info: dict[str, Any] = {"experiment": cfg.get("experiment_name"), "seed": cfg.get("seed"),
                             "overrides": list(overrides), "stages": {}}
     if cfg.get("stages"):
+        build_terms(cfg.get("kl"))  # the terms' own checks, before stages train for minutes
         if compose is None:
             raise KlexpError("stages: this config has stages, which need the Hydra app to compose them")
         info["stages"] = run_stages(cfg, run_dir, overrides, compose, run, console)
@@ -139,25 +142,29 @@ def run(
     dashboards = Dashboards(hparams_of(cfg, overrides), chosen=override_keys(overrides),
                             objective=cfg.get("objective"),
                             write_hparams_after="test" if will_test else "fit")
-    trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=logger,
-                                           callbacks=[*terms, *callbacks, summary, dashboards])
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        if will_test:
-            trainer.test(task, datamodule=datamodule, verbose=False)
-    finally:
-        _flush(logger)
+    with run_output(bool(cfg.get("verbose", False))):
+        trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=logger,
+                                               callbacks=[*terms, *callbacks, summary, dashboards])
+        try:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            if will_test:
+                trainer.test(task, datamodule=datamodule, verbose=False)
+        finally:
+            _flush(logger)
     if trainer.is_global_zero:
         print_run_result(summary.data, run_dir, logger)
     return summary.data
 
 
 def checkpoint_step(path: str | None) -> int | None:
-    """The logging step a checkpoint was saved at (``internals.checkpoint_logging_step``; the
-    global step for a checkpoint without loop state), or None without a checkpoint."""
+    """The first logging step after a checkpoint: the one a module with its own x-axis saved
+    (``LOG_STEP_KEY``), else Lightning's (``internals.checkpoint_logging_step``; the global step
+    for a checkpoint without loop state); None without a checkpoint."""
     if path is None:
         return None
     checkpoint = load_checkpoint(path, "ckpt_path")
+    if LOG_STEP_KEY in checkpoint:
+        return int(checkpoint[LOG_STEP_KEY])
     step = checkpoint_logging_step(checkpoint)
     return int(checkpoint["global_step"]) if step is None else step
 

@@ -6,6 +6,13 @@ means probability 0 (``0 · log 0 = 0``). This is the path every categorical and
 ``klexp.core.divergences`` takes: ``torch.distributions.kl_divergence(Categorical, Categorical)``
 returns ``inf`` once float32 logits reach a scale of ~100 (probabilities underflow to 0 and its
 ``q.probs == 0 → inf`` rule fires).
+
+Dtypes: two inputs of different dtypes are promoted as torch promotes them
+(``torch.promote_types``: float32 with float64 gives float64). Half-precision inputs (float16,
+bfloat16) are computed, and returned, in float32: a divergence of nearly equal distributions (PPO's
+regime, ~1e-5 nats) is a small difference of large terms, and bfloat16's 8-bit mantissa would leave
+an error as large as the value. This is what ``torch.autocast`` does with ``log_softmax`` and
+``kl_div``; the gradient reaches the inputs in their own dtype.
 """
 
 from __future__ import annotations
@@ -19,7 +26,31 @@ from torch import Tensor
 Units = Literal["nats", "bits"]
 UNITS: tuple[str, ...] = ("nats", "bits")
 
+#: floating dtypes computed in float32 (see the module docstring)
+HALF_PRECISION: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+
 _INF = float("inf")
+
+
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype a divergence of inputs of ``dtypes`` is computed and returned in: their
+    promotion (``torch.promote_types``), float32 where that is a half-precision type."""
+    promoted = dtypes[0]
+    for dtype in dtypes[1:]:
+        promoted = torch.promote_types(promoted, dtype)
+    return torch.float32 if promoted in HALF_PRECISION else promoted
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is half precision, else ``x`` itself."""
+    return x.float() if x.dtype in HALF_PRECISION else x
+
+
+def _in_compute_dtype(p_logits: Tensor, q_logits: Tensor) -> tuple[Tensor, Tensor]:
+    if p_logits.dtype == q_logits.dtype and p_logits.dtype not in HALF_PRECISION:
+        return p_logits, q_logits
+    dtype = compute_dtype(p_logits.dtype, q_logits.dtype)
+    return p_logits.to(dtype), q_logits.to(dtype)
 
 
 def to_units(value: Tensor, units: Units) -> Tensor:
@@ -101,6 +132,7 @@ def categorical_kl(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats")
     Log-probabilities are accepted too (they are logits). ``−inf`` logits mean probability 0.
     """
     check_logits(p_logits, q_logits)
+    p_logits, q_logits = _in_compute_dtype(p_logits, q_logits)
     log_p = torch.log_softmax(p_logits, dim=-1)
     log_q = torch.log_softmax(q_logits, dim=-1)
     # softmax(x) is cheaper than exp(log_softmax(x)).
@@ -113,7 +145,7 @@ def categorical_kl(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats")
 
 def categorical_entropy(logits: Tensor, *, units: Units = "nats") -> Tensor:
     """``H(P) = −Σ_k p_k log p_k`` over the last axis, from logits."""
-    log_p = torch.log_softmax(logits, dim=-1)
+    log_p = torch.log_softmax(at_least_float32(logits), dim=-1)
     value = -torch.linalg.vecdot(log_p.exp(), log_p.nan_to_num(neginf=0.0))
     return to_units(value, units)
 
@@ -121,6 +153,7 @@ def categorical_entropy(logits: Tensor, *, units: Units = "nats") -> Tensor:
 def categorical_cross_entropy(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats") -> Tensor:
     """``H(P, Q) = −Σ_k p_k log q_k`` over the last axis, from logits (``= H(P) + KL(P ‖ Q)``)."""
     check_logits(p_logits, q_logits)
+    p_logits, q_logits = _in_compute_dtype(p_logits, q_logits)
     log_p = torch.log_softmax(p_logits, dim=-1)
     log_q = torch.log_softmax(q_logits, dim=-1)
     p = log_p.exp()
@@ -136,6 +169,7 @@ def categorical_js(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats")
     Symmetric, ``0 ≤ JS ≤ ln 2`` nats; the mixture is formed in log space.
     """
     check_logits(p_logits, q_logits)
+    p_logits, q_logits = _in_compute_dtype(p_logits, q_logits)
     log_p = torch.log_softmax(p_logits, dim=-1)
     log_q = torch.log_softmax(q_logits, dim=-1)
     log_p, log_q = torch.broadcast_tensors(log_p, log_q)

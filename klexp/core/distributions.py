@@ -1,20 +1,42 @@
 """klexp's view of ``torch.distributions`` objects: whether two fit together (event shapes, class
-counts, broadcastable batch shapes), and categorical and Bernoulli distributions seen as logits
-over their classes, so that the log-space path of ``klexp.core.categorical`` can serve them."""
+counts, broadcastable batch shapes), categorical and Bernoulli distributions seen as logits over
+their classes, so that the log-space path of ``klexp.core.categorical`` can serve them, and the
+copies the divergences compute with (broadcast, or held in the promoted dtype)."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent
+from torch.distributions.utils import probs_to_logits
+
+from klexp.core.categorical import at_least_float32, compute_dtype
 
 _INF = float("inf")
 
 
 def _built_from_probs(d: Categorical | Bernoulli) -> bool:
-    """Whether ``d`` was given ``probs`` (torch keeps the given parameter as ``_param``; both
-    ``probs`` and ``logits`` may be cached on the object once either was read)."""
-    return getattr(d, "_param", None) is vars(d).get("probs")
+    """Whether ``d`` was given ``probs`` rather than ``logits``.
+
+    torch keeps the given parameter in the instance's ``__dict__`` and derives the other on first
+    read (``lazy_property``), caching it there too; ``expand`` copies whichever are cached. So a
+    distribution holding only ``probs`` was given them; one holding both was given ``probs``
+    exactly when its ``logits`` are torch's derivation from them, value for value
+    (``probs_to_logits``: the log of the probabilities clamped into ``[eps, 1 − eps]``). Logits
+    given by the user are not: ``log clamp(softmax(l)) ≠ l`` wherever the clamp or rounding acts,
+    and where they coincide both views give the same log-probabilities. (torch's ``_param``,
+    which names the given one, points at ``logits`` after an ``expand`` that copied both.)
+    """
+    cached = vars(d)
+    if "probs" not in cached:
+        return False
+    if "logits" not in cached:
+        return True
+    with torch.no_grad():
+        derived = probs_to_logits(cached["probs"], is_binary=isinstance(d, Bernoulli))
+    return torch.equal(derived, cached["logits"])
 
 
 def _log_or_minus_inf(x: Tensor) -> Tensor:
@@ -23,30 +45,75 @@ def _log_or_minus_inf(x: Tensor) -> Tensor:
     return torch.where(positive, torch.where(positive, x, 1.0).log(), -_INF)
 
 
-def as_logits(d: Distribution) -> Tensor | None:
-    """Logits over the last axis when ``d`` is categorical or Bernoulli (as two classes), else None.
+def as_logits(d: Distribution, dtype: torch.dtype | None = None) -> Tensor | None:
+    """Logits ``(*batch, *event, classes)`` when ``d`` is categorical or Bernoulli (as two
+    classes), or ``Independent`` (at any depth) of those, else None.
 
     For a distribution built from ``probs``, the log-probabilities: torch derives its ``logits``
     by clamping probabilities into ``[eps, 1 − eps]``, which would make ``q = 0`` where ``p > 0``
-    a finite KL (10.0 nats in float32 for p = (½, ½), q = (1, 0)) instead of ``+inf``.
+    a finite KL (10.0 nats in float32 for p = (½, ½), q = (1, 0)) instead of ``+inf``. Returned
+    in ``dtype`` when given (the dtype a pair is computed in), else in at least float32.
     """
+    def held(x: Tensor) -> Tensor:
+        return at_least_float32(x) if dtype is None else x.to(dtype)
+
     if isinstance(d, Categorical):
-        return _log_or_minus_inf(d.probs) if _built_from_probs(d) else d.logits
+        return _log_or_minus_inf(held(d.probs)) if _built_from_probs(d) else held(d.logits)
     if isinstance(d, Bernoulli):
         if _built_from_probs(d):
-            return torch.stack([_log_or_minus_inf(1 - d.probs), _log_or_minus_inf(d.probs)], dim=-1)
-        logits = d.logits
+            probs = held(d.probs)
+            return torch.stack([_log_or_minus_inf(1 - probs), _log_or_minus_inf(probs)], dim=-1)
+        logits = held(d.logits)
         return torch.stack([torch.zeros_like(logits), logits], dim=-1)
     if isinstance(d, Independent):
-        inner = as_logits(d.base_dist)
-        if inner is None:
-            return None
-        return inner
+        return as_logits(d.base_dist, dtype)
     return None
 
 
+def pair_logits(p: Distribution, q: Distribution) -> tuple[Tensor, Tensor] | None:
+    """``as_logits`` of both, in the dtype the pair is computed in, when both have logits."""
+    if class_shape(p) is None or class_shape(q) is None:
+        return None
+    dtype = dtype_of(p, q)
+    return as_logits(p, dtype), as_logits(q, dtype)
+
+
+def log_prob(d: Distribution, x: Tensor) -> Tensor:
+    """``log d(x)``: torch's ``d.log_prob(x)``, except for a categorical or Bernoulli distribution
+    (``Independent`` or not) built from ``probs``, where the probability of ``x`` lies outside the
+    ``[eps, 1 − eps]`` torch clamps its logits to: there the log of the probability itself, so a
+    class of probability 0 has ``log d(x) = −inf`` (a Monte-Carlo KL through it is ``+inf``, as the
+    closed form), not ``log eps``. Elsewhere the value is torch's, bit for bit.
+    """
+    base = d
+    while isinstance(base, Independent):
+        base = base.base_dist
+    value = d.log_prob(x)
+    if not isinstance(base, (Categorical, Bernoulli)) or not _built_from_probs(base):
+        return value
+    probs = base.probs
+    if isinstance(base, Categorical):
+        index, probs = torch.broadcast_tensors(x.long().unsqueeze(-1), probs)
+        prob_of_x = probs.gather(-1, index[..., :1]).squeeze(-1)
+        exact_here = torch.ones_like(prob_of_x, dtype=torch.bool)
+    else:
+        prob_of_x = torch.where(x == 1, probs, 1 - probs)
+        exact_here = (x == 0) | (x == 1)  # a grey value in [0, 1] keeps torch's log-density
+    eps = torch.finfo(prob_of_x.dtype).eps
+    exact_here = exact_here & ((prob_of_x < eps) | (prob_of_x > 1 - eps))
+    correction = torch.where(exact_here, _log_or_minus_inf(prob_of_x) - base.log_prob(x), 0.0)
+    return value + sum_rightmost(correction, factor_dims(d))
+
+
+def factor_dims(d: Distribution) -> int:
+    """How many rightmost batch dimensions of ``as_logits(d)`` (before the classes) are independent
+    factors of one event: every event dimension, since categorical and Bernoulli events are
+    scalars however many ``Independent`` wrappers reinterpret their batch dimensions."""
+    return len(d.event_shape)
+
+
 def class_shape(d: Distribution) -> tuple[int, ...] | None:
-    """``(*batch, classes)`` of what ``as_logits`` returns, without computing it."""
+    """``(*batch, *event, classes)`` of what ``as_logits`` returns, without computing it."""
     if isinstance(d, Categorical):
         return tuple(d.param_shape)
     if isinstance(d, Bernoulli):
@@ -56,8 +123,15 @@ def class_shape(d: Distribution) -> tuple[int, ...] | None:
     return None
 
 
-def reinterpreted_dims(d: Distribution) -> int:
-    return d.reinterpreted_batch_ndims if isinstance(d, Independent) else 0
+def flat_independent(d: Distribution) -> Distribution:
+    """``Independent`` wrappers nested in one another as one ``Independent`` over all their
+    reinterpreted dimensions (the same distribution); any other ``d`` itself."""
+    if not isinstance(d, Independent):
+        return d
+    base, dims = d.base_dist, d.reinterpreted_batch_ndims
+    while isinstance(base, Independent):
+        base, dims = base.base_dist, dims + base.reinterpreted_batch_ndims
+    return d if base is d.base_dist else Independent(base, dims, validate_args=False)
 
 
 def sum_rightmost(value: Tensor, dims: int) -> Tensor:
@@ -88,3 +162,70 @@ def check_compatible(p: Distribution, q: Distribution) -> torch.Size:
         )
     return batch_shape
 
+
+def expand_to(d: Distribution, batch_shape: torch.Size) -> Distribution:
+    """``d`` with the batch shape ``batch_shape`` it broadcasts to (itself when it has it): draws
+    from it are then independent per batch element, not one draw shared by a broadcast batch."""
+    return d if d.batch_shape == batch_shape else d.expand(batch_shape)
+
+
+def state_dtype(d: Distribution) -> torch.dtype | None:
+    """The promotion of the floating dtypes of the tensors ``d`` holds (and of the distributions
+    it wraps); None when it holds none."""
+    found: torch.dtype | None = None
+    for value in vars(d).values():
+        dtype = (value.dtype if isinstance(value, Tensor) and value.is_floating_point()
+                 else state_dtype(value) if isinstance(value, Distribution) else None)
+        if dtype is not None:
+            found = dtype if found is None else torch.promote_types(found, dtype)
+    return found
+
+
+def dtype_of(*distributions: Distribution) -> torch.dtype:
+    """The dtype a divergence between ``distributions`` is computed in
+    (``klexp.core.categorical.compute_dtype`` of the dtypes they hold)."""
+    dtypes = [dtype for d in distributions if (dtype := state_dtype(d)) is not None]
+    return compute_dtype(*dtypes) if dtypes else torch.get_default_dtype()
+
+
+def in_compute_dtype(*distributions: Distribution) -> tuple[Distribution, ...]:
+    """The distributions, each held in the dtype a divergence between them is computed in
+    (``klexp.core.categorical.compute_dtype``: the promotion of their dtypes, float32 for half
+    precision); each is itself when it already is, so same-dtype float32 or float64 inputs pass
+    untouched.
+
+    torch promotes operation by operation, so a float32 ``p`` beside a float64 ``q`` would still
+    compute ``p.entropy()`` or ``p.log_prob(x)`` in float32, and a bfloat16 pair every step in
+    bfloat16 (a KL of nearly equal Normals in bfloat16 is mostly rounding error).
+    """
+    dtype = dtype_of(*distributions)
+    return tuple(with_state_dtype(d, dtype) for d in distributions)
+
+
+def with_state_dtype(d: Distribution, dtype: torch.dtype) -> Distribution:
+    """``d`` itself when every floating tensor it holds is of ``dtype``, else a shallow copy
+    holding them in ``dtype`` (and so for the distributions it wraps, such as ``Independent``'s
+    ``base_dist``).
+
+    A distribution is its state: the parameters and the values torch derives and caches from them.
+    Gradients reach the original parameters through the conversion. A categorical or Bernoulli
+    copy keeps only the parameter it was built from (torch derives the other again, in ``dtype``,
+    so ``log_prob`` still knows how it was built). Tensors held elsewhere (a
+    ``TransformedDistribution``'s transforms) are left as they are; torch's type promotion then
+    computes with them in ``dtype``.
+    """
+    changes: dict[str, object] = {}
+    for name, value in vars(d).items():
+        if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != dtype:
+            changes[name] = value.to(dtype)
+        elif isinstance(value, Distribution):
+            converted = with_state_dtype(value, dtype)
+            if converted is not value:
+                changes[name] = converted
+    if not changes:
+        return d
+    converted = copy.copy(d)
+    vars(converted).update(changes)
+    if isinstance(d, (Categorical, Bernoulli)):
+        vars(converted).pop("logits" if _built_from_probs(d) else "probs", None)
+    return converted

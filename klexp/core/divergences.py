@@ -12,7 +12,14 @@ estimates (``klexp.core.estimators``).
 Categorical and Bernoulli pairs are computed in log space from logits (``klexp.core.categorical``),
 not through ``torch.distributions.kl_divergence``: the latter turns ``inf`` once float32 logits
 reach a scale of ~100 (probabilities underflow to 0 and its ``q.probs == 0 → inf`` rule fires).
-Every other pair uses the closed form torch registers.
+Every other pair uses the closed form torch registers. ``Independent`` wrappers, nested to any
+depth, sum KL, entropy and cross-entropy over their event dimensions (these split over independent
+factors; the Jensen–Shannon divergence does not, see ``js``).
+
+Broadcasting and dtypes: ``p`` and ``q`` may have different batch shapes that broadcast, and
+different floating dtypes, promoted as torch promotes them; half-precision (float16, bfloat16)
+distributions are computed with, and their divergences returned, in float32 (see
+``klexp.core.categorical``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution, Independent, kl_divergence
 
 from klexp.core.categorical import (
     Units,
@@ -30,29 +37,58 @@ from klexp.core.categorical import (
     categorical_entropy,
     categorical_js,
     categorical_kl,
+    compute_dtype,
     to_units,
 )
 from klexp.core.distributions import (
     as_logits,
     check_compatible,
-    reinterpreted_dims,
+    expand_to,
+    factor_dims,
+    flat_independent,
+    in_compute_dtype,
+    log_prob,
+    pair_logits,
     sum_rightmost,
 )
-from klexp.core.estimators import ESTIMATORS, MONTE_CARLO_ESTIMATORS, Estimator, kl_samples
+from klexp.core.estimators import (
+    ESTIMATORS,
+    MONTE_CARLO_ESTIMATORS,
+    Estimator,
+    draw,
+    kl_samples,
+    score_function_surrogate,
+)
+
+#: Up to this many joint outcomes, ``js`` of independent discrete factors enumerates them exactly
+#: (e.g. 12 independent bits, or 6 factors of 4 classes); beyond, it estimates by Monte Carlo.
+JS_MAX_ENUMERATED_OUTCOMES = 2**12
 
 
 def _analytic_kl(p: Distribution, q: Distribution) -> Tensor:
-    p_logits, q_logits = as_logits(p), as_logits(q)
-    if p_logits is not None and q_logits is not None:
-        return sum_rightmost(categorical_kl(p_logits, q_logits), reinterpreted_dims(p))
+    logits = pair_logits(p, q)
+    if logits is not None:
+        p_logits, q_logits = logits
+        return sum_rightmost(categorical_kl(p_logits, q_logits), factor_dims(p))
+    if isinstance(p, Independent) and isinstance(q, Independent) and nesting(p) != nesting(q):
+        # torch pairs only Independents that reinterpret equally many dimensions at each level
+        p, q = flat_independent(p), flat_independent(q)
     try:
-        return at_least_zero(kl_divergence(p, q))
+        return at_least_zero(kl_divergence(*in_compute_dtype(p, q)))
     except NotImplementedError:
         raise NotImplementedError(
             f"no closed form for KL({type(p).__name__} ‖ {type(q).__name__}) is registered with "
             "torch.distributions; use a Monte-Carlo estimator (k1, k2 or k3)"
         ) from None
 
+
+def nesting(d: Distribution) -> tuple[int, ...]:
+    """The ``reinterpreted_batch_ndims`` of each ``Independent`` wrapper of ``d``, outermost first."""
+    dims: list[int] = []
+    while isinstance(d, Independent):
+        dims.append(d.reinterpreted_batch_ndims)
+        d = d.base_dist
+    return tuple(dims)
 
 
 def kl(
@@ -68,7 +104,8 @@ def kl(
 
     ``estimator="analytic"`` uses the closed form (log-space for categorical and Bernoulli pairs,
     ``torch.distributions.kl_divergence`` for every other registered pair); ``"k1"``, ``"k2"``,
-    ``"k3"`` average ``num_samples`` Monte-Carlo terms (``kl_samples``).
+    ``"k3"`` average ``num_samples`` Monte-Carlo terms (``kl_samples``), drawn afresh for each
+    element of the broadcast batch.
     """
     check_compatible(p, q)
     if estimator == "analytic":
@@ -99,40 +136,78 @@ def entropy(p: Distribution, *, units: Units = "nats") -> Tensor:
     """``H(P) = −E_{x~P}[log P(x)]`` (differential entropy for continuous P)."""
     logits = as_logits(p)
     if logits is not None:
-        return to_units(sum_rightmost(categorical_entropy(logits), reinterpreted_dims(p)), units)
+        return to_units(sum_rightmost(categorical_entropy(logits), factor_dims(p)), units)
+    (p,) = in_compute_dtype(p)
     return to_units(p.entropy(), units)
 
 
 def cross_entropy(p: Distribution, q: Distribution, *, units: Units = "nats") -> Tensor:
     """``H(P, Q) = −E_{x~P}[log Q(x)] = H(P) + KL(P ‖ Q)``."""
     check_compatible(p, q)
-    p_logits, q_logits = as_logits(p), as_logits(q)
-    if p_logits is not None and q_logits is not None:
-        value = sum_rightmost(categorical_cross_entropy(p_logits, q_logits), reinterpreted_dims(p))
+    logits = pair_logits(p, q)
+    if logits is not None:
+        p_logits, q_logits = logits
+        value = sum_rightmost(categorical_cross_entropy(p_logits, q_logits), factor_dims(p))
         return to_units(value, units)
+    p, q = in_compute_dtype(p, q)
     return to_units(p.entropy() + _analytic_kl(p, q), units)
 
 
 def js(p: Distribution, q: Distribution, *, num_samples: int = 256, units: Units = "nats") -> Tensor:
     """Jensen–Shannon divergence ``½ KL(P ‖ M) + ½ KL(Q ‖ M)`` with the mixture ``M = (P + Q)/2``.
 
-    Exact for categorical and Bernoulli pairs; for continuous pairs a Monte-Carlo estimate with
-    ``num_samples`` draws from each of P and Q, using ``log m(x) = logaddexp(log p(x), log q(x)) − ln 2``.
-    Symmetric and within ``[0, ln 2]`` nats.
+    Symmetric and within ``[0, ln 2]`` nats. Unlike the KL, it does not split over independent
+    factors (the mixture of two products is not a product), so the JS of ``Independent``
+    distributions is that of their joint:
+
+    * categorical and Bernoulli pairs, ``Independent`` or not, with at most
+      ``JS_MAX_ENUMERATED_OUTCOMES`` joint outcomes (``classes ** event_size``): exact, by
+      enumerating the joint outcomes in log space. Time and memory grow as
+      ``batch · classes ** event_size``, hence the limit.
+    * every other pair, including independent discrete factors with more joint outcomes: a
+      Monte-Carlo estimate with ``num_samples`` draws from each of P and Q per batch element, the
+      k1 estimate of each half, ``mean(log p(x) − log m(x))`` with the joint log-density
+      ``log m(x) = logaddexp(log p(x), log q(x)) − ln 2``. Unbiased, with a standard error
+      ∝ 1/√num_samples; an estimate from few draws can fall below 0. Its gradient is that of the divergence in
+      expectation: through reparameterised draws, else by the score function
+      (``score_function_surrogate``, as in ``kl_samples``).
     """
     check_compatible(p, q)
-    p_logits, q_logits = as_logits(p), as_logits(q)
-    if p_logits is not None and q_logits is not None:
-        value = sum_rightmost(categorical_js(p_logits, q_logits), reinterpreted_dims(p))
-        return to_units(value, units)
+    logits = pair_logits(p, q)
+    if logits is not None:
+        p_logits, q_logits = logits
+        outcomes = q_logits.shape[-1] ** p.event_shape.numel()
+        if outcomes <= JS_MAX_ENUMERATED_OUTCOMES:
+            dims = factor_dims(p)
+            value = categorical_js(joint_logits(p_logits, dims), joint_logits(q_logits, dims))
+            return to_units(value, units)
     if num_samples < 1:
         raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
+    batch_shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+    p, q = (expand_to(d, batch_shape) for d in in_compute_dtype(p, q))
+    return to_units(0.5 * (_kl_to_mixture(p, q, num_samples) + _kl_to_mixture(q, p, num_samples)), units)
 
-    def half(a: Distribution, b: Distribution) -> Tensor:
-        x = a.rsample((num_samples,)) if a.has_rsample else a.sample((num_samples,))
-        log_a, log_b = a.log_prob(x), b.log_prob(x)
-        log_m = torch.logaddexp(log_a, log_b) - math.log(2.0)
-        return (log_a - log_m).mean(0)
 
-    return to_units(0.5 * (half(p, q) + half(q, p)), units)
+def _kl_to_mixture(a: Distribution, b: Distribution, num_samples: int) -> Tensor:
+    """k1 estimate of ``KL(A ‖ M) = E_{x~A}[log a(x) − log m(x)]``, ``M = (A + B)/2``, from
+    ``num_samples`` draws of ``A``, with the gradient of the expectation."""
+    x = draw(a, num_samples)
+    log_a, log_b = log_prob(a, x), log_prob(b, x)
+    log_m = torch.logaddexp(log_a, log_b) - math.log(2.0)
+    return score_function_surrogate(log_a - log_m, log_a, x).mean(0)
 
+
+def joint_logits(logits: Tensor, dims: int) -> Tensor:
+    """Log-probabilities ``(*batch, classes ** n)`` of the joint outcomes of ``n`` independent
+    categorical factors given by ``logits`` ``(*batch, *factors, classes)`` (``dims`` factor
+    dimensions, ``n`` factors in all): ``log p(x₁, …, x_n) = Σ_i log p_i(x_i)``, outcomes in
+    row-major order (the last factor varies fastest). No factor dimension: ``logits`` themselves.
+    """
+    if dims == 0:
+        return logits
+    factors = torch.log_softmax(logits.to(compute_dtype(logits.dtype)), dim=-1)
+    factors = factors.flatten(-1 - dims, -2)
+    joint = factors[..., 0, :]
+    for i in range(1, factors.shape[-2]):
+        joint = (joint.unsqueeze(-1) + factors[..., i, None, :]).flatten(-2)
+    return joint

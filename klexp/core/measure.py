@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent
 
+from klexp.core.distributions import flat_independent
 from klexp.core.divergences import js, kl
 from klexp.core.estimators import Estimator, kl_samples
 
@@ -81,6 +82,10 @@ def measure(
 
     if per_dim is None:
         return Measurement(*elementwise(p, q))
+    if direction == "js":
+        raise ValueError("Jensen–Shannon does not split over dimensions (the mixture of two "
+                         "products is not a product)")
+    p, q = flat_independent(p), flat_independent(q)
     event_dims = shared_event_dims(p, q)
     if per_dim == "estimate" or estimator == "analytic":
         # a closed-form KL of Independent distributions is the sum of its dimensions' KLs
@@ -99,7 +104,7 @@ def measure(
 
 
 def shared_event_dims(p: Distribution, q: Distribution) -> int:
-    """The number of reinterpreted batch dimensions of two ``Independent`` distributions."""
+    """The number of reinterpreted batch dimensions two (flat) ``Independent`` distributions share."""
     dims = {d.reinterpreted_batch_ndims if isinstance(d, Independent) else 0 for d in (p, q)}
     if dims == {0} or len(dims) != 1:
         raise ValueError(

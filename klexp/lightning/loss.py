@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.data import extract_batch_size
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 
@@ -123,14 +125,16 @@ def loss_terms_of(trainer: pl.Trainer | None) -> list[LossTerm]:
 
 
 def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage: str | None = None,
-               log: bool = True) -> Tensor:
+               log: bool = True, batch_size: int | None = None) -> Tensor:
     """``outputs["loss"] + Σ term(outputs)`` over the trainer's terms placed in the loss, checked
     to be finite; each term records what it measured for its logs.
 
     ``stage`` defaults to where the trainer is (``train``, ``val`` or ``test``). In evaluation a
     term whose outputs are missing is skipped, and ``"loss"`` may be missing too (the terms are
     then only measured, and the sum of their losses returned). ``log`` writes ``loss/task`` and
-    ``loss/total`` (pass False when a step calls this several times and logs its own means)."""
+    ``loss/total`` (pass False when a step calls this several times and logs its own means);
+    ``batch_size`` weighs them in evaluation's epoch means (by default Lightning infers it from
+    the batch)."""
     trainer = trainer_of(module)
     stage = stage or current_stage(module)
     task_loss = outputs.get("loss")
@@ -158,7 +162,7 @@ def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage:
     if log and task_loss is not None and logs_now(module):
         prefix = "loss" if stage == "train" else f"{stage}/loss"
         log_metrics(module, {f"{prefix}/task": task_loss.detach(), f"{prefix}/total": loss.detach()},
-                    stage=stage)
+                    stage=stage, batch_size=batch_size)
     return loss
 
 
@@ -242,7 +246,7 @@ def _wrapped_step(module: pl.LightningModule, step: Callable[..., Any], stage: s
         called_itself = any(term.calls != before for term, before in zip(terms, calls_before, strict=True))
         if stage != "train":
             if isinstance(output, Mapping) and not called_itself:
-                total = total_loss(module, output, stage=stage)
+                total = total_loss(module, output, stage=stage, batch_size=_batch_size(args))
                 if "loss" in output:
                     output = {**output, "loss": total}
             return output
@@ -277,6 +281,15 @@ def _check_all_received(terms: list[LossTerm], called: list[bool], output: Any,
             how = f"training_step returned {_shape_of(output)}; return a mapping with 'loss' and them"
         raise KlexpError(f"{term.label} '{term.name}' reads {_names(term.reads())}, but "
                          f"received nothing in training_step: {how}")
+
+
+def _batch_size(step_args: tuple[Any, ...]) -> int:
+    """The size of the batch a step was given, as Lightning would infer it (1 when it holds no
+    tensor, e.g. a step index)."""
+    try:
+        return extract_batch_size(step_args[0]) if step_args else 1
+    except MisconfigurationException:
+        return 1
 
 
 def _names(names: Any) -> str:

@@ -285,6 +285,8 @@ class KLTerm(LossTerm):
         except ValueError as error:
             key = "shaping" if per_dim == "estimate" else "log_dims" if per_dim else "p"
             raise ConfigValueError(key, f"KL term '{self.name}': {error}") from None
+        except NotImplementedError as error:
+            raise ConfigValueError("estimator", f"KL term '{self.name}': {error}") from None
         self._batch_elements = max(1, measurement.elementwise.numel())
         return measurement
 

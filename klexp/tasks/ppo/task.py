@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from klexp.data.step_indices import StepIndices
 from klexp.errors import (
     ConfigValueError,
     KlexpError,
@@ -244,18 +245,18 @@ class PPOTask(Task):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._progress = checkpoint.get(CHECKPOINT_PROGRESS_KEY)
 
-    def train_dataloader(self) -> IterationIndices:
+    def train_dataloader(self) -> StepIndices:
         """One index per iteration; under DDP every rank collects its own rollout, so the run's
         ``total_timesteps`` are shared among the ranks."""
-        return IterationIndices(max(1, self.total_timesteps // (self.rollout_size * self.ranks)))
+        return StepIndices(max(1, self.total_timesteps // (self.rollout_size * self.ranks)))
 
     @property
     def ranks(self) -> int:
         """Processes collecting rollouts side by side (DDP world size; 1 outside a trainer)."""
         return self._trainer.world_size if self._trainer is not None else 1
 
-    def test_dataloader(self) -> IterationIndices:
-        return IterationIndices(1)
+    def test_dataloader(self) -> StepIndices:
+        return StepIndices(1)
 
     def log_step(self) -> int:
         """The x-axis of every training scalar: environment steps over all ranks."""
@@ -553,26 +554,3 @@ def _minibatch_limit(rollout: int, norm_adv: bool, asked: int) -> str:
         return (f"must be ≤ {rollout // 2}: advantage normalisation needs ≥ 2 states a minibatch and "
                 f"a rollout has {rollout} (num_envs · num_steps), got {asked}")
     return f"must be ≤ the rollout size {rollout}, got {asked}"
-
-
-class IterationIndices:
-    """The task's "data": iteration indices 0 … n−1, one per training step. It saves its position
-    in checkpoints, so a resumed run continues with the next iteration."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self._start, self._next = n, 0, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        start, self._start = self._start, 0
-        for index in range(start, self.n):
-            self._next = index + 1
-            yield index
-
-    def state_dict(self) -> dict[str, int]:
-        return {"next": self._next}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self._start = int(state["next"]) % self.n
