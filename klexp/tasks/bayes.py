@@ -258,7 +258,7 @@ class BayesByBackpropTask(Task):
         datamodule = getattr(self.trainer, "datamodule", None)
         loader = datamodule.ood_dataloader() if hasattr(datamodule, "ood_dataloader") else None
         if loader is not None:
-            yield "ood_class", torch.cat([images for images, *_ in loader]).to(self.device)
+            yield "ood_class", torch.cat([images for images, *_ in loader]).to(self.device, self.dtype)
 
     def _log_uncertainty(self, stage: str) -> None:
         """Mean predictive entropy and mutual information on each set (``<stage>/entropy/<set>``,

@@ -71,7 +71,8 @@ def span(*gaussians: Normal, half_width: float) -> tuple[float, float]:
 
 def quadrature_grid(*gaussians: Normal, points: int = GRID_POINTS) -> Tensor:
     """A uniform float64 grid of ``points`` over ``span(*gaussians, half_width=12)``."""
-    return torch.linspace(*span(*gaussians, half_width=GRID_HALF_WIDTH), points, dtype=torch.float64)
+    return torch.linspace(*span(*gaussians, half_width=GRID_HALF_WIDTH), points, dtype=torch.float64,
+                          device=gaussians[0].loc.device)
 
 
 def kl_by_quadrature(p: Distribution, q: Distribution, grid: Tensor) -> Tensor:
@@ -86,7 +87,7 @@ def kl_by_quadrature(p: Distribution, q: Distribution, grid: Tensor) -> Tensor:
     with torch.no_grad():
         log_p, log_q = p.log_prob(grid).double(), q.log_prob(grid).double()
         integrand = torch.where(log_p > -math.inf, log_p.exp() * (log_p - log_q), 0.0)
-        return torch.trapezoid(integrand, grid)
+        return torch.trapezoid(integrand, grid.to(integrand))
 
 
 def plot_densities(axes: Axes, target: Distribution, fits: Mapping[str, Normal],
@@ -99,7 +100,7 @@ def plot_densities(axes: Axes, target: Distribution, fits: Mapping[str, Normal],
                        dtype=torch.float64)
 
     def density(d: Distribution) -> Any:
-        return d.log_prob(x.to(d.mean.dtype)).exp().detach().double().numpy()
+        return d.log_prob(x.to(d.mean)).exp().detach().double().cpu().numpy()
 
     axes.fill_between(x.numpy(), density(target), color="0.85", label="p (target mixture)")
     axes.plot(x.numpy(), density(target), color="0.3", linewidth=1)

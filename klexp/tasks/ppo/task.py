@@ -346,18 +346,19 @@ class PPOTask(Task):
         """Values, the old (and reference) policy and GAE for the rollout, in one batched pass;
         KL terms placed in the reward lower the rewards first; autoreset steps are dropped."""
         buffer, steps, envs = self.buffer, self.num_steps, self.env.num_envs
-        device = self.device  # the rollout lives in numpy on the host; learning, on the device
-        obs = torch.from_numpy(buffer.obs.reshape(steps * envs, -1)).to(device)
-        next_obs = torch.from_numpy(buffer.next_obs).to(device)
+        # the rollout lives in numpy (float32) on the host; learning, on the module's device and dtype
+        device, floats = self.device, {"device": self.device, "dtype": self.dtype}
+        obs = torch.from_numpy(buffer.obs.reshape(steps * envs, -1)).to(**floats)
+        next_obs = torch.from_numpy(buffer.next_obs).to(**floats)
         values = self.critic(torch.cat([obs, next_obs])).view(steps + 1, envs).cpu().numpy()
         valid = torch.from_numpy(~buffer.autoreset.reshape(-1)).to(device)
         obs = obs[valid]
-        actions = torch.from_numpy(
-            buffer.actions.reshape(steps * envs, *self.policy.action_shape)).to(device)[valid]
+        actions = torch.from_numpy(buffer.actions.reshape(steps * envs, *self.policy.action_shape))
+        actions = actions.to(**floats if actions.is_floating_point() else {"device": device})[valid]
         old_params = self.actor(obs)
         batch = Batch(obs=obs, actions=actions, logprobs=self.policy.log_prob(old_params, actions),
                       old_params=old_params, advantages=obs.new_empty(0), returns=obs.new_empty(0),
-                      values=torch.from_numpy(values[:-1].reshape(-1)).to(device)[valid],
+                      values=torch.from_numpy(values[:-1].reshape(-1)).to(**floats)[valid],
                       reference_params=self.reference(obs) if self.reference is not None else None)
         rewards = buffer.rewards
         penalty = reward_penalty(self, self.outputs(old_params, batch))
@@ -367,8 +368,8 @@ class PPOTask(Task):
             rewards = rewards - per_step.view(steps, envs).cpu().numpy().astype(rewards.dtype)
         advantages, returns = gae(rewards, values, buffer.terminated, buffer.truncated,
                                   self.gamma, self.gae_lambda)
-        batch.advantages = torch.from_numpy(advantages.reshape(-1)).to(device)[valid]
-        batch.returns = torch.from_numpy(returns.reshape(-1)).to(device)[valid]
+        batch.advantages = torch.from_numpy(advantages.reshape(-1)).to(**floats)[valid]
+        batch.returns = torch.from_numpy(returns.reshape(-1)).to(**floats)[valid]
         return batch
 
     def update(self, b: Batch, phase: UpdatePhase) -> dict[str, float]:
@@ -445,7 +446,7 @@ class PPOTask(Task):
         sequence-level ``KL(π ‖ π_ref)``, by enumeration."""
         if self.problem is None or self.exact_beta is None:
             return {}
-        observations = self.problem.prefix_observations(device=self.device)
+        observations = self.problem.prefix_observations(dtype=self.dtype, device=self.device)
         values = self.problem.metrics(self.actor(observations), self.exact_beta)
         names = {"reward": "reward", "kl_reference": "kl_reference", "objective": "objective",
                  "optimal_objective": "optimal_objective", "gap": "gap", "kl_optimum": "kl_optimum"}
