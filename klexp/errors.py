@@ -41,6 +41,14 @@ def require_positive(key: str, value: float) -> None:
     require(_is_real(value) and value > 0, key, "a number > 0", value)
 
 
+def require_finite(key: str, value: float) -> None:
+    require(_is_real(value) and math.isfinite(value), key, "a finite number", value)
+
+
+def require_finite_positive(key: str, value: float) -> None:
+    require(_is_real(value) and math.isfinite(value) and value > 0, key, "a finite number > 0", value)
+
+
 def require_positive_int(key: str, value: int) -> None:
     require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
             "an integer > 0", value)

@@ -52,13 +52,20 @@ CASES = [
     # configs: keys, types and ranges of the classes they build
     (["+kl.ce.wieght=1"], "kl.ce.wieght: unknown key for KLTerm; did you mean 'weight'?"),
     (["+task.hiden=[8]"], "task.hiden: unknown key for ClassificationTask; did you mean 'hidden'?"),
-    (["kl.ce.weight=-1"], "kl.ce.weight: expected a number ≥ 0, got -1"),
+    (["kl.ce.weight=-1"], "kl.ce.weight: expected a finite number ≥ 0, got -1"),
+    (["kl.ce.weight=inf"], "kl.ce.weight: expected a finite number ≥ 0, got inf"),
+    (["experiment=vae_free_bits", "kl.prior.shaping.nats=inf"], "kl.prior.shaping.nats: expected a finite number ≥ 0, got inf"),
+    (["+schedule@kl.ce.schedule=linear", "kl.ce.schedule.end=inf"], "kl.ce.schedule.end: expected a finite number ≥ 0, got inf"),
+    (["task.temperature=inf"], "task.temperature: expected a finite number > 0, got inf"),
+    (["experiment=ppo", "task.ent_coef=inf"], "task.ent_coef: expected a finite number ≥ 0, got inf"),
     (["kl.ce.direction=sideways"], "kl.ce.direction: expected one of forward, reverse, js, got 'sideways'"),
     (["kl.ce.estimator=k9"], "kl.ce.estimator: expected one of analytic, k1, k2, k3, got 'k9'"),
     (["+kl.ce.num_samples=0"], "kl.ce.num_samples: expected an integer > 0, got 0"),
     (["kl.ce.direction=js", "kl.ce.estimator=k3"], "kl.ce.estimator: Jensen–Shannon has no k1/k2/k3 estimator"),
-    (["kl=[ce,distill]"], "kl.distill.p: KL term 'distill' reads output 'teacher_T', which ClassificationTask does not produce"),
-    (["kl.ce.p=targt"], "kl.ce.p: KL term 'ce' reads output 'targt', which ClassificationTask does not produce"),
+    (["kl=[ce,distill]"], "kl.distill: KL term 'distill' reads 'teacher_T', 'model_T'; ClassificationTask returns "
+                          "'model', 'target', 'uniform' (missing: 'teacher_T', 'model_T')"),
+    (["kl.ce.p=targt"], "kl.ce: KL term 'ce' reads 'targt', 'model'; ClassificationTask returns 'model', 'target', "
+                        "'uniform' (missing: 'targt')"),
     (["task.label_smoothing=1.0"], "task.label_smoothing: expected a number in [0, 1), got 1.0"),
     (["task.label_smoothing=-0.1"], "task.label_smoothing: expected a number in [0, 1), got -0.1"),
     (["task.temperature=0"], "task.temperature: expected a number > 0, got 0"),
@@ -76,8 +83,28 @@ CASES = [
     (["experiment=ppo", "task.gamma=0"], "task.gamma: expected a number in (0, 1], got 0"),
     (["experiment=ppo", "task.gamma=1.5"], "task.gamma: expected a number in (0, 1], got 1.5"),
     (["experiment=ppo", "task.clip_coef=-0.2"], "task.clip_coef: expected a number ≥ 0, got -0.2"),
-    (["experiment=vae", "kl.prior.free_bits=-1"], "kl.prior.free_bits: expected a number ≥ 0, got -1"),
+    (["experiment=vae_free_bits", "kl.prior.shaping.nats=-1"], "kl.prior.shaping.nats: expected a number ≥ 0, got -1"),
     (["experiment=ppo_kl_adaptive", "kl.old_policy_kl.schedule.factor=1"], "kl.old_policy_kl.schedule.factor: expected a number > 1, got 1"),
+    # configs: NaN is no setting anywhere, named where it is written (not where it is interpolated)
+    (["kl.ce.weight=nan"], "kl.ce.weight: expected a number, got nan"),
+    (["task.optimizer.lr=nan"], "task.optimizer.lr: expected a number, got nan"),
+    (["experiment=vae_free_bits", "kl.prior.shaping.nats=nan"], "kl.prior.shaping.nats: expected a number, got nan"),
+    (["experiment=ppo_kl_adaptive", "++kl.old_policy_kl.schedule.max_value=nan"], "kl.old_policy_kl.schedule.max_value: expected a number, got nan"),
+    (["experiment=distill", "distillation.alpha=nan"], "distillation.alpha: expected a number, got nan"),
+    # configs: the Trainer's, its callbacks' and the logger's own arguments, and the optimiser's
+    (["trainer.max_epochs=abc"], "trainer.max_epochs: expected an integer, got 'abc'"),
+    (["trainer.log_every_n_steps=1.5"], "trainer.log_every_n_steps: expected an integer, got 1.5"),
+    (["+trainer.precision=13"], "trainer.precision: expected one of 64, 32, 16, transformer-engine, "),
+    (["trainer.deterministic=sometimes"], "trainer.deterministic: expected one of true, false, warn, got 'sometimes'"),
+    (["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key for Trainer; did you mean 'max_epochs'?"),
+    (["trainer.devices=-3"], "trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),
+    (["trainer.max_epochs=-5"], "trainer: `max_epochs` must be a non-negative integer or -1. You passed in -5."),
+    (["callbacks.model_checkpoint.save_top_k=x"], "callbacks.model_checkpoint.save_top_k: expected an integer, got 'x'"),
+    (["callbacks.model_checkpoint.save_top_k=-5"], "callbacks.model_checkpoint: Invalid value for save_top_k=-5. Must be >= -1"),
+    (["callbacks.lr_monitor.logging_interval=hour"], "callbacks.lr_monitor.logging_interval: expected one of step, epoch, got 'hour'"),
+    (["logger.name=[1,2]"], "logger.name: expected a string, got [1, 2]"),
+    (["logger.default_hp_metric=maybe"], "logger.default_hp_metric: expected true or false, got 'maybe'"),
+    (["task.optimizer.lr=abc"], "task.optimizer.lr: expected a number or a Tensor config (with _target_), got 'abc'"),
     # ids
     (["experiment=ppo", "env.id=NoSuchEnv-v0"], "task.env.id: 'NoSuchEnv-v0' is not a registered Gymnasium environment"),
     # files and paths
@@ -137,3 +164,57 @@ def test_bad_resume_target_is_named(args, message, workspace, monkeypatch, capsy
         main()
     assert exit_.value.code not in (0, None)
     assert message.format(**paths) in str(exit_.value.code) + capsys.readouterr().err
+
+
+LIGHTNING_OUTPUT = ("GPU available", "Total params", "| Name")
+# Lightning's start-up lines and the model summary, shown
+VERBOSE = ["++verbose=true", "trainer.enable_model_summary=true"]
+
+
+def _one_klexp_line(stderr: str) -> str:
+    (line,) = [line for line in stderr.splitlines() if line.startswith("klexp:")]
+    return line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["experiment=ppo_pendulum", "kl=[uniform_kl]"],
+      "kl.uniform_kl.q: a Gaussian policy over an unbounded action space has no uniform counterpart"),
+     (["experiment=ppo", "kl=[reference_kl]"],
+      "kl.reference_kl.q: the term reads 'reference', which needs task.reference_checkpoint"),
+     (["experiment=bayes", "stages=null", "task.prior=scale_mixture"],
+      "kl.weights.estimator: KL(q(w) ‖ scale-mixture prior) has no closed form")],
+    ids=["uniform-under-continuous-actions", "reference-without-checkpoint", "analytic-kl-to-scale-mixture"],
+)
+def test_a_term_the_task_cannot_serve_is_reported_before_lightning_builds_anything(args, message, tmp_path):
+    result = run_cli([*FAST, *VERBOSE, *args], cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert message in _one_klexp_line(result.stderr), result.stderr
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert not [text for text in LIGHTNING_OUTPUT if text in output], output
+
+
+def test_kl_terms_are_checked_before_a_stage_trains(tmp_path):
+    result = run_cli([*FAST, "data=synthetic", "experiment=distill", "kl.distill.weight=inf"], cwd=tmp_path,
+                     timeout=120)
+    assert result.returncode != 0
+    assert "kl.distill.weight: expected a finite number ≥ 0, got inf" in _one_klexp_line(result.stderr)
+    assert "stage teacher" not in result.stdout + result.stderr
+    assert not list((tmp_path / "outputs").rglob("teacher"))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["experiment=distill", "task.label_smoothing=2"],
+     "task.label_smoothing: expected a number in [0, 1), got 2"),
+    (["experiment=bayes", "task.prior=scale_mixture"],
+     "kl.weights.estimator: KL(q(w) ‖ scale-mixture prior) has no closed form"),
+    (["experiment=distill", "kl.distill.p=nope"], "kl.distill: KL term 'distill' reads 'nope'"),
+])
+def test_a_run_with_stages_checks_its_task_and_terms_before_the_first_stage_trains(overrides, message,
+                                                                                    tmp_path):
+    result = run_cli([*overrides, "data=synthetic", "callbacks.progress_bar=null"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    (run_dir,) = tmp_path.glob("outputs/*/*")
+    assert not [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]

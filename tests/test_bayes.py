@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from helpers import compose_config
 from torch.distributions import Normal, kl_divergence
 
-from klexp.nets.bayesian import BayesLinear, BayesMLP, inverse_softplus
-from klexp.errors import ConfigValueError
-from klexp.app.runner import build_terms, instantiate_node
-from klexp.tasks.bayes import BayesByBackpropTask, _log_predictive, _uncertainty
 from klexp.app.config_checks import ConfigError, check_config
+from klexp.app.runner import build_terms, instantiate_node
+from klexp.errors import ConfigValueError
+from klexp.nets.bayesian import BayesLinear, BayesMLP, inverse_softplus
+from klexp.tasks.bayes import BayesByBackpropTask, _log_predictive, _uncertainty
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer.*reference is not registered")
 

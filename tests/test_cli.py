@@ -1,6 +1,7 @@
 """The ``klexp`` command as a user runs it."""
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import FAST, run_cli
@@ -23,7 +24,7 @@ def test_cli_trains_tests_and_says_where_the_logs_are(tmp_path):
     [
         ("+kl.ce.wieght=1", "kl.ce.wieght: unknown key for KLTerm; did you mean 'weight'?"),
         ("kl.ce.wieght=1", "Could not override 'kl.ce.wieght'"),
-        ("kl.ce.weight=-1", "kl.ce.weight: expected a number ≥ 0, got -1"),
+        ("kl.ce.weight=-1", "kl.ce.weight: expected a finite number ≥ 0, got -1"),
         ("kl.ce.direction=sideways", "kl.ce.direction: expected one of forward, reverse, js"),
     ],
 )
@@ -52,6 +53,8 @@ def test_rerun_repeats_a_finished_run_exactly_in_a_new_directory(tmp_path):
     [
         (["resume=/nonexistent/run"], "resume: /nonexistent/run is not a directory"),
         (["rerun", "/nonexistent/run"], "rerun: /nonexistent/run is not a klexp run directory"),
+        (["-m", "resume=/nonexistent/run"],
+         "resume: continues one run in its own directory; it cannot be a sweep (-m)"),
     ],
 )
 def test_resume_and_rerun_name_a_bad_run_directory(args, message, tmp_path):
@@ -78,3 +81,72 @@ def test_resuming_a_run_with_stages_reuses_their_checkpoints(tmp_path):
                         f"task.teacher_checkpoint='{run_dir / 'teacher' / 'checkpoints' / 'last.ckpt'}'"]
     assert f"ckpt_path='{run_dir / 'checkpoints' / 'last.ckpt'}'" in args
     assert args.index("trainer.max_epochs=3") > args.index("stages=null")
+
+
+def files_of(directory: Path, skip: tuple[str, ...] = ()) -> dict[Path, bytes]:
+    """Every file under ``directory`` and its bytes, except those under a top-level entry in ``skip``."""
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.relative_to(directory).parts[0] not in skip}
+
+
+def test_a_second_run_into_a_used_run_directory_is_refused_and_the_first_kept_byte_for_byte(tmp_path):
+    args = [*FAST, "data=synthetic", "hydra.run.dir=outputs/fixed"]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = tmp_path / "outputs" / "fixed"
+    before = files_of(run_dir)
+    assert {Path("summary.json"), Path("checkpoints/last.ckpt"), Path(".hydra/config.yaml")} <= set(before)
+
+    second = run_cli(args, cwd=tmp_path, timeout=60)
+    assert second.returncode != 0
+    assert second.stderr.strip().splitlines() == [
+        "klexp: hydra.run.dir: outputs/fixed already holds a run (.hydra, checkpoints, summary.json, tb); "
+        "continue it with `klexp resume=outputs/fixed`, or give the new run another hydra.run.dir"]
+    assert files_of(run_dir) == before
+
+    resumed = run_cli(["resume=outputs/fixed"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert list((run_dir / ".hydra").glob("resume-*/overrides.yaml"))
+    for record in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"):
+        assert (run_dir / record).read_bytes() == before[Path(record)]
+    assert not list((run_dir / "checkpoints").glob("last-v*.ckpt"))
+
+
+def test_a_second_sweep_into_a_used_sweep_directory_is_refused_and_the_first_kept_byte_for_byte(tmp_path):
+    args = ["-m", *FAST, "data=synthetic", "hydra.sweep.dir=outputs/sweep", "kl.ce.weight=0.5"]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sweep_dir = tmp_path / "outputs" / "sweep"
+    before = files_of(sweep_dir)
+    assert [p.name for p in before if p.name == "summary.json"] == ["summary.json"]
+
+    second = run_cli(args, cwd=tmp_path, timeout=60)
+    assert second.returncode != 0
+    (line,) = second.stderr.strip().splitlines()
+    assert line.startswith("klexp: hydra.sweep.dir: outputs/sweep already holds a sweep (")
+    assert files_of(sweep_dir) == before
+
+
+def test_a_sweep_job_whose_directory_held_a_run_stops_before_writing_to_it(tmp_path):
+    """The sweep directory is new, but depends on a swept key: the job of seed 1 meets the earlier
+    run of seed 1 and stops; its checkpoints, events and summary are kept."""
+    sweep_dir = "hydra.sweep.dir=outputs/s${seed}"
+    first = run_cli(["-m", *FAST, "data=synthetic", sweep_dir, "seed=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (summary,) = (tmp_path / "outputs" / "s1").rglob("summary.json")
+    job_dir = summary.parent
+    before = files_of(job_dir, skip=(".hydra",))
+
+    second = run_cli(["-m", *FAST, "data=synthetic", sweep_dir, "seed=0,1"], cwd=tmp_path)
+    assert second.returncode != 0
+    message = (f"klexp: hydra.sweep.dir: job directory {job_dir} already held a run (checkpoints, "
+               "summary.json, tb); this job stopped before writing to it (its .hydra/ record was replaced)")
+    assert message in second.stderr.splitlines(), second.stderr[-2000:]
+    assert "Traceback" not in second.stderr
+    after = files_of(job_dir, skip=(".hydra",))
+    for path, content in before.items():
+        if path.suffix == ".log":
+            assert after[path].startswith(content)
+        else:
+            assert after[path] == content, path
+    assert list((tmp_path / "outputs" / "s0").rglob("summary.json"))

@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 from pytorch_lightning.profilers import SimpleProfiler
 
 from klexp.app.cli import CONFIG_DIR
-from klexp.lightning.profiler import NoProfiler
-from klexp.app.runner import build_callbacks, build_terms, check_terms_against_task, instantiate_node
-from klexp.lightning.term import KLTerm
 from klexp.app.config_checks import check_config
+from klexp.app.runner import build_callbacks, build_terms, check_terms_against_task, instantiate_node
+from klexp.lightning.profiler import NoProfiler
+from klexp.lightning.term import KLTerm
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

@@ -17,8 +17,8 @@ import torch
 from helpers import QUIET, REPO, run_cli, run_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from klexp.tasks.ppo.envs import VectorEnvFactory
 from klexp.errors import KlexpError
+from klexp.tasks.ppo.envs import VectorEnvFactory
 from klexp.tasks.ppo.task import PPOTask
 
 # 3 iterations of 4 envs × 64 steps, every iteration logged, a 2-episode greedy evaluation

@@ -15,12 +15,12 @@ from helpers import FAST, QUIET, run_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Independent, Normal, kl_divergence
 
+from klexp.core.shaping import FreeBits
 from klexp.data.idx import write_idx
 from klexp.errors import ConfigValueError
 from klexp.lightning.images import image_grid
-from klexp.tasks.vae import VAETask, active_units
-from klexp.core.shaping import FreeBits
 from klexp.lightning.term import KLTerm
+from klexp.tasks.vae import VAETask, active_units
 
 VARIANTS = ["vae", "beta_vae", "vae_annealed", "vae_cyclical", "vae_free_bits", "vae_capacity"]
 # A few steps, one validation epoch (with its images) and the test set.

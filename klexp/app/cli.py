@@ -13,9 +13,11 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from klexp.app.resume import rerun_arguments, resume_arguments
+from klexp.app.run_dirs import check_sweep_job_directory, guard_overrides, is_first_process
 from klexp.errors import KlexpError
 
 
@@ -88,17 +90,28 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 def app(cfg: DictConfig) -> Any:
     from klexp.app.runner import run  # heavy imports only once the config composed
 
-    overrides = [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task)]
+    hydra_config = HydraConfig.get()
+    overrides = [str(o) for o in OmegaConf.to_container(hydra_config.overrides.task)]
     try:
+        if hydra_config.mode == RunMode.MULTIRUN and is_first_process():
+            check_sweep_job_directory(Path(cfg.paths.output_dir), hydra_config.output_subdir)
         summary = run(cfg, cfg.paths.output_dir, overrides=overrides, compose=compose_config)
     except KlexpError as error:
         raise UserError(f"klexp: {error}") from None
     return summary.get("objective")
 
 
+# Hydra's flags that start no run, whose command lines take no overrides of ours
+NO_RUN_FLAGS = ("--shell-completion", "-sc", "--experimental-rerun")
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     """``klexp [overrides]`` | ``klexp resume=<run dir> [overrides]`` |
-    ``klexp rerun <run dir> [overrides]`` | ``klexp report <sweep dir> ...``."""
+    ``klexp rerun <run dir> [overrides]`` | ``klexp report <sweep dir> ...``.
+
+    A new run or sweep never writes into a directory that already holds one
+    (``klexp.app.run_dirs``); ``resume=`` continues a run in its own directory."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "report":
         from klexp.report import main as report_main
@@ -110,10 +123,15 @@ def main(argv: Sequence[str] | None = None) -> Any:
             print(f"klexp rerun: {' '.join(args)}")
         resume = [a for a in args if a.startswith("resume=")]
         if resume:
+            if any(a in MULTIRUN_FLAGS for a in args):
+                raise KlexpError("resume: continues one run in its own directory; it cannot be a "
+                                 "sweep (-m)")
             rest = [a for a in args if not a.startswith("resume=")]
             args = resume_arguments(Path(resume[-1].split("=", 1)[1]).expanduser(), rest)
     except KlexpError as error:
         sys.exit(f"klexp: {error}")
+    if not any(a in NO_RUN_FLAGS for a in args):
+        args += guard_overrides(args, resume=bool(resume))
     sys.argv = [sys.argv[0], *args]
     return app()
 

@@ -1,15 +1,18 @@
 """Check a composed config against the typed signatures of its ``_target_`` classes.
 
 Runs before anything is built or trained: an unknown key (with the closest valid name), a value
-of the wrong type or outside a ``Literal``'s choices fails at start-up with the key's full path.
-Range checks (a negative weight, ε ∉ [0, 1)…) live in the constructors themselves and are reported
-with the same path when the config is instantiated.
+of the wrong type or outside a ``Literal``'s choices, and a NaN anywhere fail at start-up with the
+key's full path. The hints of klexp's classes and of Lightning's and torch's (Trainer, callbacks,
+loggers, optimisers) are read; a hint the checker cannot judge accepts every value. Range checks (a
+negative weight, ε ∉ [0, 1)…) live in the constructors themselves and are reported with the same
+path when the config is instantiated.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +25,9 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from klexp.errors import KlexpError
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+# Packages whose constructors' type hints are checked; other classes are checked for unknown keys
+# only, as their hints may promise less than the classes accept.
+TYPED_PACKAGES = ("klexp", "pytorch_lightning", "lightning", "lightning_fabric", "torch")
 
 
 class ConfigError(KlexpError):
@@ -38,10 +44,28 @@ def check_resolvable(cfg: DictConfig) -> None:
         raise ConfigError(f"{error.full_key}: cannot resolve {error.msg.splitlines()[0]}") from None
 
 
+def check_no_nan(cfg: DictConfig) -> None:
+    """No value is NaN: no setting means "not a number". A NaN written in the config is named
+    where it is written, before the keys that interpolate it."""
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{path}: expected a number, got nan")
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(child, _join(path, key))
+        elif isinstance(value, list):
+            for index, child in enumerate(value):
+                walk(child, f"{path}[{index}]")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+
+
 def check_config(cfg: DictConfig | ListConfig | Any, path: str = "") -> None:
     """Walk the config; check every ``_target_`` node's keys and value types."""
     if not path and isinstance(cfg, DictConfig):
         check_resolvable(cfg)
+        check_no_nan(cfg)
     if isinstance(cfg, DictConfig):
         if "_target_" in cfg:
             _check_target_node(cfg, path)
@@ -112,7 +136,7 @@ def _type_hints(target: Callable[..., Any]) -> dict[str, Any]:
 def _check_target_node(node: DictConfig, path: str) -> None:
     target = resolve_target(node, path)
     parameters, open_kwargs = signature_parameters(target)
-    hints = _type_hints(target) if target.__module__.startswith("klexp") else {}
+    hints = _type_hints(target) if _is_typed(target) else {}
     name = getattr(target, "__qualname__", str(target))
     for key in node:
         if key in _HYDRA_KEYS:
@@ -137,6 +161,11 @@ def _check_target_node(node: DictConfig, path: str) -> None:
                 raise ConfigError(f"{_join(path, key)}: {problem}")
 
 
+def _is_typed(target: Callable[..., Any]) -> bool:
+    package = str(getattr(target, "__module__", "")).split(".")[0]
+    return package in TYPED_PACKAGES
+
+
 def _type_problem(value: Any, hint: Any) -> str | None:
     """Why ``value`` does not fit ``hint``, or None when it does (or cannot be judged)."""
     if value is None:
@@ -147,10 +176,9 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     if hint is Any or isinstance(hint, typing.TypeVar):
         return None
     if origin is Literal:
-        choices = get_args(hint)
-        if value in choices:
+        if any(_same(value, choice) for choice in get_args(hint)):
             return None
-        return f"expected one of {', '.join(map(str, choices))}, got {value!r}"
+        return f"expected {_describe(hint)}, got {value!r}"
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(hint) if a is not type(None)]
         problems = [_type_problem(value, option) for option in options]
@@ -168,21 +196,33 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     if hint is str:
         return None if isinstance(value, str) else f"expected a string, got {value!r}"
     if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
-        if not isinstance(value, (ListConfig, list, tuple)):
-            return f"expected a list, got {value!r}"
-        item_types = get_args(hint)
-        if item_types and item_types[-1] is not Ellipsis and len(item_types) == 1:
-            for item in value:
-                problem = _type_problem(item, item_types[0])
-                if problem:
-                    return f"list item {item!r}: {problem}"
-        return None
+        return _sequence_problem(value, hint)
     if origin in (dict, Mapping) or hint is dict:
         return None if isinstance(value, (DictConfig, dict)) else f"expected a mapping, got {value!r}"
     scalar = (str, int, float, bool)
     if inspect.isclass(hint) and isinstance(value, scalar) and not issubclass(hint, scalar):
-        return f"expected a {hint.__name__} config (with _target_), got {value!r}"
+        return f"expected {_describe(hint)}, got {value!r}"
     return None
+
+
+def _sequence_problem(value: Any, hint: Any) -> str | None:
+    if not isinstance(value, (ListConfig, list, tuple)):
+        return f"expected a list, got {value!r}"
+    item_types = get_args(hint)
+    if len(item_types) == 1 or (len(item_types) == 2 and item_types[1] is Ellipsis):
+        item_types = (item_types[0],) * len(value)
+    elif item_types and len(item_types) != len(value):
+        return f"expected a list of {len(item_types)} items, got {value!r}"
+    for item, item_type in zip(value, item_types, strict=False):
+        problem = _type_problem(item, item_type)
+        if problem:
+            return f"list item {item!r}: {problem}"
+    return None
+
+
+def _same(value: Any, choice: Any) -> bool:
+    """``value == choice`` of the same type (``True`` is not the ``Literal[1]`` choice)."""
+    return type(value) is type(choice) and value == choice
 
 
 def _allows_none(hint: Any) -> bool:
@@ -191,19 +231,46 @@ def _allows_none(hint: Any) -> bool:
     )
 
 
+_DESCRIPTIONS = {int: "an integer", float: "a number", str: "a string", list: "a list",
+                 tuple: "a list", Sequence: "a list", dict: "a mapping", Mapping: "a mapping"}
+
+
 def _describe(hint: Any) -> str:
-    names = []
-    for option in get_args(hint):
+    """What ``hint`` accepts, in words: "a list, a string or an integer", "one of 16, 32, …"."""
+    options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    choices: list[str] = []
+    words: list[str] = []
+    for option in options:
         if option is type(None):
             continue
-        names.append(getattr(option, "__name__", str(option)))
-    return " or ".join(names)
+        base = get_origin(option) or option
+        if base is Literal or base is bool:
+            values = get_args(option) if base is Literal else ("true", "false")
+            choices += [str(c) for c in values if str(c) not in choices]
+            continue
+        word = _DESCRIPTIONS.get(base) or (f"{_article(base.__name__)} config (with _target_)"
+                                           if inspect.isclass(base) else str(option))
+        if word not in words:
+            words.append(word)
+    if "a number" in words and "an integer" in words:
+        words.remove("an integer")
+    if choices == ["true", "false"]:
+        words.append("true or false")
+    elif choices:
+        words.append(f"one of {', '.join(choices)}")
+    if len(words) <= 1:
+        return words[0] if words else "null"
+    return f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _article(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def check_run_settings(cfg: DictConfig) -> None:
-    """The top-level keys every run reads: seed, threads, test, objective, ckpt_path."""
+    """The top-level keys every run reads: seed, threads, test, objective, ckpt_path, verbose."""
     expected: dict[str, Any] = {"seed": int, "threads": int | None, "test": bool,
-                                "objective": str | None, "ckpt_path": str | None}
+                                "objective": str | None, "ckpt_path": str | None, "verbose": bool}
     for key, hint in expected.items():
         if key not in cfg:
             continue

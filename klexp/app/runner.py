@@ -9,6 +9,7 @@ keys of this one.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from rich.console import Console
@@ -91,6 +92,17 @@ def check_terms_against_task(terms: Sequence[KLTerm], task: pl.LightningModule) 
         task.check_terms(terms)
 
 
+def check_before_stages(cfg: DictConfig) -> None:
+    """The task's and the terms' checks before the stages train for minutes: the task is built
+    as it will be, with a stand-in path where each stage will write its checkpoint (constructors
+    store checkpoint paths and read them only when the model is configured)."""
+    probe = copy.deepcopy(cfg)
+    for name, stage in (cfg.get("stages") or {}).items():
+        if stage is not None:
+            OmegaConf.update(probe, stage.checkpoint_to, f"<checkpoint of stage {name}>", merge=False)
+    check_terms_against_task(build_terms(probe.get("kl")), instantiate_node(probe.task, "task"))
+
+
 def build_callbacks(callbacks: Mapping[str, Any] | None) -> list[pl.Callback]:
     built = []
     for name, node in (callbacks or {}).items():
@@ -120,9 +132,9 @@ def run(
     info: dict[str, Any] = {"experiment": cfg.get("experiment_name"), "seed": cfg.get("seed"),
                             "overrides": list(overrides), "stages": {}}
     if cfg.get("stages"):
-        build_terms(cfg.get("kl"))  # the terms' own checks, before stages train for minutes
         if compose is None:
             raise KlexpError("stages: this config has stages, which need the Hydra app to compose them")
+        check_before_stages(cfg)
         info["stages"] = run_stages(cfg, run_dir, overrides, compose, run, console)
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -16,7 +16,14 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
-from klexp.errors import require, require_in, require_non_negative, require_positive, require_positive_int
+from klexp.errors import (
+    require,
+    require_finite_non_negative,
+    require_finite_positive,
+    require_in,
+    require_positive,
+    require_positive_int,
+)
 
 AdaptTo = Literal["batch", "after_update", "rollout"]
 ADAPT_TO: tuple[str, ...] = ("batch", "after_update", "rollout")
@@ -62,12 +69,12 @@ class AdaptiveBeta(Controller):
         max_value: float = 1e6,
         adapt_to: AdaptTo = "after_update",
     ) -> None:
-        require_positive("target", target)
-        require_non_negative("initial", initial)
+        require_finite_positive("target", target)
+        require_finite_non_negative("initial", initial)
         require(isinstance(tolerance, (int, float)) and tolerance >= 1, "tolerance",
                 "a number ≥ 1", tolerance)
         require(isinstance(factor, (int, float)) and factor > 1, "factor", "a number > 1", factor)
-        require_positive("min_value", min_value)
+        require_finite_positive("min_value", min_value)
         require(isinstance(max_value, (int, float)) and max_value >= min_value, "max_value",
                 f"a number ≥ min_value ({min_value})", max_value)
         self.target, self.tolerance, self.factor = float(target), float(tolerance), float(factor)
@@ -101,10 +108,10 @@ class ProportionalController(Controller):
         error_clip: float = 0.2,
         adapt_to: AdaptTo = "after_update",
     ) -> None:
-        require_positive("target", target)
-        require_positive("horizon", horizon)
+        require_finite_positive("target", target)
+        require_finite_positive("horizon", horizon)
         require_positive_int("batch_size", batch_size)
-        require_non_negative("initial", initial)
+        require_finite_non_negative("initial", initial)
         require_positive("error_clip", error_clip)
         self.target, self.horizon, self.batch_size = float(target), float(horizon), batch_size
         require_in("adapt_to", adapt_to, ADAPT_TO)

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 
 from klexp.errors import (
     require,
-    require_non_negative,
+    require_finite_non_negative,
     require_positive_int,
 )
 
@@ -29,7 +29,7 @@ class Constant(Schedule):
     """``β(t) = value``."""
 
     def __init__(self, value: float = 1.0) -> None:
-        require_non_negative("value", value)
+        require_finite_non_negative("value", value)
         self._value = float(value)
 
     def value(self, step: int) -> float:
@@ -45,8 +45,8 @@ class LinearWarmup(Schedule):
 
     def __init__(self, steps: int, start: float = 0.0, end: float = 1.0, delay: int = 0) -> None:
         require_positive_int("steps", steps)
-        require_non_negative("start", start)
-        require_non_negative("end", end)
+        require_finite_non_negative("start", start)
+        require_finite_non_negative("end", end)
         require(isinstance(delay, int) and delay >= 0, "delay", "an integer ≥ 0", delay)
         self.steps, self.start, self.end, self.delay = steps, float(start), float(end), delay
 
@@ -75,8 +75,8 @@ class Cyclical(Schedule):
         require_positive_int("cycles", cycles)
         require(isinstance(ratio, (int, float)) and 0 < ratio <= 1, "ratio", "a number in (0, 1]",
                 ratio)
-        require_non_negative("high", high)
-        require_non_negative("low", low)
+        require_finite_non_negative("high", high)
+        require_finite_non_negative("low", low)
         self.total_steps, self.cycles, self.ratio = total_steps, cycles, float(ratio)
         self.high, self.low = float(high), float(low)
 
@@ -91,5 +91,5 @@ def as_schedule(value: float | Schedule, key: str = "value") -> Schedule:
     """A plain number means a constant; ``key`` names the argument in errors."""
     if isinstance(value, Schedule):
         return value
-    require_non_negative(key, value)
+    require_finite_non_negative(key, value)
     return Constant(float(value))

@@ -16,6 +16,7 @@ is one small object, chosen in the config like a schedule (``conf/shaping/``):
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from klexp.core.measure import Measurement
 from klexp.core.schedules import Schedule, as_schedule
-from klexp.errors import ConfigValueError, require, require_non_negative
+from klexp.errors import ConfigValueError, require, require_finite_non_negative
 
 
 class Shaping(ABC):
@@ -55,7 +56,7 @@ class FreeBits(Shaping):
     needs_dims = True
 
     def __init__(self, nats: float) -> None:
-        require_non_negative("nats", nats)
+        require_finite_non_negative("nats", nats)
         self.nats = float(nats)
 
     def check_direction(self, direction: str) -> None:
@@ -77,8 +78,8 @@ class Capacity(Shaping):
 
     def __init__(self, target: float | Schedule) -> None:
         if not isinstance(target, Schedule):
-            require(isinstance(target, (int, float)) and not isinstance(target, bool) and target > 0,
-                    "target", "a number > 0 or a schedule", target)
+            require(isinstance(target, (int, float)) and not isinstance(target, bool)
+                    and 0 < target < math.inf, "target", "a finite number > 0 or a schedule", target)
         self.target = as_schedule(target, "target")
 
     def __call__(self, value: Tensor, measurement: Measurement, *, step: int,

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from klexp.data.images import ImageClassData
-from klexp.errors import require_positive, require_positive_int
+from klexp.errors import require_finite_positive, require_positive_int
 
 
 class GaussianMixtureData(ImageClassData):
@@ -27,7 +27,7 @@ class GaussianMixtureData(ImageClassData):
         require_positive_int("num_classes", num_classes)
         require_positive_int("height", height)
         require_positive_int("width", width)
-        require_positive("separation", separation)
+        require_finite_positive("separation", separation)
         super().__init__(**kwargs)
         self.num_examples, self.classes = num_examples, num_classes
         self.height, self.width, self.separation = height, width, separation

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from klexp.errors import require, require_positive
+from klexp.errors import require, require_finite_positive
 from klexp.nets.mlp import ACTIVATIONS, Activation, check_mlp_args
 
 
 def inverse_softplus(sigma: float) -> float:
     """``ρ = log(e^σ − 1)``, the ρ whose ``softplus(ρ) = σ``."""
-    require_positive("init_sigma", sigma)
+    require_finite_positive("init_sigma", sigma)
     return math.log(math.expm1(sigma))
 
 

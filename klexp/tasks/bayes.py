@@ -46,8 +46,8 @@ from klexp.core.categorical import categorical_entropy
 from klexp.errors import (
     KlexpError,
     require,
+    require_finite_positive,
     require_in,
-    require_positive,
     require_positive_int,
 )
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
@@ -101,10 +101,10 @@ class BayesByBackpropTask(Task):
         super().__init__(optimizer, lr_scheduler)
         check_mlp_args(hidden, activation, 0.0)
         require_in("prior", prior, PRIORS)
-        require_positive("prior_sigma", prior_sigma)
+        require_finite_positive("prior_sigma", prior_sigma)
         require(isinstance(mixture_pi, (int, float)) and 0 < mixture_pi < 1, "mixture_pi",
                 "a number in (0, 1)", mixture_pi)
-        require_positive("mixture_sigma2", mixture_sigma2)
+        require_finite_positive("mixture_sigma2", mixture_sigma2)
         require(isinstance(mixture_sigma1, (int, float)) and mixture_sigma1 > mixture_sigma2,
                 "mixture_sigma1", f"a number > mixture_sigma2 ({mixture_sigma2})", mixture_sigma1)
         inverse_softplus(init_sigma)

@@ -26,7 +26,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from klexp.core.categorical import categorical_cross_entropy, categorical_entropy
-from klexp.errors import require_positive, require_unit_interval
+from klexp.errors import require_finite_positive, require_unit_interval
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
 from klexp.nets.frozen import CHECKPOINT_NET_KEY, load_classifier
 from klexp.nets.mlp import Activation, check_mlp_args, mlp
@@ -60,7 +60,7 @@ class ClassificationTask(Task):
         super().__init__(optimizer, lr_scheduler)
         check_mlp_args(hidden, activation, dropout)
         require_unit_interval("label_smoothing", label_smoothing)
-        require_positive("temperature", temperature)
+        require_finite_positive("temperature", temperature)
         self.hidden, self.activation, self.dropout = list(hidden), activation, dropout
         self.label_smoothing, self.temperature = label_smoothing, temperature
         self.teacher_checkpoint = teacher_checkpoint

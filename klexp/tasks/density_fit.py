@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal
 
 from klexp.data.step_indices import StepIndices
-from klexp.errors import KlexpError, require, require_positive, require_positive_int
+from klexp.errors import KlexpError, require, require_finite, require_finite_positive, require_positive_int
 from klexp.lightning.logging import log_metrics, logs_now
 from klexp.lightning.term import KLTerm, kl_terms_of
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
@@ -154,8 +154,9 @@ class DensityFitTask(Task):
                 {"means": means, "scales": scales})
         for key, values in (("weights", weights), ("scales", scales)):
             for value in values:
-                require_positive(key, value)
-        require_positive("init_scale", init_scale)
+                require_finite_positive(key, value)
+        require_finite_positive("init_scale", init_scale)
+        require_finite("init_mean", init_mean)
         require_positive_int("steps_per_epoch", steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self.init_mean, self.init_scale = float(init_mean), float(init_scale)

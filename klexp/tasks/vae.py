@@ -34,7 +34,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from klexp.errors import require, require_in, require_positive, require_positive_int
+from klexp.errors import require, require_finite_positive, require_in, require_positive_int
 from klexp.lightning.images import image_grid, upscale_factor
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
 from klexp.nets.mlp import Activation, check_mlp_args, mlp
@@ -94,12 +94,12 @@ class VAETask(Task):
                     "a list of positive layer widths (or null)", list(decoder_hidden))
         require_in("likelihood", likelihood, LIKELIHOODS)
         require_positive_int("iw_samples", iw_samples)
-        require_positive("active_threshold", active_threshold)
+        require_finite_positive("active_threshold", active_threshold)
         require_positive_int("num_images", num_images)
         require_positive_int("traversal_dims", traversal_dims)
         require(isinstance(traversal_steps, int) and traversal_steps >= 2, "traversal_steps",
                 "an integer ≥ 2", traversal_steps)
-        require_positive("traversal_range", traversal_range)
+        require_finite_positive("traversal_range", traversal_range)
         self.latent_dim, self.activation, self.likelihood = latent_dim, activation, likelihood
         self.hidden = list(hidden)
         self.decoder_hidden = list(reversed(self.hidden)) if decoder_hidden is None else list(decoder_hidden)

@@ -61,8 +61,10 @@ from klexp.errors import (
     ConfigValueError,
     KlexpError,
     require,
+    require_finite,
+    require_finite_non_negative,
+    require_finite_positive,
     require_non_negative,
-    require_positive,
     require_positive_int,
 )
 from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
@@ -158,11 +160,12 @@ class PPOTask(Task):
         require(isinstance(gae_lambda, (int, float)) and 0 <= gae_lambda <= 1, "gae_lambda",
                 "a number in [0, 1]", gae_lambda)
         for key, value in (("clip_coef", clip_coef), ("ent_coef", ent_coef), ("vf_coef", vf_coef)):
-            require_non_negative(key, value)
+            require_finite_non_negative(key, value)
         if max_grad_norm is not None:
             require_non_negative("max_grad_norm", max_grad_norm)
+        require_finite("init_log_std", init_log_std)
         if exact_beta is not None:
-            require_positive("exact_beta", exact_beta)
+            require_finite_positive("exact_beta", exact_beta)
         require(all(isinstance(h, int) and h > 0 for h in hidden), "hidden",
                 "a list of positive layer widths", list(hidden))
         batch_size = env.num_envs * num_steps

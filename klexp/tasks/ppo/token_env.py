@@ -57,7 +57,12 @@ import torch
 from torch import Tensor
 
 from klexp.core.categorical import categorical_kl
-from klexp.errors import ConfigValueError, require, require_finite_non_negative, require_positive
+from klexp.errors import (
+    ConfigValueError,
+    require,
+    require_finite_non_negative,
+    require_finite_positive,
+)
 
 ENV_ID = "klexp/TokenSequence-v0"
 #: exact metrics enumerate every sequence: V^L is capped to keep them a few milliseconds' work
@@ -118,13 +123,13 @@ def sequence_log_probs(prefix_logits: Tensor) -> Tensor:
 def optimal_value(reference_log_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
     """``J* = β·log E_{π_ref}[exp(r/β)] = max_π E_π[r] − β·KL(π ‖ π_ref)``, from the reference's
     sequence log-probabilities and the rewards (both ``(V^L,)``)."""
-    require_positive("beta", beta)
+    require_finite_positive("beta", beta)
     return beta * torch.logsumexp(reference_log_probs + rewards / beta, dim=-1)
 
 
 def optimal_sequence_log_probs(reference_log_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
     """``log π*(y) = log π_ref(y) + r(y)/β − J*/β``: the maximiser of ``J``, ``(V^L,)``."""
-    require_positive("beta", beta)
+    require_finite_positive("beta", beta)
     return torch.log_softmax(reference_log_probs + rewards / beta, dim=-1)
 
 
@@ -132,7 +137,7 @@ def optimal_prefix_logits(reference_prefix_logits: Tensor, rewards: Tensor, beta
     """``log π*(a | s)`` on every prefix, ``(P, V)``, by the soft Bellman backward pass: soft values
     ``W(y) = r(y)/β`` at the sequences, ``log π*(a | s) = log π_ref(a | s) + W(s a) − W(s)`` with
     ``W(s) = log Σ_a π_ref(a | s)·exp(W(s a))``."""
-    require_positive("beta", beta)
+    require_finite_positive("beta", beta)
     length = sequence_length(reference_prefix_logits)
     vocab_size = reference_prefix_logits.shape[-1]
     reference = torch.log_softmax(reference_prefix_logits.to(F64), dim=-1)

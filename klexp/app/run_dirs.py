@@ -1,0 +1,147 @@
+"""A run directory is never silently reused.
+
+A finished or killed run's directory holds its record (``.hydra/``), checkpoints, TensorBoard
+events and ``summary.json``. A second run into it would replace the record and the summary, save
+``last-v1.ckpt`` beside the old ``last.ckpt`` and append to the old TensorBoard run. So a new run
+(or sweep) whose directory already holds anything but Hydra's job logs is refused, in one line
+pointing to ``klexp resume=<dir>``, which is how a run continues in place.
+
+Hydra writes ``<dir>/.hydra/`` in ``run_job``, before the app's function runs; the hooks that come
+earlier, with the directory already composed, are a Hydra callback's ``on_run_start`` and
+``on_multirun_start``: ``RunDirectoryGuard`` checks there. ``klexp.app.cli.main`` adds it to every
+command line (``guard_overrides``).
+
+srun, torchrun and Lightning's own DDP launcher start every process of a run with the same run
+directory, and a process cannot tell its siblings' fresh files from an earlier run's: only the first
+process (global rank 0) checks, and the others write no ``.hydra/`` record of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from klexp.errors import KlexpError
+
+# Where launchers put a process's rank: torchrun (RANK, LOCAL_RANK, GROUP_RANK), Lightning's DDP
+# launcher (LOCAL_RANK, NODE_RANK), SLURM (SLURM_PROCID), LSF (JSM_NAMESPACE_RANK).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+GUARD_KEY = "hydra.callbacks.run_directory"
+GUARD_TARGET = "klexp.app.run_dirs.RunDirectoryGuard"
+SHOWN_ENTRIES = 4
+
+
+class RunDirectoryInUse(KlexpError):
+    """A new run or sweep would write into a directory that already holds one."""
+
+
+def is_first_process(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is global rank 0 of its launch (or was started alone): no launcher
+    variable in ``RANK_VARIABLES`` names another rank."""
+    environ = os.environ if environ is None else environ
+    for name in RANK_VARIABLES:
+        value = environ.get(name, "0").strip()
+        if value.isdigit() and int(value) != 0:
+            return False
+    return True
+
+
+def guard_overrides(args: list[str], resume: bool, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Hydra overrides that put ``RunDirectoryGuard`` on this command (``resume``: the run
+    continues in its own directory, which is then expected to hold it), and keep any process but
+    the first from writing a ``.hydra/`` record into the run directory they share."""
+    extra = []
+    if not any(a.startswith(f"++{GUARD_KEY}") for a in args):
+        extra += [f"++{GUARD_KEY}._target_={GUARD_TARGET}", f"++{GUARD_KEY}.resume={str(resume).lower()}"]
+    if not is_first_process(environ):
+        extra.append("hydra.output_subdir=null")
+    return extra
+
+
+def occupants(directory: Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Names of the entries of ``directory`` (none if it does not exist), sorted, except Hydra's
+    job logs (``*.log``, which the siblings of a DDP launch may have opened first) and ``ignore``."""
+    if not directory.is_dir():
+        return []
+    return sorted(entry.name for entry in directory.iterdir()
+                  if entry.name not in ignore and not (entry.is_file() and entry.suffix == ".log"))
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN_ENTRIES])
+    return shown + (", …" if len(names) > SHOWN_ENTRIES else "")
+
+
+def check_new_run_directory(directory: Path) -> None:
+    """Refuse a new run into ``directory`` (``hydra.run.dir``) unless it is new or empty."""
+    if directory.exists() and not directory.is_dir():
+        raise RunDirectoryInUse(f"hydra.run.dir: {directory} is a file, not a directory")
+    found = occupants(directory)
+    if found:
+        raise RunDirectoryInUse(
+            f"hydra.run.dir: {directory} already holds a run ({_listed(found)}); continue it with "
+            f"`klexp resume={directory}`, or give the new run another hydra.run.dir")
+
+
+def check_new_sweep_directory(directory: Path) -> None:
+    """Refuse a sweep into ``directory`` (``hydra.sweep.dir``) unless it is new or empty."""
+    if directory.exists() and not directory.is_dir():
+        raise RunDirectoryInUse(f"hydra.sweep.dir: {directory} is a file, not a directory")
+    found = occupants(directory)
+    if found:
+        raise RunDirectoryInUse(
+            f"hydra.sweep.dir: {directory} already holds a sweep ({_listed(found)}); give the new "
+            "sweep another hydra.sweep.dir (`klexp report` reads several; `klexp resume=<run dir>` "
+            "continues one of its runs)")
+
+
+def check_sweep_job_directory(directory: Path, record: str | None) -> None:
+    """Refuse a sweep job whose directory held an earlier run before this job's own record
+    (``record``, Hydra's output_subdir) was written. The sweep directory itself was new, so this
+    happens only when ``hydra.sweep.dir`` depends on a swept key; the earlier run's checkpoints,
+    events and summary are then kept, though Hydra has already replaced its record."""
+    own = (Path(record).parts[0],) if record else ()
+    found = occupants(directory, ignore=own)
+    if found:
+        replaced = f" (its {record}/ record was replaced)" if record else ""
+        raise RunDirectoryInUse(
+            f"hydra.sweep.dir: job directory {directory} already held a run ({_listed(found)}); "
+            f"this job stopped before writing to it{replaced}")
+
+
+def _resolved_path(config: DictConfig, key: str) -> Path:
+    # ${hydra:...} interpolations read HydraConfig, which run_job sets to this config right after
+    HydraConfig.instance().set_config(config)
+    return Path(str(OmegaConf.select(config, key)))
+
+
+class RunDirectoryGuard(Callback):
+    """Hydra callback: refuse a run or sweep into a directory that already holds one (see the
+    module docstring). ``resume``: the command continues the run in its own directory."""
+
+    def __init__(self, resume: bool = False) -> None:
+        self.resume = resume
+
+    # Hydra turns an exception raised by a callback into a warning and carries on; only exiting
+    # stops it before it writes into the directory.
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.resume or not is_first_process():
+            return
+        try:
+            check_new_run_directory(_resolved_path(config, "hydra.run.dir"))
+        except RunDirectoryInUse as error:
+            raise SystemExit(f"klexp: {error}") from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not is_first_process():
+            return
+        try:
+            check_new_sweep_directory(_resolved_path(config, "hydra.sweep.dir"))
+        except RunDirectoryInUse as error:
+            raise SystemExit(f"klexp: {error}") from None

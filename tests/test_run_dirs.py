@@ -1,0 +1,112 @@
+"""The run-directory guard's parts: which process checks, what counts as a used directory, and the
+callback that refuses before Hydra writes anything (the whole command is tested in test_cli.py)."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from klexp.app.run_dirs import (
+    GUARD_KEY,
+    RANK_VARIABLES,
+    RunDirectoryGuard,
+    RunDirectoryInUse,
+    check_new_run_directory,
+    check_new_sweep_directory,
+    check_sweep_job_directory,
+    guard_overrides,
+    is_first_process,
+    occupants,
+)
+
+
+@pytest.mark.parametrize(
+    ("environ", "first"),
+    [({}, True),
+     ({"SLURM_PROCID": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+     ({"LOCAL_RANK": "1"}, False),  # a child Lightning's DDP launcher started
+     ({"RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1"}, False),  # torchrun
+     ({"SLURM_PROCID": "2"}, False),  # srun
+     ({"NODE_RANK": "1"}, False),  # the main process on a second node
+     ({"RANK": ""}, True)],
+)
+def test_only_the_first_process_of_a_launch_checks_the_directory(environ, first):
+    assert is_first_process(environ) is first
+
+
+def test_the_guard_is_added_once_and_siblings_write_no_record_of_their_own():
+    first = guard_overrides(["seed=1"], resume=False, environ={})
+    assert first == [f"++{GUARD_KEY}._target_=klexp.app.run_dirs.RunDirectoryGuard",
+                     f"++{GUARD_KEY}.resume=false"]
+    assert guard_overrides(["seed=1", *first], resume=False, environ={}) == []
+    assert guard_overrides(["seed=1"], resume=True, environ={})[1] == f"++{GUARD_KEY}.resume=true"
+    sibling = guard_overrides(["seed=1", *first], resume=False, environ={"LOCAL_RANK": "1"})
+    assert sibling == ["hydra.output_subdir=null"]
+
+
+def test_a_directory_is_used_when_it_holds_anything_but_job_logs(tmp_path):
+    assert occupants(tmp_path / "missing") == []
+    (tmp_path / "cli.log").write_text("a sibling process opened its log first\n")
+    assert occupants(tmp_path) == []
+    check_new_run_directory(tmp_path)
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / ".hydra").mkdir()
+    assert occupants(tmp_path) == [".hydra", "summary.json", "tb"]
+    assert occupants(tmp_path, ignore=(".hydra",)) == ["summary.json", "tb"]
+
+
+def test_a_used_directory_is_refused_in_one_line_naming_what_it_holds(tmp_path):
+    for name in ("a", "b", "c", "d", "e"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(RunDirectoryInUse) as run_error:
+        check_new_run_directory(tmp_path)
+    assert str(run_error.value) == (
+        f"hydra.run.dir: {tmp_path} already holds a run (a, b, c, d, …); continue it with "
+        f"`klexp resume={tmp_path}`, or give the new run another hydra.run.dir")
+    with pytest.raises(RunDirectoryInUse) as sweep_error:
+        check_new_sweep_directory(tmp_path)
+    assert str(sweep_error.value).startswith(
+        f"hydra.sweep.dir: {tmp_path} already holds a sweep (a, b, c, d, …); give the new sweep another")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(RunDirectoryInUse, match="is a file, not a directory"):
+        check_new_run_directory(a_file)
+
+
+def test_a_sweep_job_meets_an_earlier_run_only_beyond_its_own_record(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "cli.log").write_text("")
+    check_sweep_job_directory(tmp_path, ".hydra")
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(RunDirectoryInUse) as error:
+        check_sweep_job_directory(tmp_path, ".hydra")
+    assert str(error.value) == (
+        f"hydra.sweep.dir: job directory {tmp_path} already held a run (summary.json); this job "
+        "stopped before writing to it (its .hydra/ record was replaced)")
+    with pytest.raises(RunDirectoryInUse, match=r"held a run \(\.hydra, summary\.json\); this job stopped "
+                                                r"before writing to it$"):
+        check_sweep_job_directory(tmp_path, None)
+
+
+def composed_with_hydra(run_dir):
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=CONFIG_NAME, overrides=[f"hydra.run.dir={run_dir}"],
+                       return_hydra_config=True)
+
+
+def test_the_callback_exits_before_a_new_run_into_a_used_directory_but_not_on_resume(tmp_path, monkeypatch):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "summary.json").write_text("{}")
+    config = composed_with_hydra(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        RunDirectoryGuard().on_run_start(config)
+    message = f"klexp: hydra.run.dir: {tmp_path} already holds a run (summary.json); continue it with"
+    assert str(exit_.value.code).startswith(message)
+    RunDirectoryGuard().on_run_start(composed_with_hydra(tmp_path / "new"))
+    RunDirectoryGuard(resume=True).on_run_start(config)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    RunDirectoryGuard().on_run_start(config)
