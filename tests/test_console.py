@@ -25,3 +25,14 @@ def test_the_default_run_prints_progress_metrics_and_where_the_logs_are(verbose,
     assert shown == (LIGHTNING_CHATTER[:5] if verbose else []), shown
     if not verbose:
         assert not [line for line in LIGHTNING_CHATTER if line in output]
+
+
+def test_importing_the_command_changes_no_global_warning_filter():
+    import importlib
+    import warnings
+
+    import klexp.app.cli
+
+    before = list(warnings.filters)
+    importlib.reload(klexp.app.cli)
+    assert warnings.filters == before

@@ -110,7 +110,7 @@ def test_optuna_search_runs_trials_and_maximises_the_returned_objective(tmp_path
 
 
 def test_sweep_job_directories_fit_the_file_system_and_never_collide():
-    from klexp.app.cli import MAX_DIRNAME_BYTES, sweep_subdir
+    from klexp.app.resolvers import MAX_DIRNAME_BYTES, sweep_subdir
 
     assert sweep_subdir("kl.ce.weight=0.5", 1) == "kl.ce.weight=0.5/seed=1"
     # only the seed varies: no empty first part, which would make the path absolute (/seed=0)

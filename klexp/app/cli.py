@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from klexp.app.resolvers import register_resolvers
 from klexp.app.resume import rerun_arguments, resume_arguments
 from klexp.app.run_dirs import check_sweep_job_directory, guard_overrides, is_first_process
 from klexp.errors import KlexpError
@@ -37,48 +36,9 @@ class UserError(CompactHydraException):
     """A user mistake: Hydra prints its one-line message, without a traceback, and exits 1."""
 
 
-def _product(*values: float) -> float:
-    result = 1.0
-    for value in values:
-        result *= float(value)
-    return result
-
-
-def register_resolvers() -> None:
-    """Arithmetic for configs, e.g. a distillation weight ``${mul:${alpha},${T},${T}}``."""
-    if not OmegaConf.has_resolver("mul"):
-        OmegaConf.register_new_resolver("mul", _product)
-    if not OmegaConf.has_resolver("sub"):
-        OmegaConf.register_new_resolver("sub", lambda a, b: float(a) - float(b))
-    if not OmegaConf.has_resolver("div"):
-        OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
-    if not OmegaConf.has_resolver("sweep_subdir"):
-        OmegaConf.register_new_resolver("sweep_subdir", sweep_subdir)
-
-
-# File systems allow 255 bytes per name; a sweep job's name is its overrides, which can be longer.
-MAX_DIRNAME_BYTES = 200
-
-
-def sweep_subdir(override_dirname: str, seed: Any) -> str:
-    """A sweep job's directory: ``<overrides>/seed=<seed>``, or ``seed=<seed>`` when the seed is
-    all that varies (an empty first part would make the path absolute: ``/seed=0``). Overrides
-    longer than ``MAX_DIRNAME_BYTES`` keep their start plus a hash of the whole, so two runs never
-    share a directory (the full overrides are in .hydra/ and summary.json)."""
-    name = str(override_dirname or "")
-    encoded = name.encode()
-    if len(encoded) > MAX_DIRNAME_BYTES:
-        digest = hashlib.sha256(encoded).hexdigest()[:12]
-        name = encoded[:MAX_DIRNAME_BYTES - len(digest) - 1].decode(errors="ignore") + "~" + digest
-    return f"{name}/seed={seed}" if name else f"seed={seed}"
-
-
+# Registered when this module is imported, not only when ``main`` runs: a sweep launcher's worker
+# processes import it to unpickle the app, then resolve the job's config (``sweep_subdir``).
 register_resolvers()
-
-# Frozen teachers, baselines and reference policies are in eval mode on purpose; and a warning
-# about torch's pytree API comes from inside Lightning, not from anything a user can change.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
