@@ -15,7 +15,7 @@ are relative to ``F.kl_div``. Accuracy is the max and mean abs difference from a
 computed independently with ``scipy.special.rel_entr``. Finally, rows with ``−inf`` logits (zero
 probabilities) show ``F.kl_div`` returning NaN where klexp returns the correct value.
 
-Run: ``python experiments/bench_kl.py [--rows 4096 --classes 1000 --repeats 50 --threads N]``;
+Run: ``python experiments/benchmarks/bench_kl.py [--rows 4096 --classes 1000 --repeats 50 --threads N]``;
 ``--forward-only`` skips the forward + backward timing. On a machine shared with other jobs,
 ``--threads 1`` gives the steadiest ratios (a descheduled worker thread stalls a multi-threaded op).
 """

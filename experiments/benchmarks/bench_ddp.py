@@ -5,7 +5,7 @@ same global number of env steps; under DDP each rank steps its own vector of env
 logged ``time/sps`` counts the steps of all ranks. Sides alternate over rounds so that machine
 noise hits both; the medians are compared.
 
-    .venv/bin/python experiments/bench_ddp.py [--timesteps 100000] [--rounds 3] [override ...]
+    .venv/bin/python experiments/benchmarks/bench_ddp.py [--timesteps 100000] [--rounds 3] [override ...]
 
 On a machine with N free cores, up to N processes can scale; this one has 2 cores, so 2 processes
 is the whole machine (1 torch thread each, as the PPO config sets).

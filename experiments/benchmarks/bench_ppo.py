@@ -20,7 +20,7 @@ machine hits both alike):
 * end-to-end CPU SPS — env steps / CPU seconds of the whole call (for klexp: config, Trainer
   set-up, training, checkpoint and the final greedy evaluation), robust to other processes.
 
-Run: ``python experiments/bench_ppo.py [--total-timesteps 500000 --repeats 3 --seed 1]``.
+Run: ``python experiments/benchmarks/bench_ppo.py [--total-timesteps 500000 --repeats 3 --seed 1]``.
 """
 
 from __future__ import annotations

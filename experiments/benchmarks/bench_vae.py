@@ -14,7 +14,7 @@ which a busy shared machine disturbs far less; the ratio is reported for both. A
 (and klexp's ``NoProfiler``, as the klexp side has):
 Lightning's own per-step cost, the floor of any Lightning path at this (tiny) step size.
 
-    .venv/bin/python experiments/bench_vae.py [--steps 1500] [--rounds 5] [override ...]
+    .venv/bin/python experiments/benchmarks/bench_vae.py [--steps 1500] [--rounds 5] [override ...]
 
 A plugin pair measures what a KL term costs a user's own module: "user + term" is a plain
 LightningModule (subclassing nothing from klexp) whose step returns
