@@ -150,3 +150,18 @@ def test_a_sweep_job_whose_directory_held_a_run_stops_before_writing_to_it(tmp_p
         else:
             assert after[path] == content, path
     assert list((tmp_path / "outputs" / "s0").rglob("summary.json"))
+
+
+def test_the_command_adds_its_own_overrides_where_hydras_parser_reads_them():
+    from klexp.app.cli import with_overrides
+
+    assert with_overrides(["a=1", "--cfg", "job"], ["++x=1"]) == ["a=1", "++x=1", "--cfg", "job"]
+    assert with_overrides(["-m", "a=1,2"], ["++x=1"]) == ["-m", "a=1,2", "++x=1"]
+    assert with_overrides(["a=1", "b=2"], ["++x=1"]) == ["a=1", "b=2", "++x=1"]
+    assert with_overrides([], ["++x=1"]) == ["++x=1"]
+
+
+def test_a_hydra_flag_after_the_overrides_still_works(tmp_path):
+    result = run_cli(["experiment=ppo_tokens", "--cfg", "job"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "experiment_name: ppo_tokens" in result.stdout

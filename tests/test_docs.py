@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 from pathlib import Path
 
@@ -29,8 +28,8 @@ def expected_values(block: str) -> list[str]:
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.name)
-def test_every_python_block_runs_and_prints_what_its_comments_say(page, tmp_path):
-    os.chdir(tmp_path)
+def test_every_python_block_runs_and_prints_what_its_comments_say(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for number, block in enumerate(python_blocks(page), start=1):
         printed = io.StringIO()

@@ -115,6 +115,9 @@ def test_sweep_job_directories_fit_the_file_system_and_never_collide():
     assert sweep_subdir("kl.ce.weight=0.5", 1) == "kl.ce.weight=0.5/seed=1"
     # only the seed varies: no empty first part, which would make the path absolute (/seed=0)
     assert sweep_subdir("", 0) == "seed=0"
+    # a checkpoint path as a value stays one directory level
+    assert sweep_subdir("task.reference_checkpoint=runs/ref/last.ckpt", 2) == (
+        "task.reference_checkpoint=runs_ref_last.ckpt/seed=2")
     long_a = ",".join(f"trainer.option_{i}=value_{i}" for i in range(20))
     long_b = long_a.replace("value_19", "value_20")
     name_a, name_b = sweep_subdir(long_a, 0), sweep_subdir(long_b, 0)

@@ -66,6 +66,16 @@ NO_RUN_FLAGS = ("--shell-completion", "-sc", "--experimental-rerun")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
+def with_overrides(args: list[str], extra: list[str]) -> list[str]:
+    """``args`` with ``extra`` overrides beside the user's own: Hydra's parser reads the overrides
+    as one run of words, so they go after the leading overrides (``a=1 ++x --cfg job``), or at the
+    end when the command line starts with a flag (``-m a=1,2 ++x``)."""
+    if not args or args[0].startswith("-"):
+        return [*args, *extra]
+    leading = next((i for i, word in enumerate(args) if word.startswith("-")), len(args))
+    return [*args[:leading], *extra, *args[leading:]]
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     """``klexp [overrides]`` | ``klexp resume=<run dir> [overrides]`` |
     ``klexp rerun <run dir> [overrides]`` | ``klexp report <sweep dir> ...``.
@@ -91,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     except KlexpError as error:
         sys.exit(f"klexp: {error}")
     if not any(a in NO_RUN_FLAGS for a in args):
-        args += guard_overrides(args, resume=bool(resume))
+        args = with_overrides(args, guard_overrides(args, resume=bool(resume)))
     sys.argv = [sys.argv[0], *args]
     return app()
 

@@ -33,11 +33,13 @@ MAX_DIRNAME_BYTES = 200
 
 
 def sweep_subdir(override_dirname: str, seed: Any) -> str:
-    """A sweep job's directory: ``<overrides>/seed=<seed>``, or ``seed=<seed>`` when the seed is
+    """A sweep job's directory: ``<overrides>/seed=<seed>`` (slashes in values as ``_``), or
+    ``seed=<seed>`` when the seed is
     all that varies (an empty first part would make the path absolute: ``/seed=0``). Overrides
     longer than ``MAX_DIRNAME_BYTES`` keep their start plus a hash of the whole, so two runs never
     share a directory (the full overrides are in .hydra/ and summary.json)."""
-    name = str(override_dirname or "")
+    # a value with a slash (a checkpoint path) would otherwise nest directories
+    name = str(override_dirname or "").replace("/", "_")
     encoded = name.encode()
     if len(encoded) > MAX_DIRNAME_BYTES:
         digest = hashlib.sha256(encoded).hexdigest()[:12]

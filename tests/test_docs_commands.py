@@ -1,0 +1,197 @@
+"""Every command the documentation shows runs: each line of the ``bash`` blocks of the README and
+of ``docs/*.md``, and each ``$`` line of their ``console`` transcripts, whose output must match the
+lines printed below it (``…`` matches anything).
+
+A training command runs as written, with overrides appended that make it seconds long (one epoch
+of a few batches, a few steps, one rollout; `SMOKE`), and placeholders (`<run dir>`,
+`<sweep dir>`, `<report dir>`) filled with a run and a sweep made first. `make test` and
+`make test-fast` are the suite itself, which CI runs; they are the only commands not run here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_experiment
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+NOT_RUN_HERE = {"make test", "make test-fast"}
+
+FEW_BATCHES = ["trainer.max_epochs=1", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
+               "++trainer.limit_test_batches=1"]
+ONE_ROLLOUT = ["task.eval_episodes=1"]
+#: overrides appended per experiment (by name prefix, longest first) to make a run seconds long
+SMOKE: dict[str, list[str]] = {
+    "": [*FEW_BATCHES, "data=synthetic"],
+    "bayes": [*FEW_BATCHES, "data=synthetic", "data.holdout_class=2", "task.ood_noise=5",
+              "task.eval_samples=2"],
+    "vae": ["trainer.max_steps=3", "trainer.check_val_every_n_epoch=1", "++trainer.limit_val_batches=1",
+            "++trainer.limit_test_batches=1", "task.iw_samples=2", "data=synthetic"],
+    "ppo": [*ONE_ROLLOUT, "task.total_timesteps=512"],
+    "ppo_tokens": [*ONE_ROLLOUT, "task.total_timesteps=512"],
+    "ppo_pendulum": [*ONE_ROLLOUT, "task.total_timesteps=4096"],
+    "ppo_ref_kl": [*ONE_ROLLOUT, "task.total_timesteps=512",
+                   "stages.reference.overrides=[experiment=ppo,task.total_timesteps=512]"],
+    "gan": ["trainer.max_epochs=1", "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1",
+            "++trainer.limit_test_batches=1"],
+    "fit_gaussian": ["trainer.max_epochs=1", "task.steps_per_epoch=5"],
+}
+SCRIPT_SMOKE = {
+    "experiments/news_coding/coding.py": ["--messages", "2000", "--blocks", "1", "2"],
+    "experiments/benchmarks/bench_kl.py": ["--rows", "64", "--classes", "10", "--repeats", "2"],
+    "experiments/benchmarks/bench_vae.py": ["--steps", "5", "--rounds", "1"],
+    "experiments/benchmarks/bench_ppo.py": ["--total-timesteps", "2048", "--repeats", "1"],
+    "experiments/benchmarks/bench_ddp.py": ["--timesteps", "2048", "--rounds", "1"],
+}
+
+
+def bash_commands(page: Path) -> list[str]:
+    """The logical lines of a page's ``bash`` blocks, comments and continuations resolved."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"<([^<>]+)>", lambda m: "<" + m.group(1).replace(" ", "_") + ">", line)
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append(shlex.join(words))
+    return commands
+
+
+def transcripts(page: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """``($ command, expected output lines)`` of a page's ``console`` blocks."""
+    found = []
+    for block in re.findall(r"```console\n(.*?)```", page.read_text(), re.S):
+        for part in re.split(r"(?m)^\$ ", block)[1:]:
+            command, *expected = part.rstrip("\n").splitlines()
+            found.append((command, tuple(expected)))
+    return found
+
+
+def unique(items: list) -> list:
+    return list(dict.fromkeys(items))
+
+
+COMMANDS = unique([c for page in PAGES for c in bash_commands(page) if c not in NOT_RUN_HERE])
+TRANSCRIPTS = unique([t for page in PAGES for t in transcripts(page)])
+
+
+def smoke_overrides(words: list[str]) -> list[str]:
+    experiment = next((w.split("=", 1)[1] for w in words if w.startswith("experiment=")), "")
+    experiment = experiment.split(",")[0]
+    prefix = max((p for p in SMOKE if experiment.startswith(p)), key=len)
+    given = {w.split("=", 1)[0].lstrip("+") for w in words if "=" in w}
+    extra = [o for o in SMOKE[prefix] if o.split("=", 1)[0].lstrip("+") not in given]
+    if any(w.startswith("hparams_search=") for w in words):
+        extra.append("hydra.sweeper.n_trials=2")
+    return extra
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A directory with a finished run, a finished sweep, and room for the commands' outputs."""
+    root = tmp_path_factory.mktemp("docs")
+    run_dir, sweep_dir = root / "a_run", root / "a_sweep"
+    for args in (["data=synthetic", *FEW_BATCHES, f"hydra.run.dir={run_dir}"],
+                 ["-m", "data=synthetic", *FEW_BATCHES, "kl.ce.weight=0.5,1",
+                  f"hydra.sweep.dir={sweep_dir}"]):
+        result = klexp(args, root)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return {"root": root, "<run_dir>": run_dir, "<sweep_dir>": sweep_dir, "<report_dir>": root / "report"}
+
+
+def klexp(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, "-m", "klexp", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=environment)
+
+
+def fill(command: str, workspace: dict) -> list[str]:
+    for placeholder, value in workspace.items():
+        if placeholder.startswith("<"):
+            command = command.replace(placeholder, str(value))
+    return shlex.split(command)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_documented_command_runs(command, workspace, tmp_path):
+    words = fill(command, workspace)
+    program, args = words[0], words[1:]
+    if program == "klexp":
+        if args and args[0] == "resume=" + str(workspace["<run_dir>"]):
+            target = tmp_path / "resumable"
+            shutil.copytree(workspace["<run_dir>"], target)
+            args = [f"resume={target}"]
+        elif args and args[0] not in ("report", "rerun"):
+            args = [*args, *smoke_overrides(args)]
+            if "-m" not in args:
+                # one run: composed and run in this process, as `klexp` would (the command line's
+                # own handling is tested in test_cli.py), sparing a Python start-up per command
+                summary = run_experiment(args, tmp_path / "run")
+                assert summary["status"] == "completed", command
+                return
+            args.append(f"hydra.sweep.dir={tmp_path / 'sweep'}")
+        result = klexp(args, tmp_path)
+    elif program == "make":
+        if args == ["run"]:  # the quick start's run, at smoke size, into this test's directory
+            smoke = [*SMOKE[""], f"hydra.run.dir={tmp_path / 'run'}"]
+            args = ["run", "ARGS=" + " ".join(smoke)]
+        result = subprocess.run(["make", "-C", str(REPO), *args], capture_output=True, text=True,
+                                timeout=600)
+    elif program == "python":
+        script = args[0]
+        result = subprocess.run([sys.executable, str(REPO / script), *args[1:], *SCRIPT_SMOKE[script]],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    elif program == "tensorboard":
+        port = free_port()
+        (tmp_path / "outputs").symlink_to(workspace["root"], target_is_directory=True)
+        server = subprocess.Popen([str(Path(sys.executable).parent / "tensorboard"), *args,
+                                   "--port", str(port), "--host", "127.0.0.1"], cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            page = ""
+            for _ in range(120):
+                try:
+                    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            assert "TensorBoard" in page
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        return
+    else:
+        pytest.fail(f"the docs show a command this test does not know how to run: {command}")
+    assert result.returncode == 0, (command, result.stderr[-3000:])
+
+
+def matches(expected: str, line: str) -> bool:
+    pattern = ".*".join(re.escape(part) for part in expected.split("…"))
+    return re.fullmatch(pattern, line.strip()) is not None
+
+
+@pytest.mark.parametrize(("command", "expected"), TRANSCRIPTS, ids=[c for c, _ in TRANSCRIPTS])
+def test_every_transcript_prints_what_the_docs_say(command, expected, tmp_path):
+    words = shlex.split(command)
+    assert words[0] == "klexp"
+    result = klexp(words[1:], tmp_path)
+    lines = (result.stdout + result.stderr).splitlines()
+    for line in expected:
+        assert any(matches(line, printed) for printed in lines), (line, lines[-5:])
