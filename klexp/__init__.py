@@ -20,7 +20,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         ["kl", "reverse_kl", "js", "entropy", "cross_entropy", "kl_samples", "monte_carlo_terms",
          "categorical_kl", "categorical_entropy", "categorical_cross_entropy", "categorical_js",
-         "wasserstein1_categorical", "wasserstein2_gaussian", "Schedule", "Constant",
+         "wasserstein1_categorical", "wasserstein2_gaussian", "wasserstein1_empirical_1d",
+         "f_divergence", "categorical_f_divergence", "F_DIVERGENCES", "FDivergence",
+         "VariationalFDivergence", "donsker_varadhan_bound", "nwj_bound", "knn_kl",
+         "gradient_penalty", "WassersteinGP", "Schedule", "Constant",
          "LinearWarmup", "Cyclical", "Controller", "AdaptiveBeta", "ProportionalController"],
         "klexp.core"),
     **dict.fromkeys(["Shaping", "FreeBits", "Capacity", "PerExample"], "klexp.core.shaping"),

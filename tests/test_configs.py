@@ -66,7 +66,8 @@ def experiment_term(experiment: str) -> str:
 @pytest.mark.parametrize(
     ("group", "option"),
     [(group, option)
-     for group in ("data", "task", "trainer", "logger", "callbacks", "kl", "schedule", "shaping", "env")
+     for group in ("data", "task", "trainer", "logger", "callbacks", "kl", "schedule", "shaping", "env",
+                   "divergence")
      if (CONFIG_DIR / group).is_dir()
      for option in group_options(group)],
 )
@@ -95,7 +96,7 @@ def test_every_group_option_composes_in_some_experiment(group, option, tmp_path)
 
 def test_every_yaml_file_is_reachable_through_a_group():
     groups = {"experiment", "data", "task", "trainer", "logger", "callbacks", "kl", "schedule",
-              "shaping", "env", "launcher", "hparams_search", "hydra"}
+              "shaping", "divergence", "env", "launcher", "hparams_search", "hydra"}
     for path in Path(CONFIG_DIR).rglob("*.yaml"):
         relative = path.relative_to(CONFIG_DIR)
         assert relative.parts[0] in groups or relative == Path("config.yaml"), relative
