@@ -250,6 +250,7 @@ def test_a_diverged_gan_stops_training_and_is_still_evaluated(tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] == 4
     assert summary["metrics"]["test/modes"] == 0
+    assert summary["metrics"]["test/diverged"] == 1.0
     assert math.isnan(summary["metrics"]["test/knn_kl"])
 
 

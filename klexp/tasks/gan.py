@@ -30,7 +30,8 @@ Logged (``<split>`` is val or test):
   over the data, on the critic's contours.
 
 A logged loss that turns NaN or infinite ends training with a warning (``stop_if_diverged``); the
-final evaluation then scores the diverged generator (0 modes, k-NN KL NaN).
+final evaluation then scores the diverged generator (0 modes, k-NN KL NaN) and logs
+``test/diverged`` = 1, so the run's summary says what happened.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class GANTask(Task):
         self.critic: nn.Module | None = None
         self._last_generator_loss: Tensor | None = None
         self._figure_points: tuple[Tensor, Tensor] | None = None
+        self.diverged = False
 
     # ------------------------------------------------------------------ building
 
@@ -205,6 +207,7 @@ class GANTask(Task):
                            f"({', '.join(f'{k} = {float(v):g}' for k, v in metrics.items())}); "
                            "stopping, then evaluating the generator as it is")
             self.trainer.should_stop = True
+            self.diverged = True
 
     # ------------------------------------------------------------------ evaluation
 
@@ -225,8 +228,10 @@ class GANTask(Task):
         fake = self.all_gather(fake).reshape(-1, self.data_dim)
         metrics = mode_metrics(fake, data, self.modes, self.mode_std, threshold=self.mode_threshold,
                                knn_k=self.knn_k)
-        log_metrics(self, {f"{stage}/{name}": value for name, value in metrics.items()},
-                    batch_size=len(data))
+        metrics = {f"{stage}/{name}": value for name, value in metrics.items()}
+        if stage == "test":  # a diverged run is a result, and says so in its summary
+            metrics["test/diverged"] = float(self.diverged)
+        log_metrics(self, metrics, batch_size=len(data))
         if stage == "val":
             self._figure_points = (data, fake)
 
