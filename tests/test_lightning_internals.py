@@ -100,3 +100,29 @@ def test_publish_makes_written_metrics_visible_to_callbacks(tmp_path):
 def test_the_walk_names_a_missing_attribute():
     with pytest.raises(AssertionError, match=r"no longer has 'fit_loop\._gone'"):
         walk(pl.Trainer(logger=False, enable_progress_bar=False), ("fit_loop", "_gone"))
+
+
+def test_validation_follows_says_at_each_batch_end_whether_lightning_validates_next(tmp_path):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(24, 1)), batch_size=4)
+    events: list[str] = []
+
+    class Validated(Probe):
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            follows = internals.validation_follows(self.trainer)
+            events.append(f"batch {batch_idx}" + (" → val" if follows else ""))
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            pass
+
+        def on_validation_start(self) -> None:
+            if not self.trainer.sanity_checking:
+                events.append("val")
+
+    trainer = pl.Trainer(max_epochs=2, val_check_interval=4, check_val_every_n_epoch=2,
+                         limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False,
+                         logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(Validated(), data, data)
+    # 6 batches an epoch; every 2nd epoch, a validation after every 4th batch
+    epoch_one = [f"batch {i}" for i in range(6)]
+    epoch_two = ["batch 0", "batch 1", "batch 2", "batch 3 → val", "val", "batch 4", "batch 5"]
+    assert events == epoch_one + epoch_two

@@ -24,7 +24,8 @@ EXPERIMENTS = {
                      "task.eval_episodes=1"],
     "fit_gaussian": [*QUIET, "experiment=fit_gaussian", "trainer.max_epochs=1"],
     "gan": [*QUIET, "experiment=gan", "divergence=wasserstein", "trainer.max_epochs=1",
-            "++trainer.limit_train_batches=12", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1"],
+            "++trainer.limit_train_batches=12", "++trainer.limit_val_batches=1",
+            "++trainer.limit_test_batches=1"],
 }
 
 

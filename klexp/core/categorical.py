@@ -67,8 +67,8 @@ def at_least_zero(divergence: Tensor) -> Tensor:
     for nearly equal distributions: raise those to 0. Only the values change; the gradient stays
     that of the unclamped divergence (a clamp would zero it, and with it the Hessian that
     natural-gradient methods take at P = Q). NaN and +inf pass through."""
-    # value: d + max(−d, 0) = max(d, 0) exactly; the added part is a constant to autograd
-    return divergence + divergence.detach().neg().clamp_min_(0)
+    # value: d − min(d, 0) = max(d, 0) exactly; the subtracted part is a constant to autograd
+    return divergence - divergence.detach().clamp_max(0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent
 from torch.distributions.utils import probs_to_logits
 
-from klexp.core.categorical import at_least_float32, compute_dtype
+from klexp.core.categorical import HALF_PRECISION, at_least_float32, compute_dtype
 
 _INF = float("inf")
 
@@ -198,8 +198,22 @@ def in_compute_dtype(*distributions: Distribution) -> tuple[Distribution, ...]:
     compute ``p.entropy()`` or ``p.log_prob(x)`` in float32, and a bfloat16 pair every step in
     bfloat16 (a KL of nearly equal Normals in bfloat16 is mostly rounding error).
     """
-    dtype = dtype_of(*distributions)
+    found: set[torch.dtype] = set()
+    for d in distributions:
+        _collect_floating_dtypes(d, found)
+    if len(found) == 1 and next(iter(found)) not in HALF_PRECISION:  # the common case
+        return distributions
+    dtype = compute_dtype(*found) if found else torch.get_default_dtype()
     return tuple(with_state_dtype(d, dtype) for d in distributions)
+
+
+def _collect_floating_dtypes(d: Distribution, found: set[torch.dtype]) -> None:
+    for value in vars(d).values():
+        if isinstance(value, Tensor):
+            if value.is_floating_point():
+                found.add(value.dtype)
+        elif isinstance(value, Distribution):
+            _collect_floating_dtypes(value, found)
 
 
 def with_state_dtype(d: Distribution, dtype: torch.dtype) -> Distribution:

@@ -26,6 +26,10 @@ PRIVATE_STATE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Trainer", ("fit_loop", "epoch_loop", "_batches_that_stepped")),
     ("checkpoint", ("loops", "fit_loop", "epoch_loop.state_dict", "_batches_that_stepped")),
     ("checkpoint", ("loops", "fit_loop", "epoch_loop.batch_progress", "current", "ready")),
+    ("Trainer", ("fit_loop", "epoch_loop", "_should_check_val_fx")),
+    ("Trainer", ("fit_loop", "_data_fetcher")),
+    ("Trainer", ("fit_loop", "resumed_on_epoch_end")),
+    ("Trainer", ("fit_loop", "restarted_on_epoch_end")),
 )
 
 
@@ -48,6 +52,21 @@ def logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning's loggers write at: the number of batches that stepped (under manual
     optimisation ``global_step`` counts optimiser steps instead)."""
     return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """Called in ``on_train_batch_end``: whether Lightning validates right after this batch. Its
+    own test, so that ``val_check_interval``, ``check_val_every_n_epoch`` and early stops agree."""
+    loop = trainer.fit_loop
+    return loop._data_fetcher is not None and bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+
+
+def resumes_after_epoch_end(trainer: pl.Trainer) -> bool:
+    """Called in ``on_train_start`` of a resumed fit: whether the checkpoint was written after an
+    epoch had ended, so that the training iterator created before this hook serves the next epoch
+    (otherwise a new one is created after it, or the resume is mid-epoch)."""
+    loop = trainer.fit_loop
+    return bool(loop.resumed_on_epoch_end or loop.restarted_on_epoch_end)
 
 
 def publish(trainer: pl.Trainer, metrics: Mapping[str, Tensor]) -> None:

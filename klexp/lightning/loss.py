@@ -194,11 +194,14 @@ def reward_penalty(module: pl.LightningModule, outputs: Mapping[str, Any], *,
 def _check_finite(trainer: pl.Trainer | None, stage: str, step: int, loss: Tensor,
                   task_loss: Tensor | None, guarded: list[tuple[LossTerm, Tensor]],
                   outputs: Mapping[str, Any]) -> None:
-    """One device-to-host copy for the loss and every guarded term's value; on a non-finite one,
-    the first term at fault (or the loss) is named and described."""
-    values = torch.stack([loss.detach().reshape(()).float(),
-                          *(v.reshape(()).float() for _, v in guarded)])
-    finite = bool(torch.isfinite(values).all())
+    """One device-to-host copy for the loss and every guarded term's value: their sum, which is
+    finite when they all are (a finite sum that overflows is told apart by looking at each value,
+    which only a failing step pays for); on a non-finite one, the first term at fault (or the loss)
+    is named and described."""
+    probe = loss.detach()
+    for _, value in guarded:
+        probe = probe + value
+    finite = math.isfinite(probe.item()) or _each_finite(loss, guarded)
     if all_ranks_agree(trainer, finite):
         return
     if finite:
@@ -209,6 +212,10 @@ def _check_finite(trainer: pl.Trainer | None, stage: str, step: int, loss: Tenso
                                  f"({stage}); {term.describe(outputs)}")
     task = f" (task loss {float(task_loss)})" if task_loss is not None else ""
     raise NonFiniteError(f"the {stage} loss is {float(loss)} at step {step}{task}")
+
+
+def _each_finite(loss: Tensor, guarded: list[tuple[LossTerm, Tensor]]) -> bool:
+    return all(math.isfinite(float(value)) for value in (loss, *(v for _, v in guarded)))
 
 
 # ---------------------------------------------------------------------------------------------

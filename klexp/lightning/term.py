@@ -43,38 +43,46 @@ STAGES: tuple[str, ...] = ("train", "val", "test")
 
 @dataclass
 class _Tally:
-    """Running sums, on the device, of what a term measured over the calls of one batch."""
+    """What a term measured over the calls of one batch: each call's tensors, left on the device
+    and combined only when they are logged or a controller reads them (most training steps are
+    neither), in float64 where the device has it so that a mean over many calls loses no digits."""
 
-    calls: int = 0
-    value: Tensor | None = None
-    value_max: Tensor | None = None
-    loss: Tensor | None = None
-    std: Tensor | None = None
-    std_calls: int = 0
-    dims: Tensor | None = None
+    values: list[Tensor] = field(default_factory=list)
+    losses: list[Tensor] = field(default_factory=list)
+    stds: list[Tensor] = field(default_factory=list)
+    dims: list[Tensor] = field(default_factory=list)
     # the weight the losses used: by the batch-end hook Lightning has already advanced global_step
     weight: float | None = None
     # batch elements behind each value: the weight of this batch in an epoch mean across ranks
     elements: int = 1
     phase: dict[str, Tensor] = field(default_factory=dict)
 
+    @property
+    def calls(self) -> int:
+        return len(self.values)
+
     def add(self, value: Tensor, loss: Tensor, std: Tensor | None, dims: Tensor | None,
             weight: float, elements: int) -> None:
-        # sums in float64 where the device has it, so a mean over many calls loses no digits
-        wide = torch.float32 if value.device.type == "mps" else torch.float64
-        value, loss = value.to(wide), loss.to(wide)
-        std = None if std is None else std.to(wide)
-        first = self.calls == 0
-        self.calls += 1
-        self.weight, self.elements = weight, elements
-        self.value = value if first else self.value + value
-        self.value_max = value if first else torch.maximum(self.value_max, value)
-        self.loss = loss if first else self.loss + loss
+        self.values.append(value)
+        self.losses.append(loss)
         if std is not None:
-            self.std = std if self.std is None else self.std + std
-            self.std_calls += 1
+            self.stds.append(std)
         if dims is not None:
-            self.dims = dims if self.dims is None else self.dims + dims
+            self.dims.append(dims)
+        self.weight, self.elements = weight, elements
+
+    @staticmethod
+    def mean(tensors: list[Tensor]) -> Tensor:
+        """The mean over calls of ``tensors`` (one per call), in the wide dtype."""
+        wide = torch.float32 if tensors[0].device.type == "mps" else torch.float64
+        if len(tensors) == 1:
+            return tensors[0].to(wide)
+        return torch.stack(tensors).to(wide).sum(0) / len(tensors)
+
+    @staticmethod
+    def max(tensors: list[Tensor]) -> Tensor:
+        wide = torch.float32 if tensors[0].device.type == "mps" else torch.float64
+        return torch.stack(tensors).max().to(wide)
 
 
 class KLTerm(LossTerm):
@@ -350,22 +358,23 @@ class KLTerm(LossTerm):
             log_metrics(pl_module, metrics, stage="train")
         controller = self.controller
         if controller is not None:
-            measured = tally.phase.get(controller.adapt_to, tally.value / tally.calls)
+            measured = tally.phase.get(controller.adapt_to)
+            if measured is None:
+                measured = tally.mean(tally.values)
             controller.update(mean_over_ranks(self._trainer, float(measured)))
 
     def _metrics(self, tally: _Tally, prefix: str, step: int) -> dict[str, Tensor | float]:
-        calls = tally.calls
         metrics: dict[str, Tensor | float] = {
-            f"{prefix}/value": tally.value / calls,
+            f"{prefix}/value": tally.mean(tally.values),
             f"{prefix}/weight": self.current_weight(step) if tally.weight is None else tally.weight,
-            f"{prefix}/loss": tally.loss / calls,
+            f"{prefix}/loss": tally.mean(tally.losses),
         }
         if self.monte_carlo:
-            metrics[f"{prefix}/std"] = tally.std / tally.std_calls if tally.std_calls else 0.0
-        if calls > 1:
-            metrics[f"{prefix}/value_max"] = tally.value_max
-        if tally.dims is not None:
-            metrics.update({f"{prefix}/dim_{i}": v for i, v in enumerate(tally.dims / calls)})
+            metrics[f"{prefix}/std"] = tally.mean(tally.stds) if tally.stds else 0.0
+        if tally.calls > 1:
+            metrics[f"{prefix}/value_max"] = tally.max(tally.values)
+        if tally.dims:
+            metrics.update({f"{prefix}/dim_{i}": v for i, v in enumerate(tally.mean(tally.dims))})
         return metrics
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
