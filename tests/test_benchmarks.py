@@ -13,7 +13,7 @@ BENCHMARKS = {
     "bench_kl.py": (["--rows", "64", "--classes", "10", "--repeats", "2", "--threads", "1"],
                     ["ratio to F.kl_div", "target: klexp ≤ 1.1× F.kl_div"]),
     "bench_vae.py": (["--steps", "5", "--rounds", "1"],
-                     ["ratio klexp/plain", "ratio user+term/user/hand"]),
+                     ["ratio klexp / plain", "ratio user+term / user/hand"]),
     "bench_ppo.py": (["--total-timesteps", "2048", "--repeats", "1"],
                      ["training-loop SPS (wall)", "end-to-end SPS (CPU time)", "target klexp ≥ 1.2× plain"]),
     "bench_ddp.py": (["--timesteps", "2048", "--rounds", "1"], ["scaling 2 / 1 processes"]),

@@ -247,16 +247,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                for side, rates in results.items()}
     print(f"\nexperiment=vae {' '.join(args.overrides)}: threads {torch.get_num_threads()}, "
           f"batch {cfg.data.batch_size}, {args.steps} timed steps × {args.rounds} rounds (medians)")
-    print(f"{'':20s} {'wall steps/s':>14s} {'CPU steps/s':>14s}")
+    print(f"{'':26s} {'wall steps/s':>14s} {'CPU steps/s':>14s}")
     for side, label in (("plain", "plain PyTorch loop"), ("klexp", "klexp (Lightning)"),
                         ("bare", "bare Lightning"), ("user+term", "user + KL term"),
                         ("user/hand", "user, KL by hand")):
-        print(f"{label:20s} {medians[side][0]:14.1f} {medians[side][1]:14.1f}")
+        print(f"{label:26s} {medians[side][0]:14.1f} {medians[side][1]:14.1f}")
     for side, base, note in (("klexp", "plain", "target ≥ 0.8"), ("bare", "plain", "Lightning's own loop"),
                              ("klexp", "bare", "klexp's own share"),
                              ("user+term", "user/hand", "a KL term in a user's module; target ≥ 0.95")):
         ratios = [medians[side][i] / medians[base][i] for i in (0, 1)]
-        print(f"{f'ratio {side}/{base}':20s} {ratios[0]:14.2f} {ratios[1]:14.2f}   ({note})")
+        print(f"{f'ratio {side} / {base}':26s} {ratios[0]:14.2f} {ratios[1]:14.2f}   ({note})")
 
 
 if __name__ == "__main__":
