@@ -4,6 +4,7 @@ training's numbers unchanged."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -84,3 +85,19 @@ def test_a_resume_from_a_checkpoint_written_after_the_epoch_continues_exactly(tm
     train(tmp_path / "first", epochs=1, callbacks=(checkpoints,))
     resumed = train(tmp_path / "resumed", ckpt_path=str(tmp_path / "ckpt" / "epoch=0.ckpt"))
     assert torch.equal(resumed, uninterrupted)
+
+
+def test_a_snapshot_whose_validation_did_not_come_is_dropped_at_the_next_batch():
+    """A time-based ``val_check_interval`` is decided again after the callback looked: a snapshot
+    taken for a validation that then did not run must not stand in for the current state."""
+    callback = klexp.RNGState()
+    callback.on_train_batch_end(_always_validating())
+    torch.rand(3)  # training goes on, drawing
+    callback.on_train_batch_start(_always_validating())
+    assert torch.equal(callback.state_dict()["torch"], torch.get_rng_state())
+
+
+def _always_validating() -> SimpleNamespace:
+    """Just enough of a Trainer for ``validation_follows`` to say yes."""
+    epoch_loop = SimpleNamespace(_should_check_val_fx=lambda data_fetcher: True)
+    return SimpleNamespace(fit_loop=SimpleNamespace(_data_fetcher=object(), epoch_loop=epoch_loop))

@@ -56,6 +56,11 @@ class RNGState(pl.Callback):
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._resume_training_stream()
 
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        # A snapshot whose validation did not come (a time-based val_check_interval decides
+        # again after this callback) must not reach a later checkpoint.
+        self._training_stream = None
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if validation_follows(trainer):
             self._training_stream = _random_states()
