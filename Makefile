@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# one pytest worker per core, at most 4 (each holds its own torch); tests spawn their own processes too
+PARALLEL := -n auto --maxprocesses=4 --dist worksteal
 TORCH_INDEX_FLAG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 .PHONY: setup run test test-fast lint clean
@@ -22,10 +24,10 @@ run: setup
 	$(BIN)/klexp $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
