@@ -106,3 +106,31 @@ def _mix(*numbers: int) -> int:
     for number in numbers:
         value = (value ^ (number + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & (2**63 - 1)
     return value
+
+
+class TrainBatchesState:
+    """A ``LightningDataModule`` mixin for modules whose training batches are ``TensorBatches`` in
+    ``self._train_batches``: the batch position travels with the DataModule's own state.
+
+    Lightning sets up the train loader before it restores a checkpoint when a scheduler asks for
+    ``estimated_stepping_batches``, and then skips restoring the loader; the DataModule's own state
+    is always restored, so a mid-epoch resume continues at the right batch.
+    """
+
+    _train_batches: TensorBatches | None = None
+    _train_batches_state: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {} if self._train_batches is None else {"train_batches": self._train_batches.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_batches_state = state_dict.get("train_batches")
+        if self._train_batches is not None and self._train_batches_state is not None:
+            self._train_batches.load_state_dict(self._train_batches_state)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        """This process's rank and the world size (0 and 1 before a trainer is attached)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size

@@ -14,7 +14,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from klexp.data.batches import TensorBatches
+from klexp.data.batches import TensorBatches, TrainBatchesState
 from klexp.errors import (
     KlexpError,
     require,
@@ -27,7 +27,7 @@ Augmentation = Literal["none", "shift"]
 AUGMENTATIONS: tuple[str, ...] = ("none", "shift")
 
 
-class ImageClassData(pl.LightningDataModule):
+class ImageClassData(TrainBatchesState, pl.LightningDataModule):
     """Train/val/test splits of an in-memory labelled image set.
 
     Args:
@@ -185,22 +185,6 @@ class ImageClassData(pl.LightningDataModule):
     def ood_dataloader(self) -> TensorBatches | None:
         return self._eval_batches("ood") if "ood" in self.splits else None
 
-    # Lightning sets up the train loader before it restores a checkpoint when a scheduler asks for
-    # estimated_stepping_batches, and then skips restoring the loader; the DataModule's own state
-    # is always restored, so the batch position travels here.
-    def state_dict(self) -> dict:
-        return {} if self._train_batches is None else {"train_batches": self._train_batches.state_dict()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._train_batches_state = state_dict.get("train_batches")
-        if self._train_batches is not None and self._train_batches_state is not None:
-            self._train_batches.load_state_dict(self._train_batches_state)
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
 
 
 def random_shift(images: Tensor, generator: torch.Generator, max_shift: int = 1) -> Tensor:

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from klexp.data.batches import TensorBatches
+from klexp.data.batches import TensorBatches, TrainBatchesState
 from klexp.errors import require, require_positive, require_positive_int
 
 # Offsets of data_seed for the three splits, so each is its own stream.
@@ -48,7 +48,7 @@ def sample_mixture(means: Tensor, std: float, count: int, generator: torch.Gener
     return (means[modes] + std * noise).float()
 
 
-class GaussianMixture2D(pl.LightningDataModule):
+class GaussianMixture2D(TrainBatchesState, pl.LightningDataModule):
     """Training batches and one-batch evaluation sets of an equal-weight Gaussian mixture.
 
     Args:
@@ -120,20 +120,6 @@ class GaussianMixture2D(pl.LightningDataModule):
         rank, world = self._rank_and_world()
         return TensorBatches((self.points[split],), self.num_eval, rank=rank, world_size=world)
 
-    # The batch position travels with the DataModule's state, as in ``klexp.data.images``.
-    def state_dict(self) -> dict:
-        return {} if self._train_batches is None else {"train_batches": self._train_batches.state_dict()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._train_batches_state = state_dict.get("train_batches")
-        if self._train_batches is not None and self._train_batches_state is not None:
-            self._train_batches.load_state_dict(self._train_batches_state)
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
 
 
 class RingOfGaussians(GaussianMixture2D):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from klexp.errors import KlexpError
 from klexp.lightning.internals import FastHookName, trainer_of
@@ -56,6 +57,14 @@ class Task(FastHookName, pl.LightningModule):
         parameters = inspect.signature(target).parameters
         missing = [a for a in _TRAINING_LENGTH_ARGS if a in parameters and a not in bound]
         return {name: int(self.trainer.estimated_stepping_batches) for name in missing}
+
+    def tensorboard_writer(self) -> Any:
+        """The ``SummaryWriter`` of the run's TensorBoard logger, or None when it has none (images,
+        histograms and figures go straight to it)."""
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
 
     def data_fact(self, name: str) -> Any:
         """A fact the DataModule states (``input_size``, ``num_classes``, ``num_train``…)."""

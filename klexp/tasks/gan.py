@@ -40,7 +40,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
@@ -239,7 +238,7 @@ class GANTask(Task):
         points, self._figure_points = self._figure_points, None
         if points is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        experiment = self._tensorboard()
+        experiment = self.tensorboard_writer()
         if experiment is not None:
             step = logging_step(self.trainer)  # the step the scalars are written at: batches
             experiment.add_figure("val/samples", self.samples_figure(*points, title=f"step {step}"), step)
@@ -277,12 +276,6 @@ class GANTask(Task):
         figure.legend(loc="lower center", ncol=2, markerscale=4, frameon=False)
         figure.tight_layout(rect=(0, 0.05, 1, 1))
         return figure
-
-    def _tensorboard(self) -> Any:
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
 
     def custom_scalars(self) -> dict[str, dict[str, list[str]]]:
         return {"GAN": {

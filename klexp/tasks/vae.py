@@ -29,7 +29,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
@@ -268,7 +267,7 @@ class VAETask(Task):
         finished = self._finish_epoch("val")
         if finished is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        experiment = self._tensorboard()
+        experiment = self.tensorboard_writer()
         if experiment is not None:
             self.log_images(experiment, *finished)
 
@@ -305,12 +304,6 @@ class VAETask(Task):
         rows = ", ".join(f"z_{d} ({kl_per_dim[d]:.2f} nats)" for d in dims.tolist())
         experiment.add_text("val/traversals", f"rows, top to bottom: {rows}; columns: z_i from "
                             f"{-self.traversal_range:g} to {self.traversal_range:g}", step)
-
-    def _tensorboard(self) -> Any:
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
 
     def custom_scalars(self) -> dict[str, dict[str, list[str]]]:
         return {"VAE": {
