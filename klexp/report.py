@@ -99,6 +99,18 @@ class Run:
         return series
 
 
+def values_by_step(runs: Iterable[Run], tag: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The steps at which any of ``runs`` logged ``tag`` (sorted) and, for each, the values the
+    runs logged there (one per run that has it): the curve of a group of runs, for its mean and
+    range."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for step, value in run.scalars.get(tag, []):
+            by_step.setdefault(step, []).append(value)
+    steps = np.array(sorted(by_step))
+    return steps, [np.array(by_step[s]) for s in steps]
+
+
 def find_runs(directories: Iterable[Path]) -> list[Run]:
     """Every run under ``directories`` in path order; a run's stages are part of it, not runs."""
     runs: dict[Path, Run] = {}
@@ -403,14 +415,9 @@ def plot_tags(report: Report, tags: Sequence[str], out: Path) -> list[str]:
         figure, axes = plt.subplots(figsize=(7, 4.2), dpi=100)
         drawn = False
         for group in report.groups:
-            by_step: dict[int, list[float]] = {}
-            for run in group.runs:
-                for step, value in run.scalars.get(tag, []):
-                    by_step.setdefault(step, []).append(value)
-            if not by_step:
+            steps, values = values_by_step(group.runs, tag)
+            if not values:
                 continue
-            steps = np.array(sorted(by_step))
-            values = [np.array(by_step[s]) for s in steps]
             mean = np.array([v.mean() for v in values])
             label = ", ".join(f"{k}={group.settings[k]}" for k in report.keys
                               if k in group.settings) or "all runs"

@@ -34,7 +34,7 @@ import torch
 from fixed_points import Tree
 from omegaconf import OmegaConf
 
-from klexp.report import Metric, Run, Stat, find_runs
+from klexp.report import Metric, Run, Stat, find_runs, values_by_step
 from klexp.tasks.ppo.policies import CategoricalPolicy, load_policy
 from klexp.tasks.ppo.token_env import TokenSequenceProblem
 
@@ -200,14 +200,9 @@ def grid_plot(groups: Mapping[tuple[str, str], list[Run]], tag: str, title: str,
         ax = axes.flat[index]
         for beta in betas:
             runs = groups.get((cell, beta), [])
-            by_step: dict[int, list[float]] = {}
-            for run in runs:
-                for step, value in run.scalars.get(tag, []):
-                    by_step.setdefault(step, []).append(value)
-            if not by_step:
+            steps, values = values_by_step(runs, tag)
+            if not values:
                 continue
-            steps = np.array(sorted(by_step))
-            values = [np.array(by_step[s]) for s in steps]
             label = (f"β = {beta}" if beta else "runs") + f" (n={len(runs)})"
             ax.plot(steps, [v.mean() for v in values], color=colours[beta], linewidth=1.3, label=label)
             ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values],
