@@ -148,7 +148,7 @@ def test_every_documented_command_runs(command, workspace, tmp_path):
             target = tmp_path / "resumable"
             shutil.copytree(workspace["<run_dir>"], target)
             args = [f"resume={target}"]
-        elif args and args[0] not in ("report", "rerun"):
+        elif not args or args[0] not in ("report", "rerun"):
             args = [*args, *smoke_overrides(args)]
             if "-m" not in args and not relaunches_itself(args):
                 # one run: composed and run in this process, as `klexp` would (the command line's
