@@ -49,8 +49,20 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from klexp.core.categorical import Units, at_least_zero, check_logits, compute_dtype, to_units
-from klexp.core.distributions import as_logits, check_compatible, factor_dims, sum_rightmost
-from klexp.errors import require_in, require_non_negative, require_positive_int
+from klexp.core.distributions import (
+    MAX_ENUMERATED_OUTCOMES,
+    check_compatible,
+    expand_to,
+    factor_dims,
+    in_compute_dtype,
+    joint_logits,
+    joint_outcomes,
+    log_prob,
+    pair_logits,
+    sum_rightmost,
+)
+from klexp.core.estimators import draw, score_function_surrogate
+from klexp.errors import ConfigValueError, require_in, require_non_negative, require_positive_int
 
 LN2 = math.log(2.0)
 _INF = float("inf")
@@ -61,6 +73,11 @@ GeneratorLoss = Literal["minimax", "non_saturating"]
 GENERATOR_LOSSES: tuple[str, ...] = ("minimax", "non_saturating")
 
 Elementwise = Callable[[Tensor], Tensor]
+
+#: The rows whose divergence of independent factors is the sum of the factors' divergences
+#: (``log`` of a product is a sum); every other row's is not (three Bernoulli factors p = 1,
+#: q = 0: total variation 1, not 3).
+ADDITIVE_OVER_FACTORS = frozenset({"kl", "reverse_kl"})
 
 
 @dataclass(frozen=True)
@@ -254,31 +271,56 @@ def categorical_f_divergence(p_logits: Tensor, q_logits: Tensor, divergence: str
 
 
 def f_divergence(p: Distribution, q: Distribution, divergence: str | FDivergence, *,
-                 num_samples: int = 1024, units: Units = "nats") -> Tensor:
+                 num_samples: int = 1024, monte_carlo: bool = False,
+                 units: Units = "nats") -> Tensor:
     """``D_f(P ‖ Q)``, one value per batch element.
 
-    Exact for categorical and Bernoulli pairs (``categorical_f_divergence``). Otherwise a
-    Monte-Carlo estimate from the densities: ``mean_i f(p(x_i)/q(x_i))`` over ``num_samples``
-    draws ``x_i ~ Q`` (reparameterised when Q allows), plus ``f⋄(0) · P(q = 0)`` estimated from as
-    many draws of P — the part of P that Q cannot see (``+∞`` for ``kl`` as soon as one draw of P
-    falls where ``q = 0``). For KL between distributions torch has a closed form for, prefer
-    ``klexp.core.kl``.
+    * Categorical and Bernoulli pairs: exact (``categorical_f_divergence``).
+    * ``Independent`` products of such factors: the two KL rows exactly, as the sum over factors
+      (the only rows that split over independent factors); every other row exactly on the joint
+      distribution, by enumerating its ``classes ** event_size`` outcomes, up to
+      ``MAX_ENUMERATED_OUTCOMES``. Beyond that a ``ConfigValueError`` says so, unless
+      ``monte_carlo`` asks for the estimate below.
+    * Every other pair: a Monte-Carlo estimate from the densities, ``mean_i f(p(x_i)/q(x_i))``
+      over ``num_samples`` draws ``x_i ~ Q`` per batch element, plus ``f⋄(0) · P(q = 0)``
+      estimated from as many draws of P — the part of P that Q cannot see (``+∞`` for ``kl`` as
+      soon as one draw of P falls where ``q = 0``). Its gradient is that of the divergence in
+      expectation: through the draws where they are reparameterised, else by the score function
+      (``klexp.core.estimators.score_function_surrogate``, as ``kl_samples`` does).
+
+    For KL between distributions torch has a closed form for, prefer ``klexp.core.kl``.
     """
     row = f_divergence_row(divergence)
-    check_compatible(p, q)
-    p_logits, q_logits = as_logits(p), as_logits(q)
-    if p_logits is not None and q_logits is not None:
-        value = categorical_f_divergence(p_logits, q_logits, row)
-        return to_units(sum_rightmost(value, factor_dims(p)), units)
+    batch_shape = check_compatible(p, q)
+    logits = pair_logits(p, q)
+    if logits is not None:
+        p_logits, q_logits = logits
+        dims = factor_dims(p)
+        if dims == 0 or row.name in ADDITIVE_OVER_FACTORS:
+            value = categorical_f_divergence(p_logits, q_logits, row)
+            return to_units(sum_rightmost(value, dims), units)
+        outcomes = joint_outcomes(p, q_logits)
+        if outcomes <= MAX_ENUMERATED_OUTCOMES:
+            value = categorical_f_divergence(joint_logits(p_logits, dims), joint_logits(q_logits, dims), row)
+            return to_units(value, units)
+        if not monte_carlo:
+            raise ConfigValueError(
+                "monte_carlo", f"the {row.name!r} divergence of independent discrete factors is not "
+                f"their sum and needs the joint distribution, whose {outcomes} outcomes exceed the "
+                f"{MAX_ENUMERATED_OUTCOMES} enumerated exactly; pass monte_carlo=True for an estimate")
     require_positive_int("num_samples", num_samples)
-    shape = torch.Size([num_samples])
-    x = q.rsample(shape) if q.has_rsample else q.sample(shape)
-    value = row.f_of_log_ratio(p.log_prob(x) - q.log_prob(x)).mean(0)
+    p, q = (expand_to(d, batch_shape) for d in in_compute_dtype(p, q))
+    x = draw(q, num_samples)
+    log_q = log_prob(q, x)
+    terms = row.f_of_log_ratio(log_prob(p, x) - log_q)
+    value = score_function_surrogate(terms, log_q, x).mean(0)
     slope_at_infinity = F_DIVERGENCES[row.dual].f_at_zero
     if slope_at_infinity != 0:
-        y = p.rsample(shape) if p.has_rsample else p.sample(shape)
-        unseen = (q.log_prob(y) == -_INF).to(value.dtype).mean(0)
-        value = value + torch.where(unseen > 0, unseen * slope_at_infinity, 0.0)
+        y = draw(p, num_samples)
+        unseen = log_prob(q, y) == -_INF
+        cost = torch.where(unseen, torch.tensor(slope_at_infinity, dtype=value.dtype, device=value.device),
+                           0.0)
+        value = value + score_function_surrogate(cost, log_prob(p, y), y).mean(0)
     return to_units(value, units)
 
 
