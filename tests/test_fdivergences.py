@@ -28,6 +28,7 @@ from klexp import core
 from klexp.core.distributions import MAX_ENUMERATED_OUTCOMES, joint_logits
 from klexp.core.fdivergences import (
     F_DIVERGENCES,
+    GENERATOR_GRADIENTS,
     VariationalFDivergence,
     categorical_f_divergence,
     donsker_varadhan_bound,
@@ -628,3 +629,91 @@ def test_the_monte_carlo_gradient_of_many_bits_is_the_divergences_for_both_sides
     for found, expected in ((q_each.grad, exact_q), (p_each.grad, exact_p)):
         mean, standard_error = _mean_and_standard_error(found)
         assert ((mean - expected).abs() <= 5 * standard_error + 1e-12).all(), (mean, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Which gradient a GAN's generator follows at the optimal critic, per row and generator loss
+# --------------------------------------------------------------------------------------------
+
+def _xlogy(x: Tensor, y: Tensor) -> Tensor:
+    return x * y.log()
+
+
+# Each label of GENERATOR_GRADIENTS as a function of the probabilities (P the data, Q the model),
+# written from its definition.
+NAMED_DIVERGENCES = {
+    "KL(P ‖ Q)": lambda p, q: _xlogy(p, p / q).sum(),
+    "KL(Q ‖ P)": lambda p, q: _xlogy(q, q / p).sum(),
+    "2·KL(P ‖ Q)": lambda p, q: 2 * _xlogy(p, p / q).sum(),
+    "χ²(P ‖ Q)": lambda p, q: ((p - q) ** 2 / q).sum(),
+    "χ²(Q ‖ P)": lambda p, q: ((q - p) ** 2 / p).sum(),
+    "½·χ²(Q ‖ P)": lambda p, q: 0.5 * ((q - p) ** 2 / p).sum(),
+    "⅓·E_Q[(q/p)²]": lambda p, q: (q * (q / p) ** 2).sum() / 3,
+    "H²(P, Q)": lambda p, q: ((p.sqrt() - q.sqrt()) ** 2).sum(),
+    "⅔·E_Q[(q/p)^½]": lambda p, q: 2 * (q * (q / p).sqrt()).sum() / 3,
+    "2·JS(P, Q)": lambda p, q: (_xlogy(p, 2 * p / (p + q)) + _xlogy(q, 2 * q / (p + q))).sum(),
+    "KL(Q ‖ P) − 2·JS(P, Q)": lambda p, q: (_xlogy(q, q / p).sum()
+                                           - (_xlogy(p, 2 * p / (p + q)) + _xlogy(q, 2 * q / (p + q))).sum()),
+    "TV(P, Q)": lambda p, q: 0.5 * (p - q).abs().sum(),
+}
+# The row's own divergence D_f(P ‖ Q), as labelled in the table.
+OWN_DIVERGENCE = {"kl": "KL(P ‖ Q)", "reverse_kl": "KL(Q ‖ P)", "pearson": "χ²(P ‖ Q)",
+                  "neyman": "χ²(Q ‖ P)", "hellinger": "H²(P, Q)", "js": "2·JS(P, Q)",
+                  "gan": "2·JS(P, Q)", "total_variation": "TV(P, Q)"}
+# g_f⁻¹: the critic output v whose activation is the optimal critic's value T (TV's T* = ±½ lies
+# on its range's boundary: tanh(±40) is ±1 in float64).
+INVERSE_ACTIVATION = {
+    "kl": lambda t: t,
+    "pearson": lambda t: t,
+    "reverse_kl": lambda t: -torch.log(-t),
+    "neyman": lambda t: -torch.log1p(-t),
+    "hellinger": lambda t: -torch.log1p(-t),
+    "js": lambda t: -torch.log(2 * torch.exp(-t) - 1),
+    "gan": lambda t: -torch.log(torch.expm1(-t)),
+    "total_variation": lambda t: 40 * torch.sign(t),
+}
+GENERATOR_CELLS = sorted(GENERATOR_GRADIENTS)
+
+
+def _generator_gradient_at_the_optimal_critic(name: str, loss: str, p: Tensor, theta: Tensor) -> Tensor:
+    """``∇_θ E_{x~Q_θ}[ℓ(v*(x))]`` with the critic held at its optimum ``v* = g_f⁻¹(f'(p/q))``
+    for the current Q, by enumerating x (what the generator's update follows in expectation,
+    whether its draws are reparameterised or not); ``ℓ`` is ``generator_loss`` on one point."""
+    row = F_DIVERGENCES[name]
+    q = theta.detach().softmax(-1)
+    optimal_critic = row.derivative(p / q)
+    v = INVERSE_ACTIVATION[name](optimal_critic)
+    torch.testing.assert_close(row.activation(v), optimal_critic, rtol=1e-9, atol=1e-12)
+    objective = VariationalFDivergence(name, generator_loss=loss)
+    per_point = torch.stack([objective.generator_loss(v[i : i + 1]) for i in range(len(v))])
+    (found,) = torch.autograd.grad((theta.softmax(-1) * per_point.detach()).sum(), theta)
+    return found
+
+
+def _named_gradient(label: str, p: Tensor, theta: Tensor) -> Tensor:
+    (expected,) = torch.autograd.grad(NAMED_DIVERGENCES[label](p, theta.softmax(-1)), theta)
+    return expected
+
+
+def test_the_generator_table_has_every_row_and_loss_and_only_named_divergences():
+    assert set(GENERATOR_GRADIENTS) == {(row, loss) for row in ROWS for loss in ("minimax", "non_saturating")}
+    assert set(GENERATOR_GRADIENTS.values()) <= set(NAMED_DIVERGENCES)
+    assert VariationalFDivergence("kl").generator_follows == "KL(Q ‖ P)"  # the default loss
+
+
+@pytest.mark.parametrize("cell", GENERATOR_CELLS, ids=[f"{row}-{loss}" for row, loss in GENERATOR_CELLS])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_generator_follows_the_gradient_the_table_names(cell, seed):
+    """P and Q_θ = softmax(θ) on 6 points, all probabilities positive; for every cell whose label
+    is not the row's own divergence, the gradient is also shown to differ from ∇D_f(P ‖ Q) (the
+    ``kl`` row's non-saturating generator is *not* mass covering)."""
+    name, loss = cell
+    generator = torch.Generator().manual_seed(seed)
+    p = torch.randn(6, generator=generator, dtype=F64).softmax(-1)
+    theta = torch.randn(6, generator=generator, dtype=F64).requires_grad_(True)
+    found = _generator_gradient_at_the_optimal_critic(name, loss, p, theta)
+    label = GENERATOR_GRADIENTS[cell]
+    torch.testing.assert_close(found, _named_gradient(label, p, theta), rtol=1e-9, atol=1e-12)
+    own = _named_gradient(OWN_DIVERGENCE[name], p, theta)
+    if label != OWN_DIVERGENCE[name]:
+        assert (found - own).norm().item() > 1e-3 * (1 + own.norm().item())

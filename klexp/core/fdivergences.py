@@ -21,7 +21,9 @@ total_variation   ½ |u − 1|                       ½ tanh v                t 
 Conventions to keep in mind:
 
 * ``kl`` is ``KL(P ‖ Q)`` and ``reverse_kl`` is ``KL(Q ‖ P)``; in a GAN, P is the data and Q the
-  model, so ``kl`` covers the data's mass and ``reverse_kl`` seeks its modes.
+  model, so the ``kl`` *divergence* covers the data's mass and ``reverse_kl`` seeks its modes. Which
+  gradient a GAN's generator follows depends on its loss as well (``GENERATOR_GRADIENTS``): with
+  the non-saturating loss, the ``kl`` row's generator follows ``∇KL(Q ‖ P)`` and seeks modes.
 * The ``js`` row is f-GAN's: ``KL(P ‖ M) + KL(Q ‖ M)`` with ``M = (P + Q)/2``, **twice** the
   ½-weighted Jensen–Shannon divergence that ``klexp.core.js`` returns (so it lies in [0, 2 ln 2]).
   The ``gan`` row is ``2·JS − ln 4`` (Goodfellow et al. 2014), in [−ln 4, 0].
@@ -348,6 +350,33 @@ def nwj_bound(critic_on_p: Tensor, critic_on_q: Tensor) -> Tensor:
 # The f-GAN objective: what a critic maximises and a generator minimises
 # --------------------------------------------------------------------------------------------
 
+#: The divergence whose gradient the generator follows in expectation, at the optimal critic
+#: ``T* = f'(p/q)`` (P the data, Q the generator, ``u = p/q``), for each row and generator loss.
+#: ``∇D_f(P ‖ Q) = −E_Q[∇log q · f*(f'(u))]`` (from ``f*(f'(u)) = u f'(u) − f(u)``), so the minimax
+#: loss ``−E_Q[f*(T)]`` follows the row's own divergence, always; the non-saturating ``−E_Q[T]``
+#: follows ``−E_Q[∇log q · f'(u)]``, which is another divergence's gradient for every row but
+#: total variation's (e.g. ``kl``: ``f'(u) = 1 + log p − log q``, the gradient of ``KL(Q ‖ P)``;
+#: ``gan``: Arjovsky & Bottou 2017's ``KL(Q ‖ P) − 2·JS``). χ² is Pearson's,
+#: ``χ²(A ‖ B) = E_B[(a/b − 1)²]``; ``JS`` is the ½-weighted Jensen–Shannon divergence.
+GENERATOR_GRADIENTS: dict[tuple[str, str], str] = {
+    ("kl", "minimax"): "KL(P ‖ Q)",
+    ("kl", "non_saturating"): "KL(Q ‖ P)",
+    ("reverse_kl", "minimax"): "KL(Q ‖ P)",
+    ("reverse_kl", "non_saturating"): "½·χ²(Q ‖ P)",
+    ("pearson", "minimax"): "χ²(P ‖ Q)",
+    ("pearson", "non_saturating"): "2·KL(P ‖ Q)",
+    ("neyman", "minimax"): "χ²(Q ‖ P)",
+    ("neyman", "non_saturating"): "⅓·E_Q[(q/p)²]",
+    ("hellinger", "minimax"): "H²(P, Q)",
+    ("hellinger", "non_saturating"): "⅔·E_Q[(q/p)^½]",
+    ("js", "minimax"): "2·JS(P, Q)",
+    ("js", "non_saturating"): "KL(Q ‖ P) − 2·JS(P, Q)",
+    ("gan", "minimax"): "2·JS(P, Q)",
+    ("gan", "non_saturating"): "KL(Q ‖ P) − 2·JS(P, Q)",
+    ("total_variation", "minimax"): "TV(P, Q)",
+    ("total_variation", "non_saturating"): "TV(P, Q)",
+}
+
 
 class VariationalFDivergence:
     """Train a generator Q against data P on ``D_f(P ‖ Q)`` through a critic (f-GAN).
@@ -355,7 +384,10 @@ class VariationalFDivergence:
     The critic maximises ``F(v) = E_P[g_f(v)] − E_Q[f*(g_f(v))]`` (a lower bound on
     ``D_f(P ‖ Q)``, nats); the generator minimises either F's own term ``−E_Q[f*(g_f(v))]``
     (``minimax``; for ``gan`` the saturating ``E_Q[log(1 − D)]``) or ``−E_Q[g_f(v)]``
-    (``non_saturating``, f-GAN sec. 3.2; for ``gan`` Goodfellow's ``−E_Q[log D]``).
+    (``non_saturating``, f-GAN sec. 3.2; for ``gan`` Goodfellow's ``−E_Q[log D]``). At the optimal
+    critic, ``minimax`` follows the gradient of ``D_f(P ‖ Q)`` itself and ``non_saturating``
+    that of another divergence (``generator_follows``, from ``GENERATOR_GRADIENTS``): for ``kl``,
+    ``KL(Q ‖ P)`` — mode seeking, not the mass covering of ``KL(P ‖ Q)``.
 
     Args:
         divergence: a row of ``F_DIVERGENCES``.
@@ -375,6 +407,12 @@ class VariationalFDivergence:
         self.generator_loss_kind = generator_loss
         self.critic_steps = critic_steps
         self.penalty_weight = float(penalty_weight)
+
+    @property
+    def generator_follows(self) -> str | None:
+        """The divergence whose gradient the generator follows at the optimal critic
+        (``GENERATOR_GRADIENTS``; None for a row outside f-GAN's table)."""
+        return GENERATOR_GRADIENTS.get((self.name, self.generator_loss_kind))
 
     def critic_objective(self, v_real: Tensor, v_fake: Tensor) -> Tensor:
         """``E_P[g_f(v)] − E_Q[f*(g_f(v))]`` on critic outputs for data and generated samples
