@@ -717,3 +717,26 @@ def test_the_generator_follows_the_gradient_the_table_names(cell, seed):
     own = _named_gradient(OWN_DIVERGENCE[name], p, theta)
     if label != OWN_DIVERGENCE[name]:
         assert (found - own).norm().item() > 1e-3 * (1 + own.norm().item())
+
+
+@pytest.mark.parametrize("name", ["js", "total_variation"])
+def test_the_monte_carlo_gradient_includes_the_mass_of_p_that_q_cannot_see(name):
+    """Q's first bit is 0 for sure, so half of P's outcomes lie where q = 0: their cost
+    f⋄(0)·P(q = 0), estimated from draws of P, carries the score-function gradient for P's logits
+    too (P's draws are not reparameterised either)."""
+    factors = int(math.log2(MAX_ENUMERATED_OUTCOMES)) + 1
+    p_logits, q_logits = _bits(factors, 2)
+    q_probs = q_logits.sigmoid().index_fill(0, torch.tensor([0]), 0.0)
+    q_joint_logits = joint_logits(torch.stack([(1 - q_probs).log(), q_probs.log()], -1), 1)
+    p_logits.requires_grad_(True)
+    exact = categorical_f_divergence(joint_logits(_two_classes(p_logits), 1), q_joint_logits, name)
+    (exact_p,) = torch.autograd.grad(exact, p_logits)
+
+    torch.manual_seed(0)
+    n = 8000
+    p_each = p_logits.detach().expand(n, factors).clone().requires_grad_(True)
+    q = Independent(Bernoulli(probs=q_probs.expand(n, factors)), 1)
+    values = f_divergence(Independent(Bernoulli(logits=p_each), 1), q, name, num_samples=1, monte_carlo=True)
+    values.sum().backward()
+    mean, standard_error = _mean_and_standard_error(p_each.grad)
+    assert ((mean - exact_p).abs() <= 5 * standard_error + 1e-12).all(), (mean, exact_p)
