@@ -320,8 +320,8 @@ def f_divergence(p: Distribution, q: Distribution, divergence: str | FDivergence
     if slope_at_infinity != 0:
         y = draw(p, num_samples)
         unseen = log_prob(q, y) == -_INF
-        cost = torch.where(unseen, torch.tensor(slope_at_infinity, dtype=value.dtype, device=value.device),
-                           0.0)
+        cost = torch.zeros(unseen.shape, dtype=value.dtype, device=value.device).masked_fill(
+            unseen, slope_at_infinity)
         value = value + score_function_surrogate(cost, log_prob(p, y), y).mean(0)
     return to_units(value, units)
 

@@ -48,6 +48,11 @@ MAX_ENUMERATED_SEQUENCES = 2**21
 
 _INF = float("inf")
 
+#: the sums that are averaged over the L positions
+_PER_TOKEN = frozenset({"token_kl_on_teacher", "token_reverse_kl_on_student",
+                        "token_reverse_kl_on_teacher", "token_kl_on_student",
+                        "cross_entropy_on_teacher"})
+
 
 @dataclass(frozen=True)
 class SequenceDivergences:
@@ -116,8 +121,8 @@ def sequence_divergences(teacher: SequenceModel, student: SequenceModel, *, voca
             raise ConfigValueError(name, f"the probabilities of all {count} sequences sum to "
                                    f"{mass.item():.9g}, not 1: the logits at position t must depend "
                                    "on the tokens before t only")
-    return SequenceDivergences(**{name: value / length if name.startswith(("token_", "cross_"))
-                                  else value for name, value in sums.items()})
+    return SequenceDivergences(**{name: value / length if name in _PER_TOKEN else value
+                                  for name, value in sums.items()})
 
 
 def _token_log_probs(model: SequenceModel, tokens: Tensor, role: str, vocab_size: int) -> Tensor:
