@@ -8,6 +8,7 @@ must attain. Values are checked against klexp's KL/JS core, scipy and Gaussian c
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import mpmath
@@ -20,11 +21,14 @@ from hypothesis.extra.numpy import arrays
 from scipy import optimize
 from scipy.special import rel_entr
 from scipy.stats import norm
-from torch.distributions import Categorical, Independent, Normal, Uniform
+from torch import Tensor
+from torch.distributions import Bernoulli, Categorical, Independent, Normal, Poisson, Uniform
 
 from klexp import core
+from klexp.core.distributions import MAX_ENUMERATED_OUTCOMES, joint_logits
 from klexp.core.fdivergences import (
     F_DIVERGENCES,
+    GENERATOR_GRADIENTS,
     VariationalFDivergence,
     categorical_f_divergence,
     donsker_varadhan_bound,
@@ -447,3 +451,292 @@ def test_parallel_segments_only_wasserstein_gives_a_gradient_towards_theta_zero(
     assert w1.item() == pytest.approx(abs(theta.item()), rel=1e-12)
     (w1_gradient,) = torch.autograd.grad(w1, theta)
     assert w1_gradient.item() == pytest.approx(math.copysign(1.0, theta.item()))
+
+
+# --------------------------------------------------------------------------------------------
+# Products of independent discrete factors: only the two KLs split over factors
+# --------------------------------------------------------------------------------------------
+
+# D_f of independent factors lies within these bounds, as on any pair (f-GAN's js row is 2·JS).
+BOUNDS = {"js": (0.0, 2 * LN2), "gan": (-math.log(4.0), 0.0), "total_variation": (0.0, 1.0),
+          "hellinger": (0.0, 2.0)}
+
+
+def _joint_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``(batch, *factors, classes)`` → ``(batch, classes ** factors)``: each joint outcome's
+    probability as the product of its factors' (row-major, the last factor fastest)."""
+    batch, classes = probs.shape[0], probs.shape[-1]
+    flat = probs.reshape(batch, -1, classes)
+    factors = flat.shape[1]
+    joint = [np.prod(flat[:, np.arange(factors), outcome], axis=1)
+             for outcome in itertools.product(range(classes), repeat=factors)]
+    return np.stack(joint, axis=1)
+
+
+@st.composite
+def factor_probabilities(draw, max_outcomes: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Two ``(batch, *factors, classes)`` arrays of probabilities, zeros included."""
+    classes = draw(st.integers(2, 4))
+    event = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
+    if classes ** int(np.prod(event)) > max_outcomes:
+        event = (2,)
+    shape = (draw(st.integers(1, 2)), *event, classes)
+    weights = st.one_of(st.just(0.0), st.floats(0.01, 1.0))
+    pair = []
+    for _ in range(2):
+        w = draw(arrays(np.float64, shape, elements=weights))
+        w[..., draw(st.integers(0, classes - 1))] += 0.01  # no factor without mass
+        pair.append(w / w.sum(-1, keepdims=True))
+    return pair[0], pair[1]
+
+
+@pytest.mark.parametrize("name", ROWS)
+@PROPERTY
+@given(pair=factor_probabilities())
+def test_independent_categorical_factors_give_the_divergence_of_their_joint(name, pair):
+    p, q = pair
+    dims = p.ndim - 2
+    got = f_divergence(Independent(Categorical(probs=_t(p)), dims),
+                       Independent(Categorical(probs=_t(q)), dims), name).numpy()
+    expected = CATEGORICAL_DEFINITION[name](_joint_probabilities(p), _joint_probabilities(q))
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ROWS)
+@PROPERTY
+@given(probs=arrays(np.float64, (2, 4), elements=st.one_of(st.sampled_from([0.0, 1.0]),
+                                                            st.floats(1e-3, 1 - 1e-3))))
+def test_independent_bernoulli_factors_give_the_divergence_of_their_joint(name, probs):
+    p, q = probs
+    got = f_divergence(Independent(Bernoulli(probs=_t(p)), 1), Independent(Bernoulli(probs=_t(q)), 1),
+                       name).item()
+    as_classes = lambda b: np.stack([1 - b, b], -1)[None]  # noqa: E731
+    expected = CATEGORICAL_DEFINITION[name](_joint_probabilities(as_classes(p)),
+                                            _joint_probabilities(as_classes(q)))[0]
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    low, high = BOUNDS.get(name, (0.0, math.inf))
+    assert low - 1e-12 <= got <= high + 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+@PROPERTY
+@given(seed=st.integers(0, 2**31 - 1), factors=st.integers(1, 12), scale=st.floats(0.0, 30.0))
+def test_divergences_of_many_independent_factors_stay_within_their_bounds(name, seed, factors, scale):
+    generator = torch.Generator().manual_seed(seed)
+    p, q = (Independent(Bernoulli(logits=scale * torch.randn(factors, generator=generator, dtype=F64)), 1)
+            for _ in range(2))
+    low, high = BOUNDS[name]
+    assert low - 1e-12 <= f_divergence(p, q, name).item() <= high + 1e-12
+
+
+def test_three_disjoint_bits_the_case_an_outside_check_found():
+    """p = (1, 1, 1), q = (0, 0, 0): the joints are point masses on two different outcomes, so every
+    row takes its value for disjoint supports — not three times it."""
+    p = Independent(Bernoulli(probs=torch.ones(3, dtype=F64)), 1)
+    q = Independent(Bernoulli(probs=torch.zeros(3, dtype=F64)), 1)
+    assert f_divergence(p, q, "js").item() == pytest.approx(2 * LN2, rel=1e-12)
+    assert f_divergence(p, q, "gan").item() == pytest.approx(0.0, abs=1e-12)
+    assert f_divergence(p, q, "total_variation").item() == pytest.approx(1.0, rel=1e-12)
+    assert f_divergence(p, q, "hellinger").item() == pytest.approx(2.0, rel=1e-12)
+    assert f_divergence(p, q, "kl").item() == f_divergence(p, q, "reverse_kl").item() == math.inf
+
+
+def test_the_kl_rows_of_independent_factors_are_the_sum_of_the_factors_kls():
+    p = Independent(Categorical(logits=torch.randn(2, 20, 3, dtype=F64)), 1)  # 3^20 joint outcomes
+    q = Independent(Categorical(logits=torch.randn(2, 20, 3, dtype=F64)), 1)
+    torch.testing.assert_close(f_divergence(p, q, "kl"), core.kl(p, q))
+    torch.testing.assert_close(f_divergence(p, q, "reverse_kl"), core.kl(q, p))
+
+
+def _bits(factors: int, seed: int) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(factors, generator=generator, dtype=F64),
+            torch.randn(factors, generator=generator, dtype=F64))
+
+
+def test_beyond_the_enumerated_size_a_non_additive_row_is_refused_unless_monte_carlo_is_asked():
+    factors = int(math.log2(MAX_ENUMERATED_OUTCOMES)) + 1
+    p_logits, q_logits = _bits(factors, 0)
+    p, q = Independent(Bernoulli(logits=p_logits), 1), Independent(Bernoulli(logits=q_logits), 1)
+    with pytest.raises(ConfigValueError, match=r"^monte_carlo: the 'js' divergence .* 8192 outcomes"):
+        f_divergence(p, q, "js")
+    assert math.isfinite(f_divergence(p, q, "kl").item())  # additive: exact at any size
+    exact = categorical_f_divergence(joint_logits(_two_classes(p_logits), 1),
+                                     joint_logits(_two_classes(q_logits), 1), "js").item()
+    torch.manual_seed(0)
+    terms = f_divergence(p.expand((4000,)), q.expand((4000,)), "js", num_samples=1, monte_carlo=True)
+    standard_error = terms.std().item() / math.sqrt(terms.numel())
+    assert terms.mean().item() == pytest.approx(exact, abs=5 * standard_error)
+
+
+def _two_classes(bernoulli_logits: Tensor) -> Tensor:
+    return torch.stack([torch.zeros_like(bernoulli_logits), bernoulli_logits], -1)
+
+
+# --------------------------------------------------------------------------------------------
+# The Monte-Carlo gradient: through the draws, or by the score function where Q has no rsample
+# --------------------------------------------------------------------------------------------
+
+# the rows whose score-function estimate has a finite variance for the Poisson pair below
+POISSON_ROWS = ["gan", "hellinger", "js", "kl", "pearson", "reverse_kl", "total_variation"]
+
+
+def _exact_poisson_divergence(name: str, rate: Tensor) -> Tensor:
+    """D_f(Poisson(3) ‖ Poisson(rate)) by summing its terms over 0…99 (the rest is below 1e-40)."""
+    k = torch.arange(100, dtype=F64)
+    log_p, log_q = Poisson(torch.tensor(3.0, dtype=F64)).log_prob(k), Poisson(rate).log_prob(k)
+    return (log_q.exp() * F_DIVERGENCES[name].f_of_log_ratio(log_p - log_q)).sum()
+
+
+def _mean_and_standard_error(per_element_gradients: Tensor) -> tuple[Tensor, Tensor]:
+    n = per_element_gradients.shape[0]
+    return per_element_gradients.mean(0), per_element_gradients.std(0) / math.sqrt(n)
+
+
+@pytest.mark.parametrize("name", POISSON_ROWS)
+def test_the_gradient_for_the_rate_of_a_sampled_poisson_is_the_divergences(name):
+    """Poisson draws carry no gradient: without the score-function term, d/d rate of the kl row
+    came out ≈ 1.31 for P = Poisson(3), Q = Poisson(6), against 0.50 exactly. Each of 20,000 batch
+    elements has its own rate and one draw, so its gradient is one draw of the estimator's."""
+    torch.manual_seed(0)
+    n = 20_000
+    rate = torch.full((n,), 6.0, dtype=F64, requires_grad=True)
+    f_divergence(Poisson(torch.tensor(3.0, dtype=F64)), Poisson(rate), name, num_samples=1).sum().backward()
+    mean, standard_error = _mean_and_standard_error(rate.grad)
+    at = torch.tensor(6.0, dtype=F64, requires_grad=True)
+    (exact,) = torch.autograd.grad(_exact_poisson_divergence(name, at), at)
+    assert mean.item() == pytest.approx(exact.item(), abs=5 * standard_error.item())
+    assert standard_error.item() < 0.05 * (1 + abs(exact.item()))  # the test can tell 1.31 from 0.5
+
+
+@pytest.mark.parametrize("name", ["gan", "hellinger", "js", "total_variation"])
+def test_the_monte_carlo_gradient_of_many_bits_is_the_divergences_for_both_sides(name):
+    """13 independent bits (8,192 outcomes, beyond the enumerated size) with monte_carlo=True: the
+    gradients for Q's logits (sampled, by the score function) and P's (through the density ratio)
+    are the exact ones, computed on the enumerated joint."""
+    factors = int(math.log2(MAX_ENUMERATED_OUTCOMES)) + 1
+    p_logits, q_logits = (x.requires_grad_(True) for x in _bits(factors, 1))
+    exact = categorical_f_divergence(joint_logits(_two_classes(p_logits), 1),
+                                     joint_logits(_two_classes(q_logits), 1), name)
+    exact_p, exact_q = torch.autograd.grad(exact, (p_logits, q_logits))
+
+    torch.manual_seed(0)
+    n = 8000
+    p_each = p_logits.detach().expand(n, factors).clone().requires_grad_(True)
+    q_each = q_logits.detach().expand(n, factors).clone().requires_grad_(True)
+    f_divergence(Independent(Bernoulli(logits=p_each), 1), Independent(Bernoulli(logits=q_each), 1),
+                 name, num_samples=1, monte_carlo=True).sum().backward()
+    for found, expected in ((q_each.grad, exact_q), (p_each.grad, exact_p)):
+        mean, standard_error = _mean_and_standard_error(found)
+        assert ((mean - expected).abs() <= 5 * standard_error + 1e-12).all(), (mean, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Which gradient a GAN's generator follows at the optimal critic, per row and generator loss
+# --------------------------------------------------------------------------------------------
+
+def _xlogy(x: Tensor, y: Tensor) -> Tensor:
+    return x * y.log()
+
+
+# Each label of GENERATOR_GRADIENTS as a function of the probabilities (P the data, Q the model),
+# written from its definition.
+NAMED_DIVERGENCES = {
+    "KL(P ‖ Q)": lambda p, q: _xlogy(p, p / q).sum(),
+    "KL(Q ‖ P)": lambda p, q: _xlogy(q, q / p).sum(),
+    "2·KL(P ‖ Q)": lambda p, q: 2 * _xlogy(p, p / q).sum(),
+    "χ²(P ‖ Q)": lambda p, q: ((p - q) ** 2 / q).sum(),
+    "χ²(Q ‖ P)": lambda p, q: ((q - p) ** 2 / p).sum(),
+    "½·χ²(Q ‖ P)": lambda p, q: 0.5 * ((q - p) ** 2 / p).sum(),
+    "⅓·E_Q[(q/p)²]": lambda p, q: (q * (q / p) ** 2).sum() / 3,
+    "H²(P, Q)": lambda p, q: ((p.sqrt() - q.sqrt()) ** 2).sum(),
+    "⅔·E_Q[(q/p)^½]": lambda p, q: 2 * (q * (q / p).sqrt()).sum() / 3,
+    "2·JS(P, Q)": lambda p, q: (_xlogy(p, 2 * p / (p + q)) + _xlogy(q, 2 * q / (p + q))).sum(),
+    "KL(Q ‖ P) − 2·JS(P, Q)": lambda p, q: (_xlogy(q, q / p).sum()
+                                           - (_xlogy(p, 2 * p / (p + q)) + _xlogy(q, 2 * q / (p + q))).sum()),
+    "TV(P, Q)": lambda p, q: 0.5 * (p - q).abs().sum(),
+}
+# The row's own divergence D_f(P ‖ Q), as labelled in the table.
+OWN_DIVERGENCE = {"kl": "KL(P ‖ Q)", "reverse_kl": "KL(Q ‖ P)", "pearson": "χ²(P ‖ Q)",
+                  "neyman": "χ²(Q ‖ P)", "hellinger": "H²(P, Q)", "js": "2·JS(P, Q)",
+                  "gan": "2·JS(P, Q)", "total_variation": "TV(P, Q)"}
+# g_f⁻¹: the critic output v whose activation is the optimal critic's value T (TV's T* = ±½ lies
+# on its range's boundary: tanh(±40) is ±1 in float64).
+INVERSE_ACTIVATION = {
+    "kl": lambda t: t,
+    "pearson": lambda t: t,
+    "reverse_kl": lambda t: -torch.log(-t),
+    "neyman": lambda t: -torch.log1p(-t),
+    "hellinger": lambda t: -torch.log1p(-t),
+    "js": lambda t: -torch.log(2 * torch.exp(-t) - 1),
+    "gan": lambda t: -torch.log(torch.expm1(-t)),
+    "total_variation": lambda t: 40 * torch.sign(t),
+}
+GENERATOR_CELLS = sorted(GENERATOR_GRADIENTS)
+
+
+def _generator_gradient_at_the_optimal_critic(name: str, loss: str, p: Tensor, theta: Tensor) -> Tensor:
+    """``∇_θ E_{x~Q_θ}[ℓ(v*(x))]`` with the critic held at its optimum ``v* = g_f⁻¹(f'(p/q))``
+    for the current Q, by enumerating x (what the generator's update follows in expectation,
+    whether its draws are reparameterised or not); ``ℓ`` is ``generator_loss`` on one point."""
+    row = F_DIVERGENCES[name]
+    q = theta.detach().softmax(-1)
+    optimal_critic = row.derivative(p / q)
+    v = INVERSE_ACTIVATION[name](optimal_critic)
+    torch.testing.assert_close(row.activation(v), optimal_critic, rtol=1e-9, atol=1e-12)
+    objective = VariationalFDivergence(name, generator_loss=loss)
+    per_point = torch.stack([objective.generator_loss(v[i : i + 1]) for i in range(len(v))])
+    (found,) = torch.autograd.grad((theta.softmax(-1) * per_point.detach()).sum(), theta)
+    return found
+
+
+def _named_gradient(label: str, p: Tensor, theta: Tensor) -> Tensor:
+    (expected,) = torch.autograd.grad(NAMED_DIVERGENCES[label](p, theta.softmax(-1)), theta)
+    return expected
+
+
+def test_the_generator_table_has_every_row_and_loss_and_only_named_divergences():
+    assert set(GENERATOR_GRADIENTS) == {(row, loss) for row in ROWS for loss in ("minimax", "non_saturating")}
+    assert set(GENERATOR_GRADIENTS.values()) <= set(NAMED_DIVERGENCES)
+    assert VariationalFDivergence("kl").generator_follows == "KL(Q ‖ P)"  # the default loss
+
+
+@pytest.mark.parametrize("cell", GENERATOR_CELLS, ids=[f"{row}-{loss}" for row, loss in GENERATOR_CELLS])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_generator_follows_the_gradient_the_table_names(cell, seed):
+    """P and Q_θ = softmax(θ) on 6 points, all probabilities positive; for every cell whose label
+    is not the row's own divergence, the gradient is also shown to differ from ∇D_f(P ‖ Q) (the
+    ``kl`` row's non-saturating generator is *not* mass covering)."""
+    name, loss = cell
+    generator = torch.Generator().manual_seed(seed)
+    p = torch.randn(6, generator=generator, dtype=F64).softmax(-1)
+    theta = torch.randn(6, generator=generator, dtype=F64).requires_grad_(True)
+    found = _generator_gradient_at_the_optimal_critic(name, loss, p, theta)
+    label = GENERATOR_GRADIENTS[cell]
+    torch.testing.assert_close(found, _named_gradient(label, p, theta), rtol=1e-9, atol=1e-12)
+    own = _named_gradient(OWN_DIVERGENCE[name], p, theta)
+    if label != OWN_DIVERGENCE[name]:
+        assert (found - own).norm().item() > 1e-3 * (1 + own.norm().item())
+
+
+@pytest.mark.parametrize("name", ["js", "total_variation"])
+def test_the_monte_carlo_gradient_includes_the_mass_of_p_that_q_cannot_see(name):
+    """Q's first bit is 0 for sure, so half of P's outcomes lie where q = 0: their cost
+    f⋄(0)·P(q = 0), estimated from draws of P, carries the score-function gradient for P's logits
+    too (P's draws are not reparameterised either)."""
+    factors = int(math.log2(MAX_ENUMERATED_OUTCOMES)) + 1
+    p_logits, q_logits = _bits(factors, 2)
+    q_probs = q_logits.sigmoid().index_fill(0, torch.tensor([0]), 0.0)
+    q_joint_logits = joint_logits(torch.stack([(1 - q_probs).log(), q_probs.log()], -1), 1)
+    p_logits.requires_grad_(True)
+    exact = categorical_f_divergence(joint_logits(_two_classes(p_logits), 1), q_joint_logits, name)
+    (exact_p,) = torch.autograd.grad(exact, p_logits)
+
+    torch.manual_seed(0)
+    n = 8000
+    p_each = p_logits.detach().expand(n, factors).clone().requires_grad_(True)
+    q = Independent(Bernoulli(probs=q_probs.expand(n, factors)), 1)
+    values = f_divergence(Independent(Bernoulli(logits=p_each), 1), q, name, num_samples=1, monte_carlo=True)
+    values.sum().backward()
+    mean, standard_error = _mean_and_standard_error(p_each.grad)
+    assert ((mean - exact_p).abs() <= 5 * standard_error + 1e-12).all(), (mean, exact_p)

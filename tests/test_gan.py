@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from klexp.app.cli import CONFIG_DIR
 from klexp.app.config_checks import ConfigError, check_config
 from klexp.app.runner import instantiate_node
-from klexp.core.fdivergences import VariationalFDivergence
+from klexp.core.fdivergences import GENERATOR_GRADIENTS, VariationalFDivergence
 from klexp.core.wasserstein import WassersteinGP
 from klexp.data.toys2d import GridOfGaussians, RingOfGaussians, grid_means, ring_means
 from klexp.errors import ConfigValueError
@@ -173,6 +173,26 @@ def test_every_divergence_choice_composes_validates_and_runs(divergence, tmp_pat
     cfg = compose_config(["experiment=gan", f"divergence={divergence}"])
     name = instantiate_node(cfg.task.divergence, "task.divergence").name
     assert {"loss/critic", f"gan/{name}_bound"} <= scalars
+
+
+def test_the_docs_say_which_gradient_each_generator_follows_as_the_tested_table_does():
+    """docs/gan.md's table is GENERATOR_GRADIENTS, each cell of which tests/test_fdivergences.py
+    derives at the optimal critic."""
+    page = (Path(__file__).parents[1] / "docs" / "gan.md").read_text()
+    section = page.split("## Which gradient the generator follows", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
+    documented = {}
+    for row, minimax, non_saturating in ((c.strip() for c in cells) for cells in rows):
+        documented[row.strip("`"), "minimax"] = minimax
+        documented[row.strip("`"), "non_saturating"] = non_saturating
+    assert documented == GENERATOR_GRADIENTS
+
+
+def test_the_kl_config_says_its_generator_seeks_modes_and_minimax_covers_mass():
+    objective = instantiate_node(OmegaConf.load(CONFIG_DIR / "divergence" / "kl.yaml"), "task.divergence")
+    assert objective.generator_follows == "KL(Q ‖ P)"
+    comment = (CONFIG_DIR / "divergence" / "kl.yaml").read_text()
+    assert "KL(Q_model ‖ P_data): mode seeking" in comment
 
 
 def test_there_is_one_divergence_file_per_training_choice():

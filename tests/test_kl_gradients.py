@@ -23,6 +23,10 @@ Cells (the KL term's config in brackets; ``β = 1``):
   ``samples_from``).
   The analytic estimator uses no samples, so ρ does not apply: its ``loss_rho`` cell is its
   ``loss`` cell, as klexp computes it. ``loss+reward`` (analytic only): both at once.
+  ``reward_fresh`` [placement=reward, samples unset: refused by ``KLTerm``] — the penalty from
+  fresh draws ``x ~ π_old(·|s_t)`` instead of the action taken, in expectation over those draws:
+  it does not depend on ``a_t``, so at a state it gives no gradient, and over steps only the
+  part that flows through the states that follow.
 
 Labels, one state (``π_θ = softmax(θ)``): ``reverse KL`` = ``∇KL(π_θ ‖ π_ref)``, ``forward KL`` =
 ``∇KL(π_ref ‖ π_θ)``, ``zero``, ``other`` (differs from all three). On-policy ``π_old = π_θ``
@@ -51,7 +55,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 from torch.distributions import Categorical
 
-from klexp.core import categorical_kl, kl
+from klexp.core import categorical_kl, kl, kl_samples
 from klexp.core.measure import measure
 
 F64 = torch.float64
@@ -79,6 +83,9 @@ GRADIENT_TABLE: dict[tuple[str, str], tuple[str, str, str]] = {
     ("analytic", "loss"):           ("reverse KL", "reverse KL",          "partial"),
     ("analytic", "loss_rho"):       ("reverse KL", "reverse KL",          "partial"),
     ("analytic", "loss+reward"):    ("reverse KL", "reverse KL",          "full"),
+    ("k1", "reward_fresh"):         ("zero",       "zero",                "future"),
+    ("k2", "reward_fresh"):         ("zero",       "zero",                "other"),
+    ("k3", "reward_fresh"):         ("zero",       "zero",                "future"),
 }
 ONE_STATE_LABELS = {"reverse KL", "forward KL", "zero", "other"}
 TWO_STEP_LABELS = {"full", "partial", "future", "partial forward", "zero", "other"}
@@ -157,9 +164,29 @@ def reward_surrogate(rollout: Enumerated, estimator: str) -> Tensor:
     return (rollout.weights * (ratios * returns_to_go).sum(0)).sum()
 
 
+def fresh_penalty(step: Step, estimator: str) -> Tensor:
+    """``E_{x~π_old(·|s_t)}[k(x)]`` per trajectory, by enumerating ``x``: the penalty of draws made
+    afresh at each state, whatever action the rollout took there."""
+    classes = step.old_logits.shape[-1]
+    every_x = torch.arange(classes).unsqueeze(-1).expand(classes, step.actions.shape[0])
+    terms = kl_samples(step.old(), step.reference(), estimator=estimator, samples=every_x)
+    return (step.old().probs.T * terms).sum(0)
+
+
+def fresh_reward_surrogate(rollout: Enumerated, estimator: str) -> Tensor:
+    """``reward_surrogate`` with the penalties of fresh draws (``fresh_penalty``)."""
+    with torch.no_grad():
+        penalties = torch.stack([fresh_penalty(step, estimator) for step in rollout.steps])
+        returns_to_go = penalties.flip(0).cumsum(0).flip(0)
+    ratios = torch.stack([step.ratio() for step in rollout.steps])
+    return (rollout.weights * (ratios * returns_to_go).sum(0)).sum()
+
+
 def surrogate(rollout: Enumerated, estimator: str, placement: str) -> Tensor:
     if placement == "reward":
         return reward_surrogate(rollout, estimator)
+    if placement == "reward_fresh":
+        return fresh_reward_surrogate(rollout, estimator)
     if placement == "loss+reward":
         return loss_surrogate(rollout, estimator, False) + reward_surrogate(rollout, estimator)
     if placement == "loss_score":
@@ -309,7 +336,8 @@ def assert_follows(found: Tensor, label: str, references: dict[str, Tensor]) -> 
 
 def test_the_table_has_every_estimator_in_every_placement_and_only_known_labels():
     expected = ({(e, p) for e in ESTIMATORS for p in PLACEMENTS} | {("analytic", "loss+reward")}
-                | {(e, "loss_score") for e in ESTIMATORS if e != "analytic"})
+                | {(e, "loss_score") for e in ESTIMATORS if e != "analytic"}
+                | {(e, "reward_fresh") for e in ESTIMATORS if e != "analytic"})
     assert set(GRADIENT_TABLE) == expected
     for one, off, two in GRADIENT_TABLE.values():
         assert {one, off} <= ONE_STATE_LABELS and two in TWO_STEP_LABELS

@@ -72,10 +72,11 @@ def test_knn_kl_hand_computed_example():
 
 
 def test_knn_kl_with_k_neighbours_hand_computed():
-    """1-D, x = {0, 1, 3}, y = {0, 2, 5}, k = 2: ρ_2 = (3, 2, 3), ν_2 = (2, 1, 2):
+    """1-D, x = {0, 1, 3}, y = {0, 2, 5}, k = 2: ρ_2 = (3, 2, 3), ν_2 = (5, 1, 2) — x = 0's copy
+    y = 0 is skipped, so its second neighbour at a positive distance is 5:
     (1/3)·Σ log(ν/ρ) + log(3/2)."""
     value = knn_kl(_t([[0.0], [1.0], [3.0]]), _t([[0.0], [2.0], [5.0]]), k=2).item()
-    expected = (math.log(2 / 3) + math.log(1 / 2) + math.log(2 / 3)) / 3 + math.log(3 / 2)
+    expected = (math.log(5 / 3) + math.log(1 / 2) + math.log(2 / 3)) / 3 + math.log(3 / 2)
     assert value == pytest.approx(expected, rel=1e-12)
 
 
@@ -91,8 +92,55 @@ def test_knn_kl_is_invariant_to_a_common_change_of_scale_and_origin(seed, scale,
     assert after == pytest.approx(before, rel=1e-6, abs=1e-6)
 
 
-def test_knn_kl_of_a_duplicated_sample_of_p_is_infinite():
-    assert knn_kl(_t([[0.0], [0.0], [1.0]]), _t([[0.5]])).item() == math.inf
+def _knn_kl_by_definition(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """The estimate with ties resolved as documented, by brute force: sort each point's distances
+    to the other set, drop the zeros, take the k-th."""
+    def kth_positive(point: np.ndarray, sample: np.ndarray) -> float:
+        distances = np.sort(np.linalg.norm(sample - point, axis=1))
+        positive = distances[distances > 0]
+        return positive[k - 1] if len(positive) >= k else math.nan
+
+    n, d = x.shape
+    terms = [math.log(kth_positive(xi, y)) - math.log(kth_positive(xi, x)) for xi in x]
+    return d * float(np.mean(terms)) + math.log(len(y) / (n - 1))
+
+
+def test_knn_kl_skips_zero_distances_hand_computed():
+    """x = {0, 0, 1}, y = {½}, k = 1: each 0's nearest x at a positive distance is 1 (its copy is
+    skipped), so ρ = (1, 1, 1), ν = (½, ½, ½): log ½ + log(1/2) = −2 ln 2 (was +∞)."""
+    value = knn_kl(_t([[0.0], [0.0], [1.0]]), _t([[0.5]])).item()
+    assert value == pytest.approx(-2 * math.log(2.0), rel=1e-12)
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 30), d=st.integers(1, 3),
+       k=st.integers(1, 3))
+def test_knn_kl_of_a_sample_against_itself_is_the_estimators_offset_not_minus_infinity(seed, n, d, k):
+    """The truth is 0; the estimate is log(n/(n − 1)) exactly (ρ = ν term by term), → 0."""
+    x = _t(np.random.default_rng(seed).normal(size=(n + k, d)))
+    assert knn_kl(x, x, k=k).item() == pytest.approx(math.log((n + k) / (n + k - 1)), rel=1e-12)
+
+
+@PROPERTY
+@given(x=arrays(np.float64, st.tuples(st.integers(4, 25), st.just(2)), elements=st.integers(0, 3)),
+       y=arrays(np.float64, st.tuples(st.integers(3, 25), st.just(2)), elements=st.integers(0, 3)),
+       k=st.integers(1, 2))
+def test_knn_kl_with_many_ties_follows_the_documented_rule(x, y, k):
+    """Points on a 4 × 4 grid: duplicates within P, within Q and across. The estimate is the
+    brute-force one with zero distances skipped — finite wherever every point of P has k samples
+    at a positive distance in both sets, NaN otherwise, never ±∞."""
+    expected = _knn_kl_by_definition(x, y, k)
+    got = knn_kl(_t(x), _t(y), k=k).item()
+    if math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_knn_kl_of_a_sample_concentrated_on_one_point_is_nan():
+    """All of P at one point: no distance scale to compare with, and no estimate."""
+    assert math.isnan(knn_kl(torch.zeros(5, 2), torch.randn(5, 2)).item())
+    assert math.isnan(knn_kl(torch.zeros(5, 2), torch.zeros(5, 2)).item())
 
 
 def test_knn_kl_of_non_finite_samples_is_nan():

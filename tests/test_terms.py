@@ -385,6 +385,9 @@ BAD_ARGUMENTS = [
     ({"direction": "js", "log_dims": True}, "log_dims"),
     ({"samples_from": "old"}, "samples_from"),
     ({"samples": "actions", "num_samples": 4}, "num_samples"),
+    # k on fresh draws does not depend on the action taken: tests/test_kl_gradients.py, reward_fresh
+    ({"placement": "reward", "estimator": "k1"}, "samples"),
+    ({"placement": "reward", "estimator": "k3"}, "samples"),
 ]
 
 
@@ -395,6 +398,14 @@ def test_bad_arguments_raise_config_value_error_naming_the_argument(kwargs, key)
     with pytest.raises(ConfigValueError) as error:
         KLTerm(**arguments)
     assert error.value.key == key
+
+
+def test_a_monte_carlo_term_in_the_reward_takes_the_rollouts_actions_and_the_exact_one_none():
+    KLTerm("kl", "policy", "reference", estimator="k1", placement="reward", samples="actions")
+    KLTerm("kl", "policy", "reference", estimator="analytic", placement="reward")
+    with pytest.raises(ConfigValueError, match=r"^samples: a k1 penalty in the reward must be taken on "
+                                               r"the actions the rollout took"):
+        KLTerm("kl", "policy", "reference", estimator="k1", placement="reward")
 
 
 @pytest.mark.parametrize(("shaping", "key"), [(lambda: FreeBits(-0.5), "nats"),

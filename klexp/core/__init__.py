@@ -26,6 +26,7 @@ from klexp.core.fdivergences import (
 )
 from klexp.core.sample_based import knn_kl
 from klexp.core.schedules import Constant, Cyclical, LinearWarmup, Schedule, as_schedule
+from klexp.core.sequences import SequenceDivergences, sequence_divergences
 from klexp.core.wasserstein import (
     WassersteinGP,
     gradient_penalty,
@@ -46,6 +47,7 @@ __all__ = [
     "LinearWarmup",
     "ProportionalController",
     "Schedule",
+    "SequenceDivergences",
     "VariationalFDivergence",
     "WassersteinGP",
     "as_schedule",
@@ -67,6 +69,7 @@ __all__ = [
     "monte_carlo_terms",
     "nwj_bound",
     "reverse_kl",
+    "sequence_divergences",
     "to_units",
     "wasserstein1_categorical",
     "wasserstein1_empirical_1d",

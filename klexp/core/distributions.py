@@ -243,3 +243,31 @@ def with_state_dtype(d: Distribution, dtype: torch.dtype) -> Distribution:
     if isinstance(d, (Categorical, Bernoulli)):
         vars(converted).pop("logits" if _built_from_probs(d) else "probs", None)
     return converted
+
+
+#: Up to this many joint outcomes, a divergence of independent discrete factors that does not
+#: split over factors (Jensen–Shannon, every f-divergence but the two KLs) is computed exactly by
+#: enumerating them (e.g. 12 independent bits, or 6 factors of 4 classes).
+MAX_ENUMERATED_OUTCOMES = 2**12
+
+
+def joint_outcomes(d: Distribution, logits: Tensor) -> int:
+    """How many joint outcomes the event of ``d`` has, ``classes ** event_size``, for its
+    ``logits`` ``(*batch, *event, classes)``."""
+    return logits.shape[-1] ** d.event_shape.numel()
+
+
+def joint_logits(logits: Tensor, dims: int) -> Tensor:
+    """Log-probabilities ``(*batch, classes ** n)`` of the joint outcomes of ``n`` independent
+    categorical factors given by ``logits`` ``(*batch, *factors, classes)`` (``dims`` factor
+    dimensions, ``n`` factors in all): ``log p(x₁, …, x_n) = Σ_i log p_i(x_i)``, outcomes in
+    row-major order (the last factor varies fastest). No factor dimension: ``logits`` themselves.
+    """
+    if dims == 0:
+        return logits
+    factors = torch.log_softmax(logits.to(compute_dtype(logits.dtype)), dim=-1)
+    factors = factors.flatten(-1 - dims, -2)
+    joint = factors[..., 0, :]
+    for i in range(1, factors.shape[-2]):
+        joint = (joint.unsqueeze(-1) + factors[..., i, None, :]).flatten(-2)
+    return joint

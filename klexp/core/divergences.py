@@ -37,16 +37,18 @@ from klexp.core.categorical import (
     categorical_entropy,
     categorical_js,
     categorical_kl,
-    compute_dtype,
     to_units,
 )
 from klexp.core.distributions import (
+    MAX_ENUMERATED_OUTCOMES,
     as_logits,
     check_compatible,
     expand_to,
     factor_dims,
     flat_independent,
     in_compute_dtype,
+    joint_logits,
+    joint_outcomes,
     log_prob,
     pair_logits,
     sum_rightmost,
@@ -59,10 +61,6 @@ from klexp.core.estimators import (
     kl_samples,
     score_function_surrogate,
 )
-
-#: Up to this many joint outcomes, ``js`` of independent discrete factors enumerates them exactly
-#: (e.g. 12 independent bits, or 6 factors of 4 classes); beyond, it estimates by Monte Carlo.
-JS_MAX_ENUMERATED_OUTCOMES = 2**12
 
 
 def _analytic_kl(p: Distribution, q: Distribution) -> Tensor:
@@ -161,7 +159,7 @@ def js(p: Distribution, q: Distribution, *, num_samples: int = 256, units: Units
     distributions is that of their joint:
 
     * categorical and Bernoulli pairs, ``Independent`` or not, with at most
-      ``JS_MAX_ENUMERATED_OUTCOMES`` joint outcomes (``classes ** event_size``): exact, by
+      ``MAX_ENUMERATED_OUTCOMES`` joint outcomes (``classes ** event_size``): exact, by
       enumerating the joint outcomes in log space. Time and memory grow as
       ``batch · classes ** event_size``, hence the limit.
     * every other pair, including independent discrete factors with more joint outcomes: a
@@ -176,8 +174,7 @@ def js(p: Distribution, q: Distribution, *, num_samples: int = 256, units: Units
     logits = pair_logits(p, q)
     if logits is not None:
         p_logits, q_logits = logits
-        outcomes = q_logits.shape[-1] ** p.event_shape.numel()
-        if outcomes <= JS_MAX_ENUMERATED_OUTCOMES:
+        if joint_outcomes(p, q_logits) <= MAX_ENUMERATED_OUTCOMES:
             dims = factor_dims(p)
             value = categorical_js(joint_logits(p_logits, dims), joint_logits(q_logits, dims))
             return to_units(value, units)
@@ -195,19 +192,3 @@ def _kl_to_mixture(a: Distribution, b: Distribution, num_samples: int) -> Tensor
     log_a, log_b = log_prob(a, x), log_prob(b, x)
     log_m = torch.logaddexp(log_a, log_b) - math.log(2.0)
     return score_function_surrogate(log_a - log_m, log_a, x).mean(0)
-
-
-def joint_logits(logits: Tensor, dims: int) -> Tensor:
-    """Log-probabilities ``(*batch, classes ** n)`` of the joint outcomes of ``n`` independent
-    categorical factors given by ``logits`` ``(*batch, *factors, classes)`` (``dims`` factor
-    dimensions, ``n`` factors in all): ``log p(x₁, …, x_n) = Σ_i log p_i(x_i)``, outcomes in
-    row-major order (the last factor varies fastest). No factor dimension: ``logits`` themselves.
-    """
-    if dims == 0:
-        return logits
-    factors = torch.log_softmax(logits.to(compute_dtype(logits.dtype)), dim=-1)
-    factors = factors.flatten(-1 - dims, -2)
-    joint = factors[..., 0, :]
-    for i in range(1, factors.shape[-2]):
-        joint = (joint.unsqueeze(-1) + factors[..., i, None, :]).flatten(-2)
-    return joint

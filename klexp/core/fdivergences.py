@@ -21,7 +21,9 @@ total_variation   ½ |u − 1|                       ½ tanh v                t 
 Conventions to keep in mind:
 
 * ``kl`` is ``KL(P ‖ Q)`` and ``reverse_kl`` is ``KL(Q ‖ P)``; in a GAN, P is the data and Q the
-  model, so ``kl`` covers the data's mass and ``reverse_kl`` seeks its modes.
+  model, so the ``kl`` *divergence* covers the data's mass and ``reverse_kl`` seeks its modes. Which
+  gradient a GAN's generator follows depends on its loss as well (``GENERATOR_GRADIENTS``): with
+  the non-saturating loss, the ``kl`` row's generator follows ``∇KL(Q ‖ P)`` and seeks modes.
 * The ``js`` row is f-GAN's: ``KL(P ‖ M) + KL(Q ‖ M)`` with ``M = (P + Q)/2``, **twice** the
   ½-weighted Jensen–Shannon divergence that ``klexp.core.js`` returns (so it lies in [0, 2 ln 2]).
   The ``gan`` row is ``2·JS − ln 4`` (Goodfellow et al. 2014), in [−ln 4, 0].
@@ -49,8 +51,20 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from klexp.core.categorical import Units, at_least_zero, check_logits, compute_dtype, to_units
-from klexp.core.distributions import as_logits, check_compatible, factor_dims, sum_rightmost
-from klexp.errors import require_in, require_non_negative, require_positive_int
+from klexp.core.distributions import (
+    MAX_ENUMERATED_OUTCOMES,
+    check_compatible,
+    expand_to,
+    factor_dims,
+    in_compute_dtype,
+    joint_logits,
+    joint_outcomes,
+    log_prob,
+    pair_logits,
+    sum_rightmost,
+)
+from klexp.core.estimators import draw, score_function_surrogate
+from klexp.errors import ConfigValueError, require_in, require_non_negative, require_positive_int
 
 LN2 = math.log(2.0)
 _INF = float("inf")
@@ -61,6 +75,11 @@ GeneratorLoss = Literal["minimax", "non_saturating"]
 GENERATOR_LOSSES: tuple[str, ...] = ("minimax", "non_saturating")
 
 Elementwise = Callable[[Tensor], Tensor]
+
+#: The rows whose divergence of independent factors is the sum of the factors' divergences
+#: (``log`` of a product is a sum); every other row's is not (three Bernoulli factors p = 1,
+#: q = 0: total variation 1, not 3).
+ADDITIVE_OVER_FACTORS = frozenset({"kl", "reverse_kl"})
 
 
 @dataclass(frozen=True)
@@ -254,31 +273,56 @@ def categorical_f_divergence(p_logits: Tensor, q_logits: Tensor, divergence: str
 
 
 def f_divergence(p: Distribution, q: Distribution, divergence: str | FDivergence, *,
-                 num_samples: int = 1024, units: Units = "nats") -> Tensor:
+                 num_samples: int = 1024, monte_carlo: bool = False,
+                 units: Units = "nats") -> Tensor:
     """``D_f(P ‖ Q)``, one value per batch element.
 
-    Exact for categorical and Bernoulli pairs (``categorical_f_divergence``). Otherwise a
-    Monte-Carlo estimate from the densities: ``mean_i f(p(x_i)/q(x_i))`` over ``num_samples``
-    draws ``x_i ~ Q`` (reparameterised when Q allows), plus ``f⋄(0) · P(q = 0)`` estimated from as
-    many draws of P — the part of P that Q cannot see (``+∞`` for ``kl`` as soon as one draw of P
-    falls where ``q = 0``). For KL between distributions torch has a closed form for, prefer
-    ``klexp.core.kl``.
+    * Categorical and Bernoulli pairs: exact (``categorical_f_divergence``).
+    * ``Independent`` products of such factors: the two KL rows exactly, as the sum over factors
+      (the only rows that split over independent factors); every other row exactly on the joint
+      distribution, by enumerating its ``classes ** event_size`` outcomes, up to
+      ``MAX_ENUMERATED_OUTCOMES``. Beyond that a ``ConfigValueError`` says so, unless
+      ``monte_carlo`` asks for the estimate below.
+    * Every other pair: a Monte-Carlo estimate from the densities, ``mean_i f(p(x_i)/q(x_i))``
+      over ``num_samples`` draws ``x_i ~ Q`` per batch element, plus ``f⋄(0) · P(q = 0)``
+      estimated from as many draws of P — the part of P that Q cannot see (``+∞`` for ``kl`` as
+      soon as one draw of P falls where ``q = 0``). Its gradient is that of the divergence in
+      expectation: through the draws where they are reparameterised, else by the score function
+      (``klexp.core.estimators.score_function_surrogate``, as ``kl_samples`` does).
+
+    For KL between distributions torch has a closed form for, prefer ``klexp.core.kl``.
     """
     row = f_divergence_row(divergence)
-    check_compatible(p, q)
-    p_logits, q_logits = as_logits(p), as_logits(q)
-    if p_logits is not None and q_logits is not None:
-        value = categorical_f_divergence(p_logits, q_logits, row)
-        return to_units(sum_rightmost(value, factor_dims(p)), units)
+    batch_shape = check_compatible(p, q)
+    logits = pair_logits(p, q)
+    if logits is not None:
+        p_logits, q_logits = logits
+        dims = factor_dims(p)
+        if dims == 0 or row.name in ADDITIVE_OVER_FACTORS:
+            value = categorical_f_divergence(p_logits, q_logits, row)
+            return to_units(sum_rightmost(value, dims), units)
+        outcomes = joint_outcomes(p, q_logits)
+        if outcomes <= MAX_ENUMERATED_OUTCOMES:
+            value = categorical_f_divergence(joint_logits(p_logits, dims), joint_logits(q_logits, dims), row)
+            return to_units(value, units)
+        if not monte_carlo:
+            raise ConfigValueError(
+                "monte_carlo", f"the {row.name!r} divergence of independent discrete factors is not "
+                f"their sum and needs the joint distribution, whose {outcomes} outcomes exceed the "
+                f"{MAX_ENUMERATED_OUTCOMES} enumerated exactly; pass monte_carlo=True for an estimate")
     require_positive_int("num_samples", num_samples)
-    shape = torch.Size([num_samples])
-    x = q.rsample(shape) if q.has_rsample else q.sample(shape)
-    value = row.f_of_log_ratio(p.log_prob(x) - q.log_prob(x)).mean(0)
+    p, q = (expand_to(d, batch_shape) for d in in_compute_dtype(p, q))
+    x = draw(q, num_samples)
+    log_q = log_prob(q, x)
+    terms = row.f_of_log_ratio(log_prob(p, x) - log_q)
+    value = score_function_surrogate(terms, log_q, x).mean(0)
     slope_at_infinity = F_DIVERGENCES[row.dual].f_at_zero
     if slope_at_infinity != 0:
-        y = p.rsample(shape) if p.has_rsample else p.sample(shape)
-        unseen = (q.log_prob(y) == -_INF).to(value.dtype).mean(0)
-        value = value + torch.where(unseen > 0, unseen * slope_at_infinity, 0.0)
+        y = draw(p, num_samples)
+        unseen = log_prob(q, y) == -_INF
+        cost = torch.zeros(unseen.shape, dtype=value.dtype, device=value.device).masked_fill(
+            unseen, slope_at_infinity)
+        value = value + score_function_surrogate(cost, log_prob(p, y), y).mean(0)
     return to_units(value, units)
 
 
@@ -306,6 +350,33 @@ def nwj_bound(critic_on_p: Tensor, critic_on_q: Tensor) -> Tensor:
 # The f-GAN objective: what a critic maximises and a generator minimises
 # --------------------------------------------------------------------------------------------
 
+#: The divergence whose gradient the generator follows in expectation, at the optimal critic
+#: ``T* = f'(p/q)`` (P the data, Q the generator, ``u = p/q``), for each row and generator loss.
+#: ``∇D_f(P ‖ Q) = −E_Q[∇log q · f*(f'(u))]`` (from ``f*(f'(u)) = u f'(u) − f(u)``), so the minimax
+#: loss ``−E_Q[f*(T)]`` follows the row's own divergence, always; the non-saturating ``−E_Q[T]``
+#: follows ``−E_Q[∇log q · f'(u)]``, which is another divergence's gradient for every row but
+#: total variation's (e.g. ``kl``: ``f'(u) = 1 + log p − log q``, the gradient of ``KL(Q ‖ P)``;
+#: ``gan``: Arjovsky & Bottou 2017's ``KL(Q ‖ P) − 2·JS``). χ² is Pearson's,
+#: ``χ²(A ‖ B) = E_B[(a/b − 1)²]``; ``JS`` is the ½-weighted Jensen–Shannon divergence.
+GENERATOR_GRADIENTS: dict[tuple[str, str], str] = {
+    ("kl", "minimax"): "KL(P ‖ Q)",
+    ("kl", "non_saturating"): "KL(Q ‖ P)",
+    ("reverse_kl", "minimax"): "KL(Q ‖ P)",
+    ("reverse_kl", "non_saturating"): "½·χ²(Q ‖ P)",
+    ("pearson", "minimax"): "χ²(P ‖ Q)",
+    ("pearson", "non_saturating"): "2·KL(P ‖ Q)",
+    ("neyman", "minimax"): "χ²(Q ‖ P)",
+    ("neyman", "non_saturating"): "⅓·E_Q[(q/p)²]",
+    ("hellinger", "minimax"): "H²(P, Q)",
+    ("hellinger", "non_saturating"): "⅔·E_Q[(q/p)^½]",
+    ("js", "minimax"): "2·JS(P, Q)",
+    ("js", "non_saturating"): "KL(Q ‖ P) − 2·JS(P, Q)",
+    ("gan", "minimax"): "2·JS(P, Q)",
+    ("gan", "non_saturating"): "KL(Q ‖ P) − 2·JS(P, Q)",
+    ("total_variation", "minimax"): "TV(P, Q)",
+    ("total_variation", "non_saturating"): "TV(P, Q)",
+}
+
 
 class VariationalFDivergence:
     """Train a generator Q against data P on ``D_f(P ‖ Q)`` through a critic (f-GAN).
@@ -313,7 +384,10 @@ class VariationalFDivergence:
     The critic maximises ``F(v) = E_P[g_f(v)] − E_Q[f*(g_f(v))]`` (a lower bound on
     ``D_f(P ‖ Q)``, nats); the generator minimises either F's own term ``−E_Q[f*(g_f(v))]``
     (``minimax``; for ``gan`` the saturating ``E_Q[log(1 − D)]``) or ``−E_Q[g_f(v)]``
-    (``non_saturating``, f-GAN sec. 3.2; for ``gan`` Goodfellow's ``−E_Q[log D]``).
+    (``non_saturating``, f-GAN sec. 3.2; for ``gan`` Goodfellow's ``−E_Q[log D]``). At the optimal
+    critic, ``minimax`` follows the gradient of ``D_f(P ‖ Q)`` itself and ``non_saturating``
+    that of another divergence (``generator_follows``, from ``GENERATOR_GRADIENTS``): for ``kl``,
+    ``KL(Q ‖ P)`` — mode seeking, not the mass covering of ``KL(P ‖ Q)``.
 
     Args:
         divergence: a row of ``F_DIVERGENCES``.
@@ -333,6 +407,12 @@ class VariationalFDivergence:
         self.generator_loss_kind = generator_loss
         self.critic_steps = critic_steps
         self.penalty_weight = float(penalty_weight)
+
+    @property
+    def generator_follows(self) -> str | None:
+        """The divergence whose gradient the generator follows at the optimal critic
+        (``GENERATOR_GRADIENTS``; None for a row outside f-GAN's table)."""
+        return GENERATOR_GRADIENTS.get((self.name, self.generator_loss_kind))
 
     def critic_objective(self, v_real: Tensor, v_fake: Tensor) -> Tensor:
         """``E_P[g_f(v)] − E_Q[f*(g_f(v))]`` on critic outputs for data and generated samples

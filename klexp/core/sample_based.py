@@ -9,20 +9,35 @@ neighbour among the y's,
     KL̂(P ‖ Q) = (d/n) Σ_i log(ν_k(i) / ρ_k(i)) + log(m / (n − 1))     (nats),
 
 consistent as n, m → ∞ (asymptotically unbiased, mean-square consistent) for densities with
-finite KL. It is not a bound, can be negative at small n, and a point of P with an exact
-duplicate among the x's (``ρ = 0``) makes it ``+∞``; a non-finite sample (a diverged generator's)
-makes it NaN. The neighbour search is scipy's k-d tree.
+finite KL. It is not a bound and can be negative at small n.
+
+Ties. Densities make equal points a zero-probability event, but samples are rounded (float32 draws,
+a data set with repeated rows, a generator that collapsed onto a point), and a zero distance would
+make a term ``log 0``: ``knn_kl(x, x)`` was ``−∞`` and a duplicate in P ``+∞``, or NaN with both.
+Here **zero distances are skipped**: ``ρ_k(i)`` and ``ν_k(i)`` are the distances to the k-th
+nearest neighbour *at a positive distance* (counting every sample there, ties included), so a
+point's copies — itself among the x's, its duplicates among the x's and the y's — are never its
+neighbours. The rule is deterministic and keeps the estimate invariant to a common change of scale
+and origin (adding a small ε to every distance, another common fix, does not); for samples of
+densities it changes nothing. ``knn_kl(x, x)`` of distinct points is then
+``log(n/(n − 1))`` (the estimator's own offset, → 0). A point with fewer than k samples at a
+positive distance, in either set, leaves the estimate undefined: NaN, as for a non-finite sample
+(a diverged generator's). The neighbour search is scipy's k-d tree.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from klexp.core.categorical import Units, to_units
+
+if TYPE_CHECKING:
+    from scipy.spatial import KDTree
 from klexp.errors import require, require_positive_int
 
 
@@ -44,10 +59,22 @@ def knn_kl(p_samples: Tensor, q_samples: Tensor, *, k: int = 1, units: Units = "
     y = q_samples.detach().cpu().double().numpy()
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         return torch.tensor(math.nan, dtype=p_samples.dtype, device=p_samples.device)
-    # the nearest "neighbour" of x_i among the x's is x_i itself: ask for k + 1 and take the last
-    rho = np.atleast_2d(KDTree(x).query(x, k=[k + 1])[0])[:, -1]
-    nu = np.atleast_2d(KDTree(y).query(x, k=[k])[0])[:, -1]
-    with np.errstate(divide="ignore"):
-        log_ratio = np.log(nu) - np.log(rho)
-    value = d * float(np.mean(log_ratio)) + math.log(m / (n - 1))
+    # x_i itself is among the x's at distance 0, so ρ skips it by the same rule as any duplicate
+    rho = _kth_positive_distance(KDTree(x), x, k)
+    nu = _kth_positive_distance(KDTree(y), x, k)
+    value = d * float(np.mean(np.log(nu) - np.log(rho))) + math.log(m / (n - 1))
     return to_units(torch.tensor(value, dtype=p_samples.dtype, device=p_samples.device), units)
+
+
+def _kth_positive_distance(tree: KDTree, points: np.ndarray, k: int) -> np.ndarray:
+    """For each of ``points``, the distance to its k-th nearest sample of ``tree`` among those at a
+    positive distance (NaN where fewer than k are)."""
+    at_zero = np.asarray(tree.query_ball_point(points, r=0.0, return_length=True))
+    available = tree.n
+    deepest = min(k + int(at_zero.max()), available)
+    distances = np.atleast_2d(tree.query(points, k=list(range(1, deepest + 1)))[0])
+    index = at_zero + k - 1
+    found = index < deepest
+    kth = np.full(len(points), np.nan)
+    kth[found] = distances[found, index[found]]
+    return kth

@@ -110,7 +110,8 @@ class KLTerm(LossTerm):
             klexp cannot check that for you.
         importance_weight: see ``samples_from`` and ``klexp.core.kl_samples``.
         placement: ``loss`` (added by ``total_loss``) or ``reward`` (an RL task subtracts
-            ``weight · k`` per step from its rewards, see ``klexp.reward_penalty``).
+            ``weight · k`` per step from its rewards, see ``klexp.reward_penalty``); a
+            Monte-Carlo estimator there needs ``samples``, the actions taken.
         reduction: how the values of a batch combine: ``mean`` or ``sum``.
         log_dims: also log the batch-mean KL of each event dimension as ``kl/<name>/dim_<i>``.
         check_finite: stop training with ``NonFiniteError`` naming the term when its value is NaN
@@ -159,6 +160,12 @@ class KLTerm(LossTerm):
         if samples is not None and num_samples != 1:
             raise ConfigValueError("num_samples", "with samples given in an output, their own count is "
                                    f"used; leave num_samples at 1, got {num_samples}")
+        if placement == "reward" and estimator in MONTE_CARLO_ESTIMATORS and samples is None:
+            raise ConfigValueError("samples", f"a {estimator} penalty in the reward must be taken on "
+                                   "the actions the rollout took (name the output holding them): on "
+                                   "fresh draws it does not depend on the action, and the policy "
+                                   "gradient misses its part at each state (docs/ppo.md, KL placement); "
+                                   "or use estimator=analytic")
         if samples_from is not None and samples is None:
             raise ConfigValueError("samples_from", "names where the draws in `samples` came from; "
                                    "set samples too")
