@@ -2,7 +2,8 @@
 defines the run, flattened to dotted keys — the experiment and seed, every key of the task
 (optimiser settings, widths, divergence…), of each KL term (weight, direction, estimator,
 placement, schedule and shaping with their settings) and of the data, the trainer's length and
-precision — plus the command line's config-group choices (``divergence=wasserstein``).
+precision — and the command line's config-group choices (``divergence=wasserstein``,
+``data=synthetic``: the name the user chose, where the config shows a class name).
 
 A node built from ``_target_`` shows as its class name under its own key (``task.optimizer:
 AdamW``, ``kl.prior.schedule: LinearWarmup``) beside its settings (``task.optimizer.lr``)."""
@@ -42,8 +43,8 @@ def hparams_of(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]
             values[f"trainer.{key}"] = trainer[key]
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key not in NOT_HPARAMS and key not in values and "." not in key:
-            values[key] = value  # a config-group choice: experiment=…, divergence=…, data=…
+        if key not in NOT_HPARAMS and "." not in key:
+            values[key] = value  # a config-group choice (data=synthetic), in the user's words
     return {k: as_hparam(_scalar(v)) for k, v in values.items()}
 
 
