@@ -20,7 +20,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
 import klexp
-from klexp.lightning.dashboards import HPARAMS_RUN, NONFINITE_NOTE, NONFINITE_SUFFIX
+from klexp.lightning.dashboards import FINAL_PREFIX, HPARAMS_RUN, NONFINITE_NOTE, NONFINITE_SUFFIX
 
 pytestmark = pytest.mark.slow
 
@@ -120,14 +120,17 @@ def layout(run: Path) -> dict[str, list[str]]:
 
 
 def session(run: Path) -> tuple[dict, dict[str, float]]:
-    """The HParams session of a run: its hparams and its metrics (the session run's scalars)."""
+    """The HParams session of a run: its hparams and its metrics (the session run's scalars,
+    ``final/<tag>``), by tag."""
     start = [value for event in events(run / HPARAMS_RUN) for value in event.summary.value
              if value.tag == "_hparams_/session_start_info"]
     (info,) = start
     data = plugin_data_pb2.HParamsPluginData.FromString(info.metadata.plugin_data.content)
     hparams = {k: v.number_value if v.HasField("number_value") else v.string_value
                for k, v in data.session_start_info.hparams.items()}
-    return hparams, {tag: points[-1][1] for tag, points in scalar_points(run / HPARAMS_RUN).items()}
+    points = scalar_points(run / HPARAMS_RUN)
+    assert all(tag.startswith(FINAL_PREFIX) for tag in points)
+    return hparams, {tag.removeprefix(FINAL_PREFIX): series[-1][1] for tag, series in points.items()}
 
 
 def runs(logdir: Path) -> list[Path]:
@@ -206,8 +209,8 @@ def test_non_finite_values_are_said_not_hidden(logdir):
         if bad and not tag.endswith(NONFINITE_SUFFIX):
             assert [step for step, _ in points[tag + NONFINITE_SUFFIX]] == bad, tag
     charts = layout(run)
-    (title,) = [t for t in charts if t.endswith("— val/kl_modes (+inf points not drawn: see "
-                                                "val/kl_modes/nonfinite)")]
+    assert [t for t in charts if t.endswith("— val/kl_modes (+inf points not drawn: see "
+                                            "val/kl_modes/nonfinite)")]
     assert [t for t in charts if t.endswith("— val/kl_modes/nonfinite")]
     notes = [value for event in events(run) for value in event.summary.value
              if value.tag.startswith(NONFINITE_NOTE)]

@@ -76,11 +76,11 @@ def test_hparams_tab_lists_the_run_with_its_final_metrics(confidence_run):
     hparams = start.session_start_info.hparams
     assert hparams["kl.confidence.weight"].number_value == pytest.approx(0.2)
     assert hparams["experiment"].string_value == "confidence_penalty"
-    assert {"test/acc", "val/acc", "test/ece"} <= set(session.Tags()["scalars"])
+    assert {"final/test/acc", "final/val/acc", "final/test/ece"} <= set(session.Tags()["scalars"])
     assert "hp_metric" not in set(events.Tags()["scalars"])
     final_acc = events.Scalars("test/acc")[-1].value
     assert final_acc == pytest.approx(summary["metrics"]["test/acc"])
-    assert session.Scalars("test/acc")[-1].value == pytest.approx(final_acc)
+    assert session.Scalars("final/test/acc")[-1].value == pytest.approx(final_acc)
 
 
 def test_custom_scalars_layout_has_each_terms_value_weight_and_loss(confidence_run):

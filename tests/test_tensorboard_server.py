@@ -143,19 +143,21 @@ def test_hparams_table_shows_every_runs_config_and_final_metrics_in_a_mixed_logd
     assert hparams["kl.ce.weight"].get("differs") and hparams["experiment"].get("differs")
     assert not hparams["seed"].get("differs")
     metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
-    assert {"test/acc", "test/nll", "test/ece", "val/acc", "test/return_mean"} <= metrics
-    assert not [tag for tag in metrics if not tag.startswith(("val/", "test/"))]  # final ones only
+    assert {"final/test/acc", "final/test/nll", "final/test/ece", "final/val/acc",
+            "final/test/return_mean"} <= metrics
+    assert not [tag for tag in metrics if not tag.startswith(("final/val/", "final/test/"))]
 
     groups = board.post("/data/plugin/hparams/session_groups", {
         "experimentName": "", "startIndex": 0, "sliceSize": 100,
         "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-        "colParams": [{"metric": {"tag": "test/acc", "group": ""}}],
+        "colParams": [{"metric": {"tag": "final/test/acc", "group": ""}}],
     })["sessionGroups"]
     assert len(groups) == len(WEIGHTS) + 1
     for group in groups:
-        values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        values = {m["name"]["tag"].removeprefix("final/"): m["value"] for m in group["metricValues"]}
         if group["hparams"]["experiment"] == "ppo":
-            assert values["test/return_mean"] == pytest.approx(summaries["ppo"]["metrics"]["test/return_mean"])
+            expected = summaries["ppo"]["metrics"]["test/return_mean"]
+            assert values["test/return_mean"] == pytest.approx(expected)
             continue
         weight = f"{group['hparams']['kl.ce.weight']:g}"
         for tag in ("test/acc", "test/nll", "val/acc"):

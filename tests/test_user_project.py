@@ -148,7 +148,7 @@ def test_tags_dashboards_and_run_record_reach_a_users_own_trainer(tmp_path):
     start = plugin_data_pb2.HParamsPluginData.FromString(
         session.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
     assert set(start.hparams) >= {"latent_dim", "lr"}
-    assert "val/kl/prior/value" in session.Tags()["scalars"]
+    assert "final/val/kl/prior/value" in session.Tags()["scalars"]
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["seed"] == 0

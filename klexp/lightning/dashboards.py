@@ -15,11 +15,12 @@ an exception, and rewrites what changed.
 * **HParams**: the run's hyperparameters against its final ``val/`` and ``test/`` metrics, written
   once, on rank zero, at the end of the run (after ``test`` when the run tests, else after
   ``fit``), into the sub-run ``<log dir>/hparams``: a session without an experiment definition,
-  holding the final metrics as its scalars. TensorBoard then builds the HParams table of a logdir
-  from all its sessions — the union of every run's hparams (``differs`` marked where values
-  differ) and of every run's final metrics — so a logdir that mixes runs of different
-  experiments shows each run's values. (A run that writes its own experiment definition hides
-  the others': TensorBoard uses the first one it finds.)
+  holding the final metrics as its scalars, named ``final/<tag>``. TensorBoard then builds the
+  HParams table of a logdir from all its sessions — the union of every run's hparams (``differs``
+  marked where values differ) and of every run's final metrics — so a logdir that mixes runs of
+  different experiments shows each run's values. (A run that writes its own experiment
+  definition hides the others': TensorBoard uses the first one it finds.) The ``final/`` names
+  keep the session's copies off the run's own charts; in Time Series they are one dot per run.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from klexp.lightning.term import kl_terms_of
 Charts = Mapping[str, Mapping[str, Sequence[str]]]
 #: the sub-run (under the logger's directory) that holds the run's HParams session
 HPARAMS_RUN = "hparams"
+#: the prefix of the final metrics' names in the HParams session
+FINAL_PREFIX = "final/"
 #: the companion of a scalar with non-finite points
 NONFINITE_SUFFIX = "/nonfinite"
 #: the text note that lists a run's non-finite points
@@ -293,19 +296,20 @@ def as_hparam(value: Any) -> Any:
 def log_hparams(directory: str | Path, hparams: Mapping[str, Any], metrics: Mapping[str, float],
                 step: int = 0) -> None:
     """Write a run's HParams session into its own TensorBoard run ``directory``: the session's
-    start (``hparams``), its final ``metrics`` as scalars at ``step``, and its end. No experiment
-    definition: TensorBoard builds the table from every session in the logdir. A rewrite (a
-    resumed run that ends again) replaces the previous session."""
+    start (``hparams``), its final ``metrics`` as scalars ``final/<tag>`` at ``step``, and its
+    end. No experiment definition: TensorBoard builds the table from every session in the
+    logdir. A rewrite (a resumed run that ends again) replaces the previous session."""
     from torch.utils.tensorboard.writer import FileWriter
 
     directory = Path(directory)
     for old in directory.glob("events.out.tfevents.*"):
         old.unlink()
-    _, start, end = hparams_summary(dict(hparams), dict(metrics))
+    final = {FINAL_PREFIX + tag: value for tag, value in sorted(metrics.items())}
+    _, start, end = hparams_summary(dict(hparams), final)
     writer = FileWriter(str(directory))
     writer.add_summary(start, step)
-    for tag in sorted(metrics):
-        writer.add_summary(scalar_summary(tag, metrics[tag]), step)
+    for tag, value in final.items():
+        writer.add_summary(scalar_summary(tag, value), step)
     writer.add_summary(end, step)
     writer.close()
 
