@@ -52,6 +52,8 @@ SCRIPT_SMOKE = {
     "experiments/benchmarks/bench_vae.py": ["--steps", "5", "--rounds", "1"],
     "experiments/benchmarks/bench_ppo.py": ["--total-timesteps", "2048", "--repeats", "1"],
     "experiments/benchmarks/bench_ddp.py": ["--timesteps", "2048", "--rounds", "1"],
+    # no Chromium in CI: the runs and the served logdir only
+    "experiments/dashboards/screenshots.py": ["--no-browser", "--experiments", "ppo"],
 }
 
 

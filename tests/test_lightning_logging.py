@@ -94,6 +94,33 @@ def test_evaluation_metrics_are_epoch_means_weighted_by_batch_size(tmp_path):
     assert float(trainer.callback_metrics["val/first"]) == pytest.approx(3.2)
 
 
+class OwnAxis(TwoWays):
+    """Logs through ``log_metrics`` only, on its own x-axis: 100 "env steps" a training step."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        log_metrics(self, {"written": float(self.global_step)})
+        return self.layer(batch[0]).square().mean()
+
+    def log_step(self) -> int:
+        return 100 * (self.global_step + 1)
+
+
+def test_a_module_with_its_own_x_axis_writes_every_scalar_on_it_without_an_epoch(tmp_path):
+    logger = MemoryLogger()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 1)), batch_size=4)
+    trainer = pl.Trainer(max_epochs=2, log_every_n_steps=1, logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(OwnAxis(), data, data)
+    steps = {name: [step for step, key, _ in logger.rows if key == name] for _, name, _ in logger.rows}
+    assert steps["written"] == [100, 200, 300, 400, 500, 600]
+    # validation epoch means at the module's step at the end of each epoch (not Lightning's 3, 6)
+    assert steps["val/first"] == [400, 700]
+    assert "epoch" not in steps and "step" not in steps
+    firsts = data.dataset.tensors[0][::4, 0]  # still an epoch mean over the batches
+    assert float(trainer.callback_metrics["val/first"]) == pytest.approx(float(firsts.mean()))
+
+
 def test_the_default_profiler_hands_out_one_empty_context():
     profiler = NoProfiler()
     with profiler.profile("[Callback]KLTerm.on_train_batch_end") as action:

@@ -35,7 +35,7 @@ def test_ppo_runs_end_to_end_and_logs_every_promised_scalar(tmp_path):
     summary = run_experiment(["experiment=ppo", *SHORT], tmp_path)
     metrics = summary["metrics"]
     assert summary["status"] == "completed"
-    for tag in ["episode/return", "episode/length", "episode/return_recent", "time/sps",
+    for tag in ["episode/return", "episode/return_recent", "time/sps",
                 "time/env_steps", "loss/policy", "loss/value", "loss/entropy", "ppo/entropy",
                 "ppo/clipfrac", "ppo/explained_variance", "ppo/learning_rate", "ppo/update_steps",
                 "ppo/kl_k1", "ppo/kl_k1_max", "ppo/kl_k3", "ppo/kl_k3_max", "ppo/kl_exact",

@@ -67,23 +67,29 @@ def test_total_loss_is_the_sum_of_the_weighted_terms(confidence_run):
 
 
 def test_hparams_tab_lists_the_run_with_its_final_metrics(confidence_run):
-    _, summary, events = confidence_run
-    content = events.PluginTagToContent("hparams")
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-    metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
-    assert {"test/acc", "val/acc", "test/ece"} <= metric_tags
-    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    hparams = session.session_start_info.hparams
+    run_dir, summary, events = confidence_run
+    session = EventAccumulator(str(run_dir / "tb" / "hparams"), size_guidance={"scalars": 0})
+    session.Reload()
+    content = session.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" not in content  # TensorBoard merges every run's sessions
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
     assert hparams["kl.confidence.weight"].number_value == pytest.approx(0.2)
     assert hparams["experiment"].string_value == "confidence_penalty"
+    assert {"final/test/acc", "final/val/acc", "final/test/ece"} <= set(session.Tags()["scalars"])
     assert "hp_metric" not in set(events.Tags()["scalars"])
     final_acc = events.Scalars("test/acc")[-1].value
     assert final_acc == pytest.approx(summary["metrics"]["test/acc"])
+    assert session.Scalars("final/test/acc")[-1].value == pytest.approx(final_acc)
 
 
-def test_custom_scalars_layout_has_one_chart_per_term(confidence_run):
+def test_custom_scalars_layout_has_each_terms_value_weight_and_loss(confidence_run):
     _, _, events = confidence_run
-    (event,) = events.Tensors("custom_scalars__config__")
+    event = events.Tensors("custom_scalars__config__")[-1]  # TensorBoard shows the last one
     layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
-    charts = {chart.title for category in layout.category for chart in category.chart}
-    assert {"ce", "confidence"} <= charts
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category
+              for chart in category.chart}
+    for term in ("ce", "confidence"):
+        for part in ("value", "weight", "loss"):
+            assert charts[f"{term}: {part} — kl/{term}/{part}"] == [f"^kl/{term}/{part}$"]
+            assert charts[f"{term}: {part} — val/kl/{term}/{part}"] == [f"^val/kl/{term}/{part}$"]

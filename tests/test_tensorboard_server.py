@@ -1,6 +1,7 @@
 """TensorBoard as a user sees it: ``tensorboard --logdir <sweep>`` serves the runs, their scalar
-tags, the HParams table (each run's overrides with its real final metrics) and the custom-scalars
-layout. Checked through TensorBoard's HTTP data API, the same one its web page reads."""
+tags, the HParams table (each run's resolved config with its real final metrics, in a logdir that
+mixes experiments too) and the custom-scalars layout. Checked through TensorBoard's HTTP data API,
+the same one its web page reads."""
 
 import json
 import socket
@@ -13,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import FAST, run_experiment
+from helpers import FAST, QUIET, run_experiment
 
 WEIGHTS = ("0.5", "2")
 DEADLINE_SECONDS = 90
@@ -34,6 +35,9 @@ def sweep(tmp_path_factory):
         overrides = [*FAST, "data=synthetic", "trainer.log_every_n_steps=1", f"kl.ce.weight={weight}",
                      "seed=0"]
         summaries[weight] = run_experiment(overrides, root / f"kl.ce.weight={weight}" / "seed=0")
+    # another experiment in the same logdir: other hparams, other metrics
+    summaries["ppo"] = run_experiment(["experiment=ppo", *QUIET, "task.total_timesteps=256",
+                                       "task.num_steps=64", "task.eval_episodes=2"], root / "ppo")
     return root, summaries
 
 
@@ -87,7 +91,7 @@ def board(sweep):
     root, _ = sweep
     server = TensorBoard(root)
     try:
-        server.wait_for_runs(len(WEIGHTS))
+        server.wait_for_runs(len(RUNS))
         yield server
     finally:
         server.stop()
@@ -97,11 +101,16 @@ def run_name(weight: str) -> str:
     return f"kl.ce.weight={weight}/seed=0/tb"
 
 
+#: each run's events and its HParams session (a sub-run)
+RUNS = [name for weight in WEIGHTS for name in (run_name(weight), f"{run_name(weight)}/hparams")] + [
+    "ppo/tb", "ppo/tb/hparams"]
+
+
 pytestmark = pytest.mark.slow
 
 
 def test_every_run_of_the_sweep_is_served(board):
-    assert sorted(board.get("/data/runs")) == sorted(run_name(w) for w in WEIGHTS)
+    assert sorted(board.get("/data/runs")) == sorted(RUNS)
     plugins = board.get("/data/plugins_listing")
     for plugin in ("scalars", "hparams", "custom_scalars"):
         assert plugins[plugin]["enabled"], plugin
@@ -122,28 +131,35 @@ def test_scalar_tags_follow_the_documented_scheme_and_serve_the_final_values(boa
         assert final == pytest.approx(summaries[weight]["metrics"]["test/acc"], rel=1e-6)
 
 
-def test_hparams_table_lists_overrides_and_real_final_metrics(board, sweep):
+def test_hparams_table_shows_every_runs_config_and_final_metrics_in_a_mixed_logdir(board, sweep):
     _, summaries = sweep
     experiment = board.post("/data/plugin/hparams/experiment", {"experimentName": ""})
     hparams = {info["name"]: info for info in experiment["hparamInfos"]}
-    assert {"kl.ce.weight", "seed", "experiment", "kl.ce.direction"} <= set(hparams)
+    # the union of both experiments' resolved configs
+    assert {"kl.ce.weight", "seed", "experiment", "kl.ce.direction", "task.optimizer.lr",
+            "data.batch_size", "task.clip_coef", "task.env.id"} <= set(hparams)
     assert "callbacks.progress_bar" not in hparams  # a display switch, not a hyperparameter
-    # set on the command line → shown first (TensorBoard shows five hparams by default)
-    assert hparams["kl.ce.weight"].get("differs") and hparams["seed"].get("differs")
-    metrics = [info["name"]["tag"] for info in experiment["metricInfos"]]
-    assert metrics[0] == "val/acc"  # the objective leads (and colours the parallel coordinates)
-    assert {"test/acc", "test/nll", "test/ece", "val/nll"} <= set(metrics)
-    assert "hp_metric" not in metrics
+    # TensorBoard marks what differs between the runs (and shows those columns first)
+    assert hparams["kl.ce.weight"].get("differs") and hparams["experiment"].get("differs")
+    assert not hparams["seed"].get("differs")
+    metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
+    assert {"final/test/acc", "final/test/nll", "final/test/ece", "final/val/acc",
+            "final/test/return_mean"} <= metrics
+    assert not [tag for tag in metrics if not tag.startswith(("final/val/", "final/test/"))]
 
     groups = board.post("/data/plugin/hparams/session_groups", {
         "experimentName": "", "startIndex": 0, "sliceSize": 100,
         "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-        "colParams": [{"metric": {"tag": "test/acc", "group": ""}}],
+        "colParams": [{"metric": {"tag": "final/test/acc", "group": ""}}],
     })["sessionGroups"]
-    assert len(groups) == len(WEIGHTS)
+    assert len(groups) == len(WEIGHTS) + 1
     for group in groups:
+        values = {m["name"]["tag"].removeprefix("final/"): m["value"] for m in group["metricValues"]}
+        if group["hparams"]["experiment"] == "ppo":
+            expected = summaries["ppo"]["metrics"]["test/return_mean"]
+            assert values["test/return_mean"] == pytest.approx(expected)
+            continue
         weight = f"{group['hparams']['kl.ce.weight']:g}"
-        values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
         for tag in ("test/acc", "test/nll", "val/acc"):
             assert values[tag] == pytest.approx(summaries[weight]["metrics"][tag], rel=1e-6), tag
 
@@ -153,6 +169,8 @@ def test_custom_scalars_layout_is_served(board):
     charts = {category["title"]: {chart["title"]: chart["multiline"]["tag"]
                                   for chart in category["chart"]}
               for category in layout["category"]}
-    assert charts["KL terms"]["ce"] == ["^kl/ce/(value|weight|loss)$", "^val/kl/ce/(value|weight|loss)$"]
-    (train_chart,) = [c for c in charts["Classification"] if c.startswith("CE = KL") and "train" in c]
-    assert charts["Classification"][train_chart] == ["^loss/(ce|target_entropy)$", "^kl/ce/value$"]
+    assert charts["KL terms"]["ce: value — kl/ce/value"] == ["^kl/ce/value$"]
+    train = "CE = KL(target ‖ model) + H(target), train"
+    assert charts["Classification"][f"{train} — loss/ce"] == ["^loss/ce$"]
+    assert charts["Classification"][f"{train} — kl/ce/value"] == ["^kl/ce/value$"]
+    assert charts["PPO"]["value loss — loss/value"] == ["^loss/value$"]  # the layouts of all runs

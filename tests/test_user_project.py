@@ -139,13 +139,16 @@ def test_tags_dashboards_and_run_record_reach_a_users_own_trainer(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
     events.Reload()
     layout = layout_pb2.Layout.FromString(
-        events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+        events.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for c in layout.category for chart in c.chart}
-    assert charts["prior"] == ["^kl/prior/(value|weight|loss)$", "^val/kl/prior/(value|weight|loss)$"]
-    session = plugin_data_pb2.HParamsPluginData.FromString(
-        events.summary_metadata["_hparams_/experiment"].plugin_data.content).experiment
-    assert {info.name for info in session.hparam_infos} >= {"latent_dim", "lr"}
-    assert "val/kl/prior/value" in {info.name.tag for info in session.metric_infos}
+    assert charts["prior: value — kl/prior/value"] == ["^kl/prior/value$"]
+    assert charts["prior: weight — val/kl/prior/weight"] == ["^val/kl/prior/weight$"]
+    session = EventAccumulator(str(tmp_path / "tb" / "hparams"), size_guidance={"scalars": 0})
+    session.Reload()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        session.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
+    assert set(start.hparams) >= {"latent_dim", "lr"}
+    assert "final/val/kl/prior/value" in session.Tags()["scalars"]
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["seed"] == 0

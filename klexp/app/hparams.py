@@ -1,48 +1,68 @@
-"""What TensorBoard's HParams tab shows for a run of the ``klexp`` app: its command-line overrides
-plus key config values (experiment, seed, each KL term's weight, direction, estimator, schedule
-and shaping)."""
+"""What TensorBoard's HParams tab shows for a run of the ``klexp`` app: the resolved config that
+defines the run, flattened to dotted keys — the experiment and seed, every key of the task
+(optimiser settings, widths, divergence…), of each KL term (weight, direction, estimator,
+placement, schedule and shaping with their settings) and of the data, the trainer's length and
+precision — and the command line's config-group choices (``divergence=wasserstein``,
+``data=synthetic``: the name the user chose, where the config shows a class name).
+
+A node built from ``_target_`` shows as its class name under its own key (``task.optimizer:
+AdamW``, ``kl.prior.schedule: LinearWarmup``) beside its settings (``task.optimizer.lr``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from klexp.lightning.dashboards import as_hparam
 
 #: Overrides that change how a run is displayed or launched, not what it computes.
 NOT_HPARAMS = frozenset({"callbacks.progress_bar", "trainer.enable_model_summary",
                          "trainer.enable_progress_bar", "launcher", "hparams_search", "verbose"})
+#: The config sections that define what a run computes, flattened whole.
+SECTIONS = ("task", "kl", "data")
+#: Trainer settings that change what a run computes (the rest are where and how it shows).
+TRAINER_KEYS = ("max_epochs", "max_steps", "accumulate_grad_batches", "gradient_clip_val",
+                "gradient_clip_algorithm", "precision", "devices", "num_nodes", "strategy",
+                "limit_train_batches", "val_check_interval")
 
 
-def hparams_of(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
-    """The run's overrides plus key config values, as TensorBoard HParams (scalars and strings)."""
+def hparams_of(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The run's resolved config as TensorBoard HParams (numbers and strings; see the module
+    docstring)."""
     values: dict[str, Any] = {"experiment": cfg.get("experiment_name") or "", "seed": cfg.get("seed")}
-    for name, term in (cfg.get("kl") or {}).items():
-        if term is None:
-            continue
-        for key in ("weight", "direction", "estimator", "placement"):
-            if key in term:
-                values[f"kl.{name}.{key}"] = term[key]
-        for key in ("schedule", "shaping"):
-            node = term.get(key)
-            if node is not None:
-                values[f"kl.{name}.{key}"] = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+    for section in SECTIONS:
+        node = cfg.get(section)
+        if node is not None:
+            plain = OmegaConf.to_container(node, resolve=True)
+            values.update(_flat(plain, section) if isinstance(plain, Mapping) else {section: plain})
+    trainer = cfg.get("trainer") or {}
+    for key in TRAINER_KEYS:
+        if trainer.get(key) is not None:
+            values[f"trainer.{key}"] = trainer[key]
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key not in NOT_HPARAMS:
-            values[key] = value
-    return {k: as_hparam(_plain(v)) for k, v in values.items()}
+        if key not in NOT_HPARAMS and "." not in key:
+            values[key] = value  # a config-group choice (data=synthetic), in the user's words
+    return {k: as_hparam(_scalar(v)) for k, v in values.items()}
 
 
-def override_keys(overrides: Sequence[str]) -> list[str]:
-    """The hparams a user chose on the command line (where a sweep's varying keys always are)."""
-    keys = (override.lstrip("+~").partition("=")[0] for override in overrides)
-    return [key for key in keys if key not in NOT_HPARAMS]
+def _flat(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    if "_target_" in node:
+        flat[prefix] = str(node["_target_"]).rsplit(".", 1)[-1]
+    for key, value in node.items():
+        if key in ("_target_", "_partial_", "_recursive_", "_convert_"):
+            continue
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}.{key}"))
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (DictConfig, ListConfig)):
-        return str(OmegaConf.to_container(value))
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return str(list(value))
     return value

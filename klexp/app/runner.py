@@ -27,7 +27,7 @@ from rich.table import Table
 
 from klexp.app.config_checks import ConfigError, check_config, check_run_settings
 from klexp.app.console import run_output
-from klexp.app.hparams import hparams_of, override_keys
+from klexp.app.hparams import hparams_of
 from klexp.app.stages import Compose, run_stages
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.dashboards import Dashboards
@@ -151,9 +151,7 @@ def run(
     logger = instantiate_node(cfg.logger, "logger", **purge) if cfg.get("logger") is not None else False
     will_test = bool(cfg.get("test", True)) and _has_test_data(task, datamodule)
     summary = RunSummary(run_dir, objective=cfg.get("objective"), info=info)
-    dashboards = Dashboards(hparams_of(cfg, overrides), chosen=override_keys(overrides),
-                            objective=cfg.get("objective"),
-                            write_hparams_after="test" if will_test else "fit")
+    dashboards = Dashboards(hparams_of(cfg, overrides), write_hparams_after="test" if will_test else "fit")
     with run_output(bool(cfg.get("verbose", False))):
         trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=logger,
                                                callbacks=[*terms, *callbacks, summary, dashboards])

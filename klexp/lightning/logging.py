@@ -9,9 +9,12 @@
   means (``on_epoch=True``, ``sync_dist=True``), weighted by ``batch_size``.
 
 The x-axis of training scalars is Lightning's logging step, unless the module defines
-``log_step()``: then every training scalar klexp writes (KL terms included) goes at the step it
-returns — an RL task's environment steps, so that curves of runs with different numbers of
-environments line up. Such a module saves the next step it will log at under ``LOG_STEP_KEY`` in
+``log_step()``: then every scalar klexp writes (KL terms included, validation and test too) goes
+at the step it returns — an RL task's environment steps, so that curves of runs with different
+numbers of environments line up, and a run has one x-axis. Validation and test values reach that
+step through Lightning's own ``step`` metric (a logged ``step`` is the x-axis of the values logged
+with it), and such a run writes no ``epoch`` scalar (Lightning adds one only to values logged
+without a ``step``). Such a module saves the next step it will log at under ``LOG_STEP_KEY`` in
 its checkpoints, which a resumed run's TensorBoard logger purges from.
 
 Why not ``self.log`` in training: in Lightning 2.6 each call costs ~0.2 ms (it moves and
@@ -86,14 +89,25 @@ def log_metrics(module: pl.LightningModule, metrics: Mapping[str, Tensor | float
         return
     if (stage or current_stage(module)) == "train":
         write_step_scalars(module, metrics)
-    else:
-        module.log_dict(dict(metrics), on_step=False, on_epoch=True, batch_size=batch_size,
-                        sync_dist=True)
+        return
+    values = dict(metrics)
+    step = own_step(module)
+    if step is not None:
+        values["step"] = float(step)
+    module.log_dict(values, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+
+
+def own_step(module: pl.LightningModule) -> int | None:
+    """The step the module's ``log_step()`` returns, or None when it has none (Lightning's
+    logging step is then the x-axis)."""
+    log_step = getattr(module, "log_step", None)
+    return int(log_step()) if callable(log_step) else None
 
 
 def write_step_scalars(module: pl.LightningModule, scalars: Mapping[str, Tensor | float]) -> None:
     """Write training-step scalars to the run's loggers as Lightning writes its own step metrics
-    (at its logging step, with ``epoch``, then ``logger.save()``); under DDP averaged over the
+    (at its logging step, with ``epoch``, then ``logger.save()``; at the module's own step,
+    without ``epoch``, when it has one); under DDP averaged over the
     ranks first (one collective). Without a trainer the scalars go to ``module.log_dict``."""
     trainer = trainer_of(module)
     if trainer is None:
@@ -105,9 +119,9 @@ def write_step_scalars(module: pl.LightningModule, scalars: Mapping[str, Tensor 
     if trainer.world_size > 1:
         stacked = trainer.strategy.reduce(stacked, reduce_op="mean")
     values = dict(zip(scalars, stacked.tolist(), strict=True))  # the one device-to-host copy
-    own_step = getattr(module, "log_step", None)
-    step = int(own_step()) if callable(own_step) else logging_step(trainer)
+    step = own_step(module)
+    written = values if step is not None else {**values, "epoch": trainer.current_epoch}
     for logger in trainer.loggers:
-        logger.log_metrics({**values, "epoch": trainer.current_epoch}, step=step)
+        logger.log_metrics(written, step=logging_step(trainer) if step is None else step)
         logger.save()
     publish(trainer, {name: torch.tensor(value) for name, value in values.items()})

@@ -29,7 +29,8 @@ every term's value are checked to be finite with one device-to-host copy per ste
 DDP ranks); a failure names the term and describes its distributions.
 
 Logged: ``loss/task`` and ``loss/total`` on the training steps Lightning writes, and
-``<stage>/loss/task``, ``<stage>/loss/total`` as epoch means in validation and test.
+``<stage>/loss/task``, ``<stage>/loss/total`` as epoch means in validation and test;
+``loss/total`` only when a term adds to the loss (else it repeats ``loss/task``).
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def loss_terms_of(trainer: pl.Trainer | None) -> list[LossTerm]:
     return [callback for callback in trainer.callbacks if isinstance(callback, LossTerm)]
 
 
+def terms_in_loss(trainer: pl.Trainer | None) -> bool:
+    """Whether any of the trainer's terms adds to the loss (else ``loss/total`` would repeat
+    ``loss/task``, and is not logged)."""
+    return any(term.placement == "loss" for term in loss_terms_of(trainer))
+
+
 def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage: str | None = None,
                log: bool = True, batch_size: int | None = None) -> Tensor:
     """``outputs["loss"] + Σ term(outputs)`` over the trainer's terms placed in the loss, checked
@@ -131,8 +138,9 @@ def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage:
 
     ``stage`` defaults to where the trainer is (``train``, ``val`` or ``test``). In evaluation a
     term whose outputs are missing is skipped, and ``"loss"`` may be missing too (the terms are
-    then only measured, and the sum of their losses returned). ``log`` writes ``loss/task`` and
-    ``loss/total`` (pass False when a step calls this several times and logs its own means);
+    then only measured, and the sum of their losses returned). ``log`` writes ``loss/task`` and,
+    when a term adds to the loss, ``loss/total`` (pass False when a step calls this several times
+    and logs its own means);
     ``batch_size`` weighs them in evaluation's epoch means (by default Lightning infers it from
     the batch)."""
     trainer = trainer_of(module)
@@ -161,8 +169,10 @@ def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage:
     _check_finite(trainer, stage, step, loss, task_loss, guarded, outputs)
     if log and task_loss is not None and logs_now(module):
         prefix = "loss" if stage == "train" else f"{stage}/loss"
-        log_metrics(module, {f"{prefix}/task": task_loss.detach(), f"{prefix}/total": loss.detach()},
-                    stage=stage, batch_size=batch_size)
+        parts = {f"{prefix}/task": task_loss.detach()}
+        if terms_in_loss(trainer):
+            parts[f"{prefix}/total"] = loss.detach()
+        log_metrics(module, parts, stage=stage, batch_size=batch_size)
     return loss
 
 

@@ -136,8 +136,11 @@ class GANTask(Task):
         def default(params: Any) -> torch.optim.Optimizer:
             return torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.9))
 
-        generator = (self.generator_optimizer or default)(self.generator.parameters())
-        critic = (self.critic_optimizer or default)(self.critic.parameters())
+        # named parameter groups: Lightning's LearningRateMonitor logs lr-Adam/generator and
+        # lr-Adam-1/critic rather than lr-Adam and lr-Adam-1
+        generator = (self.generator_optimizer or default)(
+            [{"params": self.generator.parameters(), "name": "generator"}])
+        critic = (self.critic_optimizer or default)([{"params": self.critic.parameters(), "name": "critic"}])
         return [generator, critic]
 
     # ------------------------------------------------------------------ the model

@@ -311,7 +311,6 @@ class VAETask(Task):
             "reconstruction NLL (nats)": [r"^(train|val|test)/recon_nll$"],
             "KL(q(z|x) ‖ p(z)) (nats)": [r"^(train|val|test)/kl$"],
             "active units": [r"^(val|test)/active_units$"],
-            "per-dimension KL, validation (nats)": [r"^val/kl/[^/]+/dim_\d+$"],
         }}
 
 

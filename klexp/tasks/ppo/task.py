@@ -68,7 +68,7 @@ from klexp.errors import (
     require_positive_int,
 )
 from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
-from klexp.lightning.loss import reward_penalty, total_loss
+from klexp.lightning.loss import reward_penalty, terms_in_loss, total_loss
 from klexp.lightning.phase import UpdatePhase
 from klexp.lightning.term import KLTerm, kl_terms_of
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
@@ -410,10 +410,12 @@ class PPOTask(Task):
                 break
 
         means, maxima = phase_summary(stats)
+        # loss/total only when a KL term adds to the loss (else it repeats loss/task)
+        total = {"loss/total": means["total_loss"]} if terms_in_loss(self.trainer) else {}
         return {
             "loss/policy": means["policy_loss"], "loss/value": means["value_loss"],
             "loss/entropy": -self.loss_settings.ent_coef * means["entropy"],
-            "loss/task": means["task_loss"], "loss/total": means["total_loss"],
+            "loss/task": means["task_loss"], **total,
             "ppo/entropy": means["entropy"],
             "ppo/kl_k1": means["kl_k1"], "ppo/kl_k1_max": maxima["kl_k1"],
             "ppo/kl_k3": means["kl_k3"], "ppo/kl_k3_max": maxima["kl_k3"],
@@ -481,7 +483,8 @@ class PPOTask(Task):
         if episodes:
             returns, lengths = zip(*episodes, strict=True)
             metrics["episode/return"] = float(np.mean(returns))
-            metrics["episode/length"] = float(np.mean(lengths))
+            if returns != lengths:  # on CartPole (1 a step) the length would repeat the return
+                metrics["episode/length"] = float(np.mean(lengths))
         recent = episode_statistics(self.envs).return_queue
         if recent:
             metrics["episode/return_recent"] = float(np.mean(recent))
@@ -491,10 +494,10 @@ class PPOTask(Task):
 
     def test_step(self, batch: int, batch_idx: int) -> None:
         returns, lengths = self.evaluate(self.eval_episodes)
-        self.log_dict({"test/return_mean": float(returns.mean()), "test/return_std": float(returns.std()),
-                       "test/return_min": float(returns.min()), "test/length_mean": float(lengths.mean()),
-                       **self.exact_metrics("test/exact")},
-                      batch_size=1, sync_dist=True)
+        log_metrics(self, {"test/return_mean": float(returns.mean()), "test/return_std": float(returns.std()),
+                           "test/return_min": float(returns.min()), "test/length_mean": float(lengths.mean()),
+                           **self.exact_metrics("test/exact")},
+                    batch_size=1, stage="test")
 
     @torch.inference_mode()
     def evaluate(self, episodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -542,14 +545,18 @@ class PPOTask(Task):
                                  f"'{source}'; set samples_from: {source} (got {term.samples_from!r})")
 
     def custom_scalars(self) -> dict[str, dict[str, list[str]]]:
+        """One chart a quantity (``klexp.Dashboards`` leaves out those the run does not write):
+        the return first, then each loss on its own scale (the value loss is ~100× the others)."""
         return {"PPO": {
-            "KL(π_old ‖ π_θ) estimators": [r"^ppo/kl_(k1|k3|exact)$", r"^ppo/kl_after_update$"],
-            "KL maxima over the update phase": [r"^ppo/kl_(k1|k3|exact)_max$"],
-            "episodic return": [r"^episode/return(_recent)?$"],
-            "losses": [r"^loss/(policy|value|entropy)$"],
-            "exact: gap to the optimum and KL to it": [r"^exact/(gap|kl_optimum)$"],
-            "exact: objective, reward, KL to the reference": [r"^exact/(objective|optimal_objective|"
-                                                              r"reward|kl_reference)$"],
+            "episodic return": [r"^episode/return$", r"^episode/return_recent$"],
+            "policy loss (clipped surrogate)": [r"^loss/policy$"],
+            "value loss": [r"^loss/value$"],
+            "entropy bonus": [r"^loss/entropy$"],
+            "KL(π_old ‖ π_θ)": [r"^ppo/kl_(k1|k3|exact)$", r"^ppo/kl_after_update$"],
+            "KL(π_θ ‖ π_ref), exact": [r"^ppo/kl_reference$"],
+            "exact: gap to the optimum J* − J": [r"^exact/gap$"],
+            "exact: KL(π ‖ π*)": [r"^exact/kl_optimum$"],
+            "exact: objective J and its optimum J*": [r"^exact/(objective|optimal_objective)$"],
         }}
 
 
