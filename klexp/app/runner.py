@@ -28,6 +28,7 @@ from rich.table import Table
 from klexp.app.config_checks import ConfigError, check_config, check_run_settings
 from klexp.app.console import run_output
 from klexp.app.hparams import hparams_of, override_keys
+from klexp.app.preflight import check_before_fit
 from klexp.app.stages import Compose, run_stages
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.dashboards import Dashboards
@@ -100,7 +101,10 @@ def check_before_stages(cfg: DictConfig) -> None:
     for name, stage in (cfg.get("stages") or {}).items():
         if stage is not None:
             OmegaConf.update(probe, stage.checkpoint_to, f"<checkpoint of stage {name}>", merge=False)
-    check_terms_against_task(build_terms(probe.get("kl")), instantiate_node(probe.task, "task"))
+    task = instantiate_node(probe.task, "task")
+    check_terms_against_task(build_terms(probe.get("kl")), task)
+    datamodule = instantiate_node(probe.data, "data") if probe.get("data") is not None else None
+    check_before_fit(probe, task, datamodule, build=False)
 
 
 def build_callbacks(callbacks: Mapping[str, Any] | None) -> list[pl.Callback]:
@@ -142,6 +146,7 @@ def run(
     terms = build_terms(cfg.get("kl"))
     check_terms_against_task(terms, task)
     datamodule = instantiate_node(cfg.data, "data") if cfg.get("data") is not None else None
+    check_before_fit(cfg, task, datamodule)
     callbacks = build_callbacks(cfg.get("callbacks"))
     resume_step = checkpoint_step(cfg.get("ckpt_path"))
     if resume_step is not None:
