@@ -221,6 +221,16 @@ DECIDED_BEFORE_BUILDING = [
     (["experiment=distill", "stages=null", "data=digits", "task.teacher_checkpoint={ckpt}"],
      "task.teacher_checkpoint: {ckpt} was trained for 16 inputs and 3 classes; the data has 64 inputs and "
      "10 classes"),
+    # a run with stages: its network against what its stages will write, before the first trains
+    (["experiment=ppo_ref_kl", "task.hidden=[32]"],
+     "task.init_from_reference: the reference network differs from this task's (task.hidden, "
+     "task.activation): net.0.weight is 64×4 in the reference, expected 32×4"),
+    (["experiment=bayes", "data=synthetic"], "data.holdout_class: expected a class in 0..2, got 9"),
+    (["experiment=distill", "data=synthetic", "stages.teacher.overrides=['experiment=classification','data.holdout_class=7']"],
+     "stages.teacher: data.holdout_class: expected a class in 0..2, got 7"),
+    (["experiment=distill", "data=synthetic", "data.val_fraction=0.001"],
+     "data.val_fraction: 0.001 holds out 1 of 480 examples and keeps 479; a split stratified by 3 classes "
+     "needs 3 on each side (expected val_fraction between 0.005 and 0.795)"),
     # the task can do what the run asks of it
     (["data=ring"], "data: ClassificationTask needs a DataModule that provides 'input_size'; RingOfGaussians "
                     "does not"),

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -37,6 +38,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from klexp.app.config_checks import ConfigError
+from klexp.app.stages import Compose, stage_config
 from klexp.errors import KlexpError
 from klexp.nets.frozen import first_mismatch, load_checkpoint
 
@@ -127,6 +129,49 @@ def check_checkpoint_fits(path: str, task: pl.LightningModule, key: str = "ckpt_
     if problem is not None:
         raise KlexpError(f"{key}: {Path(path).expanduser()} does not fit the task as configured: "
                          f"{problem}")
+
+
+def stage_stand_ins(cfg: DictConfig, overrides: Sequence[str], compose: Compose,
+                    instantiate: Callable[..., Any], directory: Path) -> dict[str, Path] | None:
+    """For each stage of ``cfg``, a checkpoint in ``directory`` holding what the stage's own
+    checkpoint will hold of its task — the ``state_dict`` of its task built for its data and what
+    its ``on_save_checkpoint`` adds — so that the run's task can be built and checked against its
+    stages before they train. None when a stage's task builds only under a trainer."""
+    stand_ins = {}
+    for name, stage in (cfg.get("stages") or {}).items():
+        if stage is None:
+            continue
+        stage_cfg, _ = stage_config(cfg, stage, overrides, compose, directory / name)
+        try:
+            task = instantiate(stage_cfg.task, "task")
+            datamodule = instantiate(stage_cfg.data, "data") if stage_cfg.get("data") is not None else None
+            if datamodule is not None:
+                set_up(datamodule, ("fit",))
+            built = built_copy(task, datamodule)
+            if built is None:
+                return None
+            checkpoint: dict[str, Any] = {"state_dict": built.state_dict()}
+            with _one_line("task"):
+                built.on_save_checkpoint(checkpoint)
+        except KlexpError as error:
+            raise KlexpError(f"stages.{name}: {error}") from None
+        stand_ins[name] = directory / f"{name}.ckpt"
+        torch.save(checkpoint, stand_ins[name])
+    return stand_ins
+
+
+@contextmanager
+def naming_stand_ins(stand_ins: Mapping[str, Path]) -> Iterator[None]:
+    """A problem found in a stand-in checkpoint names the stage that will write the real one."""
+    try:
+        yield
+    except KlexpError as error:
+        message = str(error)
+        for name, path in stand_ins.items():
+            message = message.replace(str(path), f"<the checkpoint stage {name} will write>")
+        if message == str(error):
+            raise
+        raise KlexpError(message) from None
 
 
 @contextmanager

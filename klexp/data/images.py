@@ -121,8 +121,9 @@ class ImageClassData(TrainBatchesState, pl.LightningDataModule):
         labels = torch.cat([y for _, y in splits.values()])
         self._num_classes = int(labels.max()) + 1
         if self.holdout_class is not None:
-            require(0 <= self.holdout_class < self._num_classes, "holdout_class",
-                    f"a class in 0..{self._num_classes - 1}", self.holdout_class)
+            if not 0 <= self.holdout_class < self._num_classes:
+                raise KlexpError(f"data.holdout_class: expected a class in 0..{self._num_classes - 1}, "
+                                 f"got {self.holdout_class}")
             splits = self._hold_out(splits)
         if self.binarize:
             for offset, name in enumerate(("val", "test", "ood")):
