@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import torch
 from helpers import FAST, run_cli, run_experiment
 from pytorch_lightning.loggers import TensorBoardLogger
 from test_data import write_disagreeing_idx, write_mnist_like
@@ -18,6 +19,7 @@ from test_data import write_disagreeing_idx, write_mnist_like
 from klexp.app.cli import main
 from klexp.data.idx import FILES, write_idx
 from klexp.errors import KlexpError
+from klexp.nets.frozen import CHECKPOINT_NET_KEY
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,15 @@ def workspace(tmp_path_factory):
     missing_labels = write_mnist_like(files / "missing_labels")
     (missing_labels / FILES["train"][1]).unlink()
     (files / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    # a checkpoint whose description of its network (hidden=[32]) does not match its weights
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint[CHECKPOINT_NET_KEY]["hidden"] = [32]
+    torch.save(checkpoint, files / "misdescribed.ckpt")
     return {"root": root, "run": run_dir, "idx": good_idx, "bad_magic": bad_magic,
             "truncated": truncated, "mismatch": mismatch, "missing_labels": missing_labels,
             "test_shape": write_disagreeing_idx(files / "test_shape", "shape"),
             "test_labels": write_disagreeing_idx(files / "test_labels", "labels"),
-            "garbage": files / "garbage.ckpt", "ckpt": run_dir / "checkpoints" / "last.ckpt",
+            "garbage": files / "garbage.ckpt", "misdescribed": files / "misdescribed.ckpt", "ckpt": run_dir / "checkpoints" / "last.ckpt",
             "nothing": files / "does-not-exist"}
 
 
@@ -231,6 +237,9 @@ DECIDED_BEFORE_BUILDING = [
     (["experiment=distill", "data=synthetic", "data.val_fraction=0.001"],
      "data.val_fraction: 0.001 holds out 1 of 480 examples and keeps 479; a split stratified by 3 classes "
      "needs 3 on each side (expected val_fraction between 0.005 and 0.795)"),
+    (["experiment=distill", "stages=null", "data=synthetic", "task.teacher_checkpoint={misdescribed}"],
+     "task.teacher_checkpoint: {misdescribed} does not fit its own network: net.0.weight is 512×16 in the "
+     "checkpoint, expected 32×16"),
     # the task can do what the run asks of it
     (["data=ring"], "data: ClassificationTask needs a DataModule that provides 'input_size'; RingOfGaussians "
                     "does not"),

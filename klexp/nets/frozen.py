@@ -50,7 +50,9 @@ def load_frozen(module: nn.Module, checkpoint: dict[str, Any], prefix: str, key:
     gradients off."""
     weights = {k.removeprefix(f"{prefix}."): v for k, v in checkpoint["state_dict"].items()
                if k.startswith(f"{prefix}.")}
-    problem = first_mismatch(module.state_dict(), weights)
+    # keys named as the checkpoint holds them
+    problem = first_mismatch({f"{prefix}.{k}": v for k, v in module.state_dict().items()},
+                             {f"{prefix}.{k}": v for k, v in weights.items()})
     if problem is not None:
         raise KlexpError(f"{key}: {Path(path).expanduser()} does not fit its own network: {problem}")
     module.load_state_dict(weights)
