@@ -10,11 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAST, run_cli
-from test_data import write_mnist_like
+import pytorch_lightning as pl
+import torch
+from helpers import FAST, run_cli, run_experiment
+from pytorch_lightning.loggers import TensorBoardLogger
+from test_data import write_disagreeing_idx, write_mnist_like
 
 from klexp.app.cli import main
 from klexp.data.idx import FILES, write_idx
+from klexp.errors import KlexpError
+from klexp.nets.frozen import CHECKPOINT_NET_KEY
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +40,15 @@ def workspace(tmp_path_factory):
     missing_labels = write_mnist_like(files / "missing_labels")
     (missing_labels / FILES["train"][1]).unlink()
     (files / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    # a checkpoint whose description of its network (hidden=[32]) does not match its weights
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint[CHECKPOINT_NET_KEY]["hidden"] = [32]
+    torch.save(checkpoint, files / "misdescribed.ckpt")
     return {"root": root, "run": run_dir, "idx": good_idx, "bad_magic": bad_magic,
             "truncated": truncated, "mismatch": mismatch, "missing_labels": missing_labels,
-            "garbage": files / "garbage.ckpt", "ckpt": run_dir / "checkpoints" / "last.ckpt",
+            "test_shape": write_disagreeing_idx(files / "test_shape", "shape"),
+            "test_labels": write_disagreeing_idx(files / "test_labels", "labels"),
+            "garbage": files / "garbage.ckpt", "misdescribed": files / "misdescribed.ckpt", "ckpt": run_dir / "checkpoints" / "last.ckpt",
             "nothing": files / "does-not-exist"}
 
 
@@ -117,6 +128,8 @@ CASES = [
     (["task.teacher_checkpoint={garbage}"], "task.teacher_checkpoint: {garbage} is not a readable checkpoint"),
     (["data=digits", "task.teacher_checkpoint={ckpt}"], "was trained for 16 inputs and 3 classes; the data has 64 inputs and 10 classes"),
     (["ckpt_path={nothing}"], "ckpt_path: {nothing} does not exist"),
+    (["task.hidden=[32]"], "ckpt_path: {ckpt} does not fit the task as configured: net.0.weight is 512×16 in "
+                           "the checkpoint, expected 32×16"),
     (["experiment=ppo_ref_kl", "stages=null", "task.reference_checkpoint={nothing}"], "task.reference_checkpoint: {nothing} does not exist"),
     (["experiment=ppo_ref_kl", "stages=null", "task.reference_checkpoint={ckpt}"], "task.reference_checkpoint: {ckpt} is not a klexp PPO checkpoint"),
 ]
@@ -150,6 +163,9 @@ def test_bad_input_exits_non_zero_with_one_line_naming_the_problem(args, message
             assert after[path].startswith(content), f"{path} was rewritten"
         else:
             assert after.get(path) == content, f"{path} was clobbered"
+    # Hydra records each command under .hydra/ and in the log; nothing of klexp's is added
+    added = [path for path in after if path not in before]
+    assert not [path for path in added if path.suffix != ".log" and ".hydra" not in path.parts]
 
 
 @pytest.mark.parametrize(
@@ -164,6 +180,115 @@ def test_bad_resume_target_is_named(args, message, workspace, monkeypatch, capsy
         main()
     assert exit_.value.code not in (0, None)
     assert message.format(**paths) in str(exit_.value.code) + capsys.readouterr().err
+
+
+# What the data files, a checkpoint, the environment or the task decide, in a new run: refused
+# with one line before the logger, the Trainer or any file of the run exists. A message ending in
+# "…" is the line's start (the rest is Gymnasium's own words).
+DECIDED_BEFORE_BUILDING = [
+    # split sizes against the data and its classes; the split's seed
+    (["data=synthetic", "data.val_fraction=0"], "data.val_fraction: expected a number in (0, 1), got 0"),
+    (["data=synthetic", "data.test_fraction=0"],
+     "data.test_fraction: 0 holds out 0 of 600 examples and keeps 600; a split stratified by 3 classes "
+     "needs 3 on each side (expected test_fraction between 0.005 and 0.995)"),
+    (["data=synthetic", "data.val_fraction=0.001"],
+     "data.val_fraction: 0.001 holds out 1 of 480 examples and keeps 479; a split stratified by 3 classes "
+     "needs 3 on each side (expected val_fraction between 0.005 and 0.795)"),
+    (["data=synthetic", "data.split_seed=-1"], "data.split_seed: expected an integer in [0, 4294967294], got -1"),
+    # the run's seed, within what seed_everything takes
+    (["data=synthetic", "seed=-1"], "seed: expected an integer in [0, 4294967295], got -1"),
+    (["data=synthetic", "seed=5000000000"], "seed: expected an integer in [0, 4294967295], got 5000000000"),
+    # interpolations in top-level keys
+    (["data=synthetic", "objective=${{nowhere}}"], "objective: cannot resolve Interpolation key 'nowhere' not found"),
+    (["data=synthetic", "seed=${{nowhere}}"], "seed: cannot resolve Interpolation key 'nowhere' not found"),
+    # the environment can be made with its kwargs
+    (["experiment=ppo", "env.id=LunarLander-v3"],
+     "env.id: 'LunarLander-v3' needs a package that is not installed: Box2D is not installed…"),
+    (["experiment=ppo", "+env.kwargs.foo=1"],
+     "env.kwargs: 'CartPole-v1' cannot be made with {{'foo': 1}}: CartPoleEnv.__init__() got an unexpected "
+     "keyword argument 'foo' (expected arguments its constructor takes)"),
+    # train and test data agree
+    (["data=mnist_idx", "data.root={test_shape}"],
+     "data.root: t10k-images-idx3-ubyte holds 7×6 images, train-images-idx3-ubyte 6×6: expected test "
+     "images of the training images' shape"),
+    (["data=mnist_idx", "data.root={test_labels}"],
+     "data.root: t10k-labels-idx1-ubyte holds classes [3, 4] that train-labels-idx1-ubyte does not: "
+     "expected test classes among the training classes [0, 1, 2]"),
+    # checkpoints against the task as built: the first key that does not fit, with both shapes
+    (["data=synthetic", "task.hidden=[32]", "ckpt_path={ckpt}"],
+     "ckpt_path: {ckpt} does not fit the task as configured: net.0.weight is 512×16 in the checkpoint, "
+     "expected 32×16"),
+    (["data=digits", "ckpt_path={ckpt}"],
+     "ckpt_path: {ckpt} does not fit the task as configured: net.0.weight is 512×16 in the checkpoint, "
+     "expected 512×64"),
+    (["experiment=vae", "data=synthetic", "ckpt_path={ckpt}"],
+     "ckpt_path: {ckpt} does not fit the task as configured: the checkpoint has no encoder.0.weight "
+     "(expected 256×16)"),
+    (["experiment=distill", "stages=null", "data=digits", "task.teacher_checkpoint={ckpt}"],
+     "task.teacher_checkpoint: {ckpt} was trained for 16 inputs and 3 classes; the data has 64 inputs and "
+     "10 classes"),
+    # a run with stages: its network against what its stages will write, before the first trains
+    (["experiment=ppo_ref_kl", "task.hidden=[32]"],
+     "task.init_from_reference: the reference network differs from this task's (task.hidden, "
+     "task.activation): net.0.weight is 64×4 in the reference, expected 32×4"),
+    (["experiment=bayes", "data=synthetic"], "data.holdout_class: expected a class in 0..2, got 9"),
+    (["experiment=distill", "data=synthetic", "stages.teacher.overrides=['experiment=classification','data.holdout_class=7']"],
+     "stages.teacher: data.holdout_class: expected a class in 0..2, got 7"),
+    (["experiment=distill", "data=synthetic", "data.val_fraction=0.001"],
+     "data.val_fraction: 0.001 holds out 1 of 480 examples and keeps 479; a split stratified by 3 classes "
+     "needs 3 on each side (expected val_fraction between 0.005 and 0.795)"),
+    (["experiment=distill", "stages=null", "data=synthetic", "task.teacher_checkpoint={misdescribed}"],
+     "task.teacher_checkpoint: {misdescribed} does not fit its own network: net.0.weight is 512×16 in the "
+     "checkpoint, expected 32×16"),
+    # the task can do what the run asks of it
+    (["data=ring"], "data: ClassificationTask needs a DataModule that provides 'input_size'; RingOfGaussians "
+                    "does not"),
+    (["experiment=fit_gaussian", "data=synthetic"],
+     "test: the run tests on the test split, but DensityFitTask has no test_step (expected test=false, or a "
+     "task with a test_step)"),
+]
+
+
+@pytest.fixture
+def nothing_is_built(monkeypatch):
+    """The logger and the Trainer refuse to be built: a check that comes after them fails."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__} was built")
+
+    monkeypatch.setattr(pl.Trainer, "__init__", refuse)
+    monkeypatch.setattr(TensorBoardLogger, "__init__", refuse)
+
+
+@pytest.mark.parametrize(("args", "message"), DECIDED_BEFORE_BUILDING,
+                         ids=[" ".join(c[0]).replace("{{", "{").replace("}}", "}")
+                              for c in DECIDED_BEFORE_BUILDING])
+def test_what_data_checkpoints_and_environments_decide_is_decided_before_anything_is_built(
+        args, message, workspace, tmp_path, nothing_is_built):
+    paths = {k: v for k, v in workspace.items() if isinstance(v, Path)}
+    message = message.format(**paths)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KlexpError) as error:
+        run_experiment([*FAST, *(a.format(**paths) for a in args)], run_dir)
+    if message.endswith("…"):
+        assert str(error.value).startswith(message[:-1])
+    else:
+        assert str(error.value) == message
+    assert "\n" not in str(error.value)
+    # no events file, no checkpoint, no summary.json: nothing of the run at all
+    assert not [p for p in run_dir.rglob("*") if p.is_file()]
+
+
+def test_a_refused_checkpoint_is_one_line_of_the_klexp_command_and_the_run_directory_stays_empty(
+        workspace, tmp_path):
+    result = run_cli([*FAST, "data=synthetic", "task.hidden=[32]", f"ckpt_path={workspace['ckpt']}"],
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert _one_klexp_line(result.stderr) == (
+        f"klexp: ckpt_path: {workspace['ckpt']} does not fit the task as configured: net.0.weight is "
+        "512×16 in the checkpoint, expected 32×16")
+    assert "Traceback" not in result.stdout + result.stderr
+    (run_dir,) = tmp_path.glob("outputs/*/*")
+    assert not [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
 
 
 LIGHTNING_OUTPUT = ("GPU available", "Total params", "| Name")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from klexp.app.cli import register_resolvers
-from klexp.app.config_checks import ConfigError, check_config
+from klexp.app.config_checks import ConfigError, check_config, check_run_settings
 
 register_resolvers()
 
@@ -100,3 +100,27 @@ def test_nan_is_named_where_it_is_written_not_where_it_is_interpolated():
 def test_nan_made_by_a_resolver_is_named_at_its_key():
     cfg = OmegaConf.create({"schedule": {"values": [1.0, "${mul:0,inf}"]}})
     assert problem(cfg) == "schedule.values[1]: expected a number, got nan"
+
+
+def run_settings_problem(values: dict) -> str | None:
+    try:
+        check_run_settings(OmegaConf.create({"seed": 0, "test": True, **values}))
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+@settings(deadline=None)
+@given(st.integers(min_value=-2**40, max_value=2**40))
+def test_the_seed_is_taken_in_the_range_lightning_seeds_numpy_with(seed):
+    accepted = run_settings_problem({"seed": seed}) is None
+    assert accepted == (0 <= seed <= 2**32 - 1)
+    if not accepted:
+        assert run_settings_problem({"seed": seed}) == (
+            f"seed: expected an integer in [0, 4294967295], got {seed}")
+
+
+@pytest.mark.parametrize("key", ["seed", "objective", "threads", "ckpt_path"])
+def test_an_unresolvable_interpolation_in_a_top_level_key_is_named(key):
+    assert run_settings_problem({key: "${nowhere}"}) == (
+        f"{key}: cannot resolve Interpolation key 'nowhere' not found")

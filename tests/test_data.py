@@ -137,3 +137,69 @@ def test_dynamic_binarisation_redraws_training_pixels_every_epoch():
     assert not torch.equal(first, second)
     val = data.splits["val"][0]
     assert set(val.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"val_fraction": 0}, "val_fraction: expected a number in (0, 1), got 0"),
+    ({"split_seed": -1}, "split_seed: expected an integer in [0, 4294967294], got -1"),
+    ({"split_seed": 2**32 - 1}, "split_seed: expected an integer in [0, 4294967294], got 4294967295"),
+])
+def test_a_split_setting_out_of_range_is_refused_by_the_constructor(kwargs, message):
+    with pytest.raises(KlexpError) as error:
+        DigitsData(**kwargs)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"test_fraction": 0}, "data.test_fraction: 0 holds out 0 of 1797 examples and keeps 1797; a split "
+                           "stratified by 10 classes needs 10 on each side (expected test_fraction "
+                           "between 0.00556 and 0.994)"),
+    ({"val_fraction": 0.001}, "data.val_fraction: 0.001 holds out 2 of 1437 examples and keeps 1435; a "
+                              "split stratified by 10 classes needs 10 on each side (expected "
+                              "val_fraction between 0.00557 and 0.794)"),
+])
+def test_a_split_too_small_for_the_classes_is_named_with_the_range_that_works(kwargs, message):
+    data = DigitsData(**kwargs)
+    with pytest.raises(KlexpError) as error:
+        data.setup()
+    assert str(error.value) == message
+
+
+def test_the_smallest_share_the_message_offers_does_split():
+    data = DigitsData(val_fraction=0.00557)
+    data.setup()
+    assert torch.equal(torch.unique(data.splits["val"][1]), torch.arange(10))
+
+
+def test_setup_is_idempotent_so_the_check_before_the_trainer_costs_one_load(monkeypatch):
+    data = DigitsData()
+    data.setup("fit")
+    splits = data.splits
+    monkeypatch.setattr(data, "load", lambda: pytest.fail("loaded twice"))
+    data.setup("fit")
+    data.setup("test")
+    assert data.splits is splits
+
+
+@pytest.mark.parametrize(("broken", "message"), [
+    ("shape", "data.root: t10k-images-idx3-ubyte holds 7×6 images, train-images-idx3-ubyte 6×6: "
+              "expected test images of the training images' shape"),
+    ("labels", "data.root: t10k-labels-idx1-ubyte holds classes [3, 4] that train-labels-idx1-ubyte "
+               "does not: expected test classes among the training classes [0, 1, 2]"),
+])
+def test_idx_test_files_that_disagree_with_the_training_files_are_named(tmp_path, broken, message):
+    root = write_disagreeing_idx(tmp_path / "idx", broken)
+    with pytest.raises(KlexpError) as error:
+        IdxData(root=str(root)).setup()
+    assert str(error.value) == message
+
+
+def write_disagreeing_idx(root, broken):
+    """IDX files whose test images have another shape (``shape``) or classes the training files
+    lack (``labels``)."""
+    write_mnist_like(root)
+    if broken == "shape":
+        write_idx(root / FILES["test"][0], np.zeros((20, 7, 6), dtype=np.uint8))
+    else:
+        write_idx(root / FILES["test"][1], (np.arange(20) % 5).astype(np.uint8))
+    return root

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
 from hydra.utils import get_object
+from lightning_fabric.utilities.seed import max_seed_value, min_seed_value
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -268,7 +269,10 @@ def _article(name: str) -> str:
 
 
 def check_run_settings(cfg: DictConfig) -> None:
-    """The top-level keys every run reads: seed, threads, test, objective, ckpt_path, verbose."""
+    """The top-level keys every run reads: seed (within the range ``seed_everything`` takes),
+    threads, test, objective, ckpt_path, verbose. Every interpolation is resolved first, so that
+    one that cannot be is named, not raised while a key is read."""
+    check_resolvable(cfg)
     expected: dict[str, Any] = {"seed": int, "threads": int | None, "test": bool,
                                 "objective": str | None, "ckpt_path": str | None, "verbose": bool}
     for key, hint in expected.items():
@@ -277,5 +281,8 @@ def check_run_settings(cfg: DictConfig) -> None:
         problem = _type_problem(cfg[key], hint)
         if problem:
             raise ConfigError(f"{key}: {problem}")
+    seed = cfg.get("seed")
+    if isinstance(seed, int) and not min_seed_value <= seed <= max_seed_value:
+        raise ConfigError(f"seed: expected an integer in [{min_seed_value}, {max_seed_value}], got {seed}")
     if cfg.get("threads") is not None and cfg.threads < 1:
         raise ConfigError(f"threads: expected an integer ≥ 1 or null, got {cfg.threads}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from rich.table import Table
 from klexp.app.config_checks import ConfigError, check_config, check_run_settings
 from klexp.app.console import run_output
 from klexp.app.hparams import hparams_of
+from klexp.app.preflight import check_before_fit, naming_stand_ins, stage_stand_ins
 from klexp.app.stages import Compose, run_stages
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.dashboards import Dashboards
@@ -92,15 +94,31 @@ def check_terms_against_task(terms: Sequence[KLTerm], task: pl.LightningModule) 
         task.check_terms(terms)
 
 
-def check_before_stages(cfg: DictConfig) -> None:
-    """The task's and the terms' checks before the stages train for minutes: the task is built
-    as it will be, with a stand-in path where each stage will write its checkpoint (constructors
-    store checkpoint paths and read them only when the model is configured)."""
+def check_before_stages(cfg: DictConfig, overrides: Sequence[str] = (),
+                        compose: Compose | None = None) -> None:
+    """The task's, the terms' and the data's checks before the stages train for minutes: the task
+    is built as it will be, first with a stand-in path where each stage will write its checkpoint
+    (constructors store checkpoint paths and read them only when the model is configured), then,
+    with ``compose``, with a stand-in file holding what that checkpoint will hold
+    (``preflight.stage_stand_ins``), so that the network is checked against its stages' too."""
     probe = copy.deepcopy(cfg)
     for name, stage in (cfg.get("stages") or {}).items():
         if stage is not None:
             OmegaConf.update(probe, stage.checkpoint_to, f"<checkpoint of stage {name}>", merge=False)
-    check_terms_against_task(build_terms(probe.get("kl")), instantiate_node(probe.task, "task"))
+    task = instantiate_node(probe.task, "task")
+    check_terms_against_task(build_terms(probe.get("kl")), task)
+    datamodule = instantiate_node(probe.data, "data") if probe.get("data") is not None else None
+    check_before_fit(probe, task, datamodule, build=False)
+    if compose is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="klexp-stages-") as directory:
+        stand_ins = stage_stand_ins(cfg, overrides, compose, instantiate_node, Path(directory))
+        if stand_ins is None:
+            return
+        for name, path in stand_ins.items():
+            OmegaConf.update(probe, cfg.stages[name].checkpoint_to, str(path), merge=False)
+        with naming_stand_ins(stand_ins):
+            check_before_fit(probe, instantiate_node(probe.task, "task"), datamodule)
 
 
 def build_callbacks(callbacks: Mapping[str, Any] | None) -> list[pl.Callback]:
@@ -134,7 +152,7 @@ def run(
     if cfg.get("stages"):
         if compose is None:
             raise KlexpError("stages: this config has stages, which need the Hydra app to compose them")
-        check_before_stages(cfg)
+        check_before_stages(cfg, overrides, compose)
         info["stages"] = run_stages(cfg, run_dir, overrides, compose, run, console)
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -142,6 +160,7 @@ def run(
     terms = build_terms(cfg.get("kl"))
     check_terms_against_task(terms, task)
     datamodule = instantiate_node(cfg.data, "data") if cfg.get("data") is not None else None
+    check_before_fit(cfg, task, datamodule)
     callbacks = build_callbacks(cfg.get("callbacks"))
     resume_step = checkpoint_step(cfg.get("ckpt_path"))
     if resume_step is not None:

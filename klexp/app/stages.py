@@ -25,6 +25,21 @@ def _override_root(override: str) -> str:
     return re.split(r"[.@]", key, maxsplit=1)[0]
 
 
+def stage_config(cfg: DictConfig, stage: DictConfig, overrides: Sequence[str], compose: Compose,
+                 stage_dir: Path) -> tuple[DictConfig, list[str]]:
+    """The config a stage runs with, and its overrides: the stage's own ``overrides`` followed by
+    the run's command-line overrides of data, trainer, callbacks, logger, env and threads, with
+    the run's seed, no stages of its own, and ``stage_dir`` as its output directory."""
+    inherited = [o for o in overrides if _override_root(o) in INHERITED_BY_STAGES]
+    stage_overrides = [*stage.overrides, *inherited]
+    stage_cfg = compose(stage_overrides)
+    with open_dict(stage_cfg):
+        stage_cfg.paths.output_dir = str(stage_dir)
+        stage_cfg.stages = None
+        stage_cfg.seed = cfg.seed
+    return stage_cfg, stage_overrides
+
+
 def run_stages(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], compose: Compose,
                run: RunFunction, console: Console) -> dict[str, Any]:
     """Run each stage of ``cfg.stages`` in ``run_dir/<stage>`` with ``run`` and write its last
@@ -36,14 +51,8 @@ def run_stages(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], compose
     for name, stage in (cfg.get("stages") or {}).items():
         if stage is None:
             continue
-        inherited = [o for o in overrides if _override_root(o) in INHERITED_BY_STAGES]
-        stage_overrides = [*stage.overrides, *inherited]
-        stage_cfg = compose(stage_overrides)
         stage_dir = run_dir / name
-        with open_dict(stage_cfg):
-            stage_cfg.paths.output_dir = str(stage_dir)
-            stage_cfg.stages = None
-            stage_cfg.seed = cfg.seed
+        stage_cfg, stage_overrides = stage_config(cfg, stage, overrides, compose, stage_dir)
         console.print(f"[bold]stage {name}[/]: {' '.join(stage_overrides)}")
         summary = run(stage_cfg, stage_dir, overrides=stage_overrides, compose=compose)
         checkpoint = stage_dir / CHECKPOINT_DIR / "last.ckpt"

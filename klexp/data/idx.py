@@ -87,7 +87,29 @@ class IdxData(ImageClassData):
                 torch.from_numpy(images.astype(np.float32) / 255.0),
                 torch.from_numpy(labels.astype(np.int64)),
             )
+        self._check_test_matches_train(splits, paths)
         return splits
+
+    def _check_test_matches_train(self, splits: dict[str, tuple[Tensor, Tensor]],
+                                  paths: dict[str, tuple[Path, Path]]) -> None:
+        """The test files hold images of the training images' shape, and only classes the
+        training files hold (a network is built for those)."""
+        (train_images, train_labels), (test_images, test_labels) = splits["train"], splits["test"]
+        if train_images.shape[1:] != test_images.shape[1:]:
+            raise KlexpError(
+                f"data.root: {paths['test'][0].name} holds {_size(test_images)} images, "
+                f"{paths['train'][0].name} {_size(train_images)}: expected test images of the "
+                f"training images' shape")
+        unseen = sorted(set(test_labels.tolist()) - set(train_labels.tolist()))
+        if unseen:
+            raise KlexpError(
+                f"data.root: {paths['test'][1].name} holds classes {unseen} that "
+                f"{paths['train'][1].name} does not: expected test classes among the training "
+                f"classes {sorted(set(train_labels.tolist()))}")
+
+
+def _size(images: Tensor) -> str:
+    return "×".join(str(n) for n in images.shape[1:])
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

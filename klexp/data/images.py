@@ -7,6 +7,7 @@ seeds vary training, not the split), and serves seeded, resumable mini-batches.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -25,6 +26,7 @@ from klexp.errors import (
 
 Augmentation = Literal["none", "shift"]
 AUGMENTATIONS: tuple[str, ...] = ("none", "shift")
+MAX_SPLIT_SEED = 2**32 - 1
 
 
 class ImageClassData(TrainBatchesState, pl.LightningDataModule):
@@ -55,10 +57,14 @@ class ImageClassData(TrainBatchesState, pl.LightningDataModule):
         super().__init__()
         require_positive_int("batch_size", batch_size)
         require_positive_int("eval_batch_size", eval_batch_size)
-        require_unit_interval("val_fraction", val_fraction)
+        require(_is_number(val_fraction) and 0 < val_fraction < 1, "val_fraction", "a number in (0, 1)",
+                val_fraction)
         require_unit_interval("test_fraction", test_fraction)
         require(val_fraction + test_fraction < 1, "test_fraction",
                 f"val_fraction + test_fraction < 1 (val_fraction is {val_fraction})", test_fraction)
+        # scikit-learn's random_state takes 0..2³²−1, and the validation split uses split_seed + 1
+        require(isinstance(split_seed, int) and 0 <= split_seed < MAX_SPLIT_SEED, "split_seed",
+                f"an integer in [0, {MAX_SPLIT_SEED - 1}]", split_seed)
         require_in("augment", augment, AUGMENTATIONS)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -115,8 +121,9 @@ class ImageClassData(TrainBatchesState, pl.LightningDataModule):
         labels = torch.cat([y for _, y in splits.values()])
         self._num_classes = int(labels.max()) + 1
         if self.holdout_class is not None:
-            require(0 <= self.holdout_class < self._num_classes, "holdout_class",
-                    f"a class in 0..{self._num_classes - 1}", self.holdout_class)
+            if not 0 <= self.holdout_class < self._num_classes:
+                raise KlexpError(f"data.holdout_class: expected a class in 0..{self._num_classes - 1}, "
+                                 f"got {self.holdout_class}")
             splits = self._hold_out(splits)
         if self.binarize:
             for offset, name in enumerate(("val", "test", "ood")):
@@ -129,17 +136,36 @@ class ImageClassData(TrainBatchesState, pl.LightningDataModule):
     def _split(self, images: Tensor, labels: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         if len(images) != len(labels):
             raise KlexpError(f"{len(images)} images but {len(labels)} labels: they must match")
-        index = torch.arange(len(labels)).numpy()
-        rest, test = train_test_split(index, test_size=self.test_fraction,
-                                      random_state=self.split_seed, stratify=labels.numpy())
+        rest, test = self._stratified(labels, self.test_fraction, self.split_seed, "test_fraction")
         return {"train": (images[rest], labels[rest]), "test": (images[test], labels[test])}
 
     def _split_off_val(self, images: Tensor, labels: Tensor,
                        share: float) -> dict[str, tuple[Tensor, Tensor]]:
-        index = torch.arange(len(labels)).numpy()
-        train, val = train_test_split(index, test_size=share, random_state=self.split_seed + 1,
-                                      stratify=labels.numpy())
+        train, val = self._stratified(labels, share, self.split_seed + 1, "val_fraction",
+                                      scale=self.val_fraction / share)
         return {"train": (images[train], labels[train]), "val": (images[val], labels[val])}
+
+    def _stratified(self, labels: Tensor, share: float, seed: int, key: str,
+                    scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Indices of the kept and the held-out part (``share`` of ``labels``, stratified by class).
+        Both parts need an example of every class: a share that leaves a class out is reported at
+        ``data.<key>``, whose value is ``share · scale``, with the range that would do."""
+        count, classes = len(labels), len(torch.unique(labels))
+        # scikit-learn's rounding of a fractional test_size
+        n_held, n_kept = math.ceil(share * count), math.floor((1 - share) * count)
+        if min(n_held, n_kept) < classes:
+            low, high = classes / count * scale, (1 - classes / count) * scale
+            raise KlexpError(
+                f"data.{key}: {getattr(self, key)} holds out {n_held} of {count} examples and keeps "
+                f"{n_kept}; a split stratified by {classes} classes needs {classes} on each side "
+                f"(expected {key} between {low:.3g} and {high:.3g})")
+        try:
+            kept, held = train_test_split(torch.arange(count).numpy(), test_size=share, random_state=seed,
+                                          stratify=labels.numpy())
+        except ValueError as error:
+            raise KlexpError(f"data.{key}: cannot split {count} examples of {classes} classes by "
+                             f"{getattr(self, key)} ({error})") from None
+        return kept, held
 
     def _hold_out(self, splits: dict[str, tuple[Tensor, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:
         kept, held = {}, []
@@ -185,6 +211,10 @@ class ImageClassData(TrainBatchesState, pl.LightningDataModule):
     def ood_dataloader(self) -> TensorBatches | None:
         return self._eval_batches("ood") if "ood" in self.splits else None
 
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def random_shift(images: Tensor, generator: torch.Generator, max_shift: int = 1) -> Tensor:

@@ -6,6 +6,7 @@ executes code from the file. Every problem is a one-line ``KlexpError`` naming t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,40 @@ def load_frozen(module: nn.Module, checkpoint: dict[str, Any], prefix: str, key:
     gradients off."""
     weights = {k.removeprefix(f"{prefix}."): v for k, v in checkpoint["state_dict"].items()
                if k.startswith(f"{prefix}.")}
-    try:
-        module.load_state_dict(weights)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise KlexpError(f"{key}: {Path(path).expanduser()} does not fit its own network ({first})") from None
+    # keys named as the checkpoint holds them
+    problem = first_mismatch({f"{prefix}.{k}": v for k, v in module.state_dict().items()},
+                             {f"{prefix}.{k}": v for k, v in weights.items()})
+    if problem is not None:
+        raise KlexpError(f"{key}: {Path(path).expanduser()} does not fit its own network: {problem}")
+    module.load_state_dict(weights)
     return module.eval().requires_grad_(False)
+
+
+def first_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any], strict: bool = True,
+                   where: str = "the checkpoint") -> str | None:
+    """What keeps ``found`` (a checkpoint's state_dict) from loading into a module whose state_dict
+    is ``expected``, in words, or None when it loads: the first of the module's keys, in its own
+    order, that ``found`` lacks or holds with another shape (both shapes named), then (when
+    ``strict``, as ``load_state_dict`` is) the first key of ``found`` the module does not have."""
+    for name, tensor in expected.items():
+        if name not in found:
+            if strict:
+                return f"{where} has no {name} (expected {_shape(tensor)})"
+            continue
+        if _shape(found[name]) != _shape(tensor):
+            return f"{name} is {_shape(found[name])} in {where}, expected {_shape(tensor)}"
+    if strict:
+        for name, tensor in found.items():
+            if name not in expected:
+                return f"{where} holds {name} ({_shape(tensor)}), which the network does not have"
+    return None
+
+
+def _shape(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return type(value).__name__
+    return "×".join(str(n) for n in shape) if len(shape) else "a scalar"
 
 
 def load_classifier(path: str, input_size: int, num_classes: int,

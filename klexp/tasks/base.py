@@ -42,6 +42,18 @@ class Task(FastHookName, pl.LightningModule):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
+        self._datamodule_before_fit: pl.LightningDataModule | None = None
+
+    def configure_model_for(self, datamodule: pl.LightningDataModule | None) -> None:
+        """Build what ``configure_model`` builds (the network, the env, a frozen teacher or
+        reference) with the data facts read from ``datamodule`` instead of the trainer's: klexp's
+        check before a run (``klexp.app.preflight``) calls it on a copy of the task, before any
+        trainer exists."""
+        self._datamodule_before_fit = datamodule
+        try:
+            self.configure_model()
+        finally:
+            self._datamodule_before_fit = None
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
@@ -66,10 +78,18 @@ class Task(FastHookName, pl.LightningModule):
                 return logger.experiment
         return None
 
+    def current_datamodule(self) -> pl.LightningDataModule | None:
+        """The DataModule the task is built for: the trainer's, or the one given to
+        ``configure_model_for`` before the trainer exists."""
+        trainer = trainer_of(self)
+        if trainer is not None:
+            return getattr(trainer, "datamodule", None)
+        return self._datamodule_before_fit
+
     def data_fact(self, name: str) -> Any:
         """A fact the DataModule states (``input_size``, ``num_classes``, ``num_train``…)."""
-        trainer = trainer_of(self)
-        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        datamodule = self.current_datamodule()
         if datamodule is None or not hasattr(datamodule, name):
-            raise KlexpError(f"{type(self).__name__} needs a DataModule that provides {name!r}")
+            given = f"; {type(datamodule).__name__} does not" if datamodule is not None else ""
+            raise KlexpError(f"data: {type(self).__name__} needs a DataModule that provides {name!r}{given}")
         return getattr(datamodule, name)

@@ -116,7 +116,7 @@ class VAETask(Task):
         if self.encoder is not None:
             return
         self.build(tuple(self.data_fact("input_shape")))
-        datamodule = self.trainer.datamodule
+        datamodule = self.current_datamodule()
         if self.likelihood == "bernoulli" and getattr(datamodule, "binarize", True) is False:
             rank_zero_warn("task.likelihood=bernoulli with data.binarize=false: on grey pixel values "
                            "the Bernoulli 'NLL' is a cross-entropy, not a likelihood in nats; "

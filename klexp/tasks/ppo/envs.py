@@ -84,7 +84,7 @@ class VectorEnvFactory:
 
     def spaces(self) -> tuple[gym.Space, gym.Space]:
         """The observation and action space of one copy of the environment."""
-        env = gym.make(self.id, **self._make_kwargs())
+        env = self._make_one()
         try:
             return env.observation_space, env.action_space
         finally:
@@ -94,11 +94,28 @@ class VectorEnvFactory:
         """The exactly solvable problem behind the environment, when it has one: the
         ``problem`` attribute of the unwrapped env (``klexp/TokenSequence-v0`` has a
         ``TokenSequenceProblem``: its reference policy and exact metrics); else None."""
-        env = gym.make(self.id, **self._make_kwargs())
+        env = self._make_one()
         try:
             return getattr(env.unwrapped, "problem", None)
         finally:
             env.close()
+
+    def _make_one(self) -> gym.Env:
+        """One copy of the environment; a package it needs that is not installed, or a keyword
+        argument its constructor rejects, is one line naming the key."""
+        try:
+            return gym.make(self.id, **self._make_kwargs())
+        except gym.error.DependencyNotInstalled as error:
+            raise KlexpError(f"env.id: {self.id!r} needs a package that is not installed: "
+                             f"{_first_line(error)}") from None
+        except Exception as error:
+            kwargs = self._make_kwargs()
+            # Gymnasium appends the id and kwargs, which the line already names
+            reason = _first_line(error).split(" was raised from the environment creator")[0]
+            if not kwargs:
+                raise KlexpError(f"env.id: cannot make {self.id!r}: {reason}") from None
+            raise KlexpError(f"env.kwargs: {self.id!r} cannot be made with {kwargs}: {reason} "
+                             "(expected arguments its constructor takes)") from None
 
     def seed_sequence(self, rank: int, stream: int) -> np.random.SeedSequence:
         """The random stream ``stream`` of rank ``rank``: ``SeedSequence(seed, spawn_key=(rank, stream))``."""
@@ -136,6 +153,11 @@ class VectorEnvFactory:
 
     def __repr__(self) -> str:
         return f"VectorEnvFactory({self.id!r}, num_envs={self.num_envs}, {self.vectorization_mode})"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def episode_statistics(envs: gym.vector.VectorEnv) -> RecordEpisodeStatistics:

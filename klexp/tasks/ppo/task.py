@@ -71,6 +71,7 @@ from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
 from klexp.lightning.loss import reward_penalty, terms_in_loss, total_loss
 from klexp.lightning.phase import UpdatePhase
 from klexp.lightning.term import KLTerm, kl_terms_of
+from klexp.nets.frozen import first_mismatch
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 from klexp.tasks.ppo.envs import (
     ACTION_STREAM,
@@ -221,11 +222,12 @@ class PPOTask(Task):
         elif self.reference_checkpoint is not None:
             self.reference = load_policy(self.reference_checkpoint, self.obs_size, self.policy)
             if self.init_from_reference:
-                try:
-                    self.actor.load_state_dict(self.reference.state_dict())
-                except RuntimeError:
+                problem = first_mismatch(self.actor.state_dict(), self.reference.state_dict(),
+                                         where="the reference")
+                if problem is not None:
                     raise KlexpError("task.init_from_reference: the reference network differs from "
-                                     "this task's (task.hidden, task.activation)") from None
+                                     f"this task's (task.hidden, task.activation): {problem}")
+                self.actor.load_state_dict(self.reference.state_dict())
         elif self.init_from_reference:
             raise KlexpError("task.init_from_reference needs task.reference_checkpoint")
 
