@@ -14,6 +14,7 @@ A violation is collected (not raised), so one sequence reports everything it bro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,8 @@ class Harness:
     processes: list[Process] = field(default_factory=list)
     reference: dict[str, float] = field(default_factory=dict)
     reference_steps: list[int] = field(default_factory=list)
+    #: every run directory a process was started for
+    run_dirs: set[Path] = field(default_factory=set)
 
     @property
     def tree(self) -> Path:
@@ -206,12 +210,14 @@ class Harness:
         self.reference_steps = logged_steps(run_dir)
         assert len(self.reference_steps) == STEPS, self.reference_steps
         self.completed[run_dir] = digest(run_dir)
+        self.run_dirs.add(run_dir)
         return run_dir
 
     # -- one run's sequence -----------------------------------------------------------------------
 
     def continue_args(self, run_dir: Path) -> list[str]:
         """What a user types to get the run going again: a fresh start, or a resume."""
+        self.run_dirs.add(run_dir)
         if not (run_dir / ".hydra").is_dir() and summary(run_dir) is None:
             return [*EXPERIMENT, f"hydra.run.dir={run_dir}"]
         return [f"resume={run_dir}"]
@@ -232,6 +238,8 @@ class Harness:
                 self.kill(run_dir, signal.Signals[details[0]], details[1], rng)
             elif operation == "full disk":
                 self.full_disk(run_dir, rng)
+            elif operation == "real full disk":
+                self.real_full_disk(run_dir, rng)
             elif operation == "concurrent":
                 self.concurrent(run_dir)
             elif operation == "refused resume":
@@ -288,7 +296,7 @@ class Harness:
 
     def full_disk(self, run_dir: Path, rng: random.Random) -> None:
         process = self.launch("full disk", self.continue_args(run_dir),
-                              KLEXP_FAULT_FULL_DISK=str(rng.randint(1, 3)))
+                              KLEXP_FAULT_FULL_DISK=str(rng.randint(2, 4)))
         process.wait()
         self.history[-1] += f" -> exit {process.returncode}, status {status(run_dir)}"
         self.check_ending(process, run_dir)
@@ -301,6 +309,36 @@ class Harness:
                                f"{record.get('error')!r}, expected 'failed' naming the full disk")
             if not _one_line_error(process.stderr):
                 self.violation(f"a full disk did not end in one line:\n{_tail(process.stderr)}")
+        self.check_checkpoint(run_dir)
+
+    def real_full_disk(self, run_dir: Path, rng: random.Random) -> None:
+        """The run's file system (a small tmpfs) fills up mid-run: a filler file takes every free
+        byte after a few checkpoints; then the filler is removed, as a user would free space."""
+        process = self.launch("real full disk", self.continue_args(run_dir),
+                              KLEXP_FAULT_STEP_SLEEP=STEP_SLEEP)
+        saves = rng.randint(2, 6)
+        reached = self.wait_for_event(process, "saved", saves)
+        filler = run_dir.parent / "filler"
+        if reached:
+            with filler.open("wb") as file:
+                try:
+                    while True:
+                        file.write(b"\0" * 65536)
+                        file.flush()
+                except OSError:
+                    pass
+        process.wait()
+        filler.unlink(missing_ok=True)
+        self.history[-1] += (f" -> disk filled after {saves} saves" if reached else "") + \
+            f" -> exit {process.returncode}, status {status(run_dir)}"
+        self.check_ending(process, run_dir)
+        record = summary(run_dir) or {}
+        if reached and (record.get("status") != "failed"
+                        or "No space left" not in str(record.get("error"))):
+            self.violation(f"a full file system recorded {record.get('status')!r} with error "
+                           f"{record.get('error')!r}, expected 'failed' naming the full disk")
+        if process.returncode != 0 and not _one_line_error(process.stderr):
+            self.violation(f"a full file system did not end in one line:\n{_tail(process.stderr)}")
         self.check_checkpoint(run_dir)
 
     def concurrent(self, run_dir: Path) -> None:
@@ -437,8 +475,8 @@ class Harness:
                 or rows[0][f"{METRIC} n"] != "1":
             self.violation(f"the report's table is not the clean run's ({METRIC} = "
                            f"{self.reference[METRIC]!r} over one seed): {rows}")
-        runs = {path.parent for pattern in ("*/summary.json", "*/.hydra")
-                for path in self.tree.glob(pattern)}
+        runs = {run for run in self.run_dirs
+                if (run / ".hydra").is_dir() or (run / "summary.json").is_file()}
         left_out = [line + " " for line in result.stdout.splitlines() if line.startswith("left out")]
         named = {run for run in runs if any(f" {run.resolve()} " in line for line in left_out)}
         if len(runs - named) != 1:
@@ -459,3 +497,18 @@ def _changes(before: dict[str, str], after: dict[str, str]) -> str:
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     return ", ".join(f"{k} ({'added' if k not in before else 'removed' if k not in after else 'rewritten'})"
                      for k in changed)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "24m") -> Iterator[bool]:
+    """A tmpfs of ``size`` mounted at ``path`` while inside (True), where the machine allows
+    mounting one (root with CAP_SYS_ADMIN); else an ordinary folder (False)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted and subprocess.run(["umount", str(path)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -2,7 +2,8 @@
 
 One reference run, then seeded sequences of operations on runs of the same config — SIGKILL,
 SIGTERM and SIGINT at start-up, mid-run and inside a checkpoint write, a full disk under the
-checkpoint I/O, two processes started on one run, refused resumes — each ending by completing the
+checkpoint I/O and once for real (a small tmpfs that fills up, where the machine can mount one),
+two processes started on one run, refused resumes — each ending by completing the
 run and resuming it once more; then ``klexp report`` over the whole tree. ``harness.Harness``
 lists the invariants checked. A failure prints the seed and the sequence as run; reproduce it with
 ``--lifecycle-seed``. A soak: ``--lifecycle-soak N`` (or ``KLEXP_SOAK=N``) runs N sequences of
@@ -14,7 +15,7 @@ import random
 
 import pytest
 
-from lifecycle.harness import Harness, sequences
+from lifecycle.harness import Harness, sequences, small_disk
 
 DEFAULT_SEED = 20
 
@@ -38,7 +39,14 @@ def test_generated_fault_sequences_keep_every_invariant(plan, tmp_path):
     rng = random.Random(seed)
     for number, operations in enumerate(planned):
         harness.run_sequence(f"s{number}", operations, rng)
-    harness.check_owners()
-    harness.check_report()
+    # once on a real file system that fills up (a small tmpfs), where the machine can mount one
+    with small_disk(harness.tree / "small-disk") as mounted:
+        if mounted:
+            harness.run_sequence("small-disk/run", ["real full disk", "complete",
+                                                    "resume completed"], rng)
+        else:
+            print("no tmpfs could be mounted here: the real full disk is not tried")
+        harness.check_owners()
+        harness.check_report()
     assert not harness.violations, harness.failure(
         f"{len(harness.violations)} invariant violation(s), seed {seed}")
