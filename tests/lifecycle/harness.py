@@ -454,7 +454,8 @@ class Harness:
         for directory, spans in by_dir.items():
             for (start, end, pid), (other_start, other_end, other) in itertools.combinations(
                     sorted(spans), 2):
-                if other_start < end and start < other_end and pid != other:
+                if other_start < end and start < other_end and pid != other \
+                        and not any(f"{pid} and {other}" in v for v in self.violations):
                     self.violation(f"two owners: processes {pid} and {other} trained in "
                                    f"{directory} at once")
 
