@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from klexp.lightning.internals import resumes_after_epoch_end, validation_follows
 
@@ -105,7 +106,10 @@ class FailureCheckpoint(pl.Callback):
 
     Not Lightning's ``OnExceptionCheckpoint``: its presence makes every ``fit`` without a
     ``ckpt_path`` look for a checkpoint to resume from, a silent resume klexp does only when asked
-    (``klexp resume=<run dir>``)."""
+    (``klexp resume=<run dir>``).
+
+    A save that fails (a full disk) is a warning, not an error: it must not keep the callbacks
+    after it (the run record) from recording the failure."""
 
     def __init__(self, dirpath: str, filename: str = "on_exception") -> None:
         self.path = Path(dirpath) / f"{filename}.ckpt"
@@ -116,5 +120,10 @@ class FailureCheckpoint(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
-        if self._training:
+        if not self._training:
+            return
+        try:
             trainer.save_checkpoint(self.path)
+        except Exception as error:
+            # e.g. the disk that stopped the run is still full: the run record must still be written
+            rank_zero_warn(f"{self.path} could not be written: {error}")
