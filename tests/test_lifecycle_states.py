@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import FAST, REPO, run_cli
 
 from klexp.app import lifecycle
@@ -215,3 +216,63 @@ def test_two_runs_started_together_into_one_directory_get_one_owner(tmp_path):
     assert line in [f"klexp: hydra.run.dir: run is in use by {name} ({LOCK_FILE}); wait for it to end, "
                     "or give the new run another hydra.run.dir" for name in owner], line
     assert not list((tmp_path / "run" / "checkpoints").glob("last-v*.ckpt"))
+
+
+# -- a full disk ----------------------------------------------------------------------------------
+
+def test_a_full_disk_records_failed_and_keeps_the_last_good_checkpoint(tmp_path):
+    """The save that meets a full disk fails (and so does the failure checkpoint's), the partial
+    files are removed, last.ckpt is still the last good one and the record says why."""
+    from helpers import QUIET, run_experiment
+
+    from klexp.app.lifecycle import RunFailed
+
+    overrides = [*QUIET, "data=synthetic", "trainer.max_epochs=2",
+                 "callbacks.model_checkpoint.every_n_train_steps=2",
+                 "+trainer.plugins=[{_target_: faults.FullDiskCheckpointIO, after: 2}]"]
+    with pytest.raises(RunFailed) as error:
+        run_experiment(overrides, tmp_path)
+    assert str(error.value).startswith("run failed: [Errno 28] No space left on device")
+    assert f"the last good checkpoint {tmp_path / 'checkpoints' / 'last.ckpt'} is intact" in str(error.value)
+    record = status_of(tmp_path)
+    assert record["status"] == "failed" and "No space left on device" in record["error"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+SMALL_DISK = r"""
+mount -t tmpfs -o size=5m tmpfs "$1" && cd "$1" || exit 99
+"$2" -m klexp callbacks.progress_bar=null data=synthetic trainer.max_epochs=1 \
+    +trainer.limit_train_batches=5 callbacks.model_checkpoint.every_n_train_steps=2 \
+    hydra.run.dir=run 2> err.txt
+echo "$?" > rc.txt
+"$2" - <<'PY'
+import json, pathlib, torch
+run = pathlib.Path("run")
+print(json.dumps({"rc": int(pathlib.Path("rc.txt").read_text()),
+                  "err": pathlib.Path("err.txt").read_text().strip().splitlines(),
+                  "record": json.loads((run / "summary.json").read_text()),
+                  "checkpoints": sorted(p.name for p in (run / "checkpoints").iterdir()),
+                  "step": torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]}))
+PY
+"""
+
+
+@pytest.mark.slow
+def test_on_a_real_full_file_system_the_run_fails_truthfully_and_its_last_checkpoint_survives(tmp_path):
+    """A 5 MB tmpfs (in a user and mount namespace: no root needed) holds one 3.3 MB checkpoint
+    but not a second beside it."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", SMALL_DISK,
+                             "sh", str(mount_point), sys.executable],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["rc"] == 1
+    assert [line for line in found["err"] if line.startswith("klexp:")] == [
+        line for line in found["err"] if "No space left on device" in line]
+    assert found["record"]["status"] == "failed"
+    assert "No space left on device" in found["record"]["error"]
+    assert found["checkpoints"] == ["last.ckpt"]
+    assert found["step"] == 2

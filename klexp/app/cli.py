@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from klexp.app.lifecycle import (
+    EXIT_FAILED,
     RunEnding,
     Terminated,
     begin_resume,
@@ -72,7 +73,10 @@ def app(cfg: DictConfig) -> Any:
     except RunEnding as ending:
         raise SystemExit(end_with(f"klexp: {ending}", ending.exit_status)) from None
     except KlexpError as error:
-        raise UserError(f"klexp: {error}") from None
+        if hydra_config.mode == RunMode.MULTIRUN:
+            raise UserError(f"klexp: {error}") from None  # the other jobs go on; Hydra names this one
+        # exiting passes Hydra's job runner by, which would frame the line with its own
+        raise SystemExit(end_with(f"klexp: {error}", EXIT_FAILED)) from None
     return summary.get("objective")
 
 

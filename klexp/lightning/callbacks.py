@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from klexp.lightning.internals import resumes_after_epoch_end, validation_follows
+
+log = logging.getLogger(__name__)
 
 
 class RNGState(pl.Callback):
@@ -126,4 +128,4 @@ class FailureCheckpoint(pl.Callback):
             trainer.save_checkpoint(self.path)
         except Exception as error:
             # e.g. the disk that stopped the run is still full: the run record must still be written
-            rank_zero_warn(f"{self.path} could not be written: {error}")
+            log.warning(f"{self.path} could not be written: {error}")

@@ -12,6 +12,7 @@ run record.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,6 +31,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would make the result private
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
@@ -45,6 +47,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """``atomic_write`` of a UTF-8 text."""
     atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _sync_directory(directory: Path) -> None:
@@ -73,4 +81,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # a remote file system: Lightning's own transaction
             super().save_checkpoint(checkpoint, path)
             return
-        atomic_write(path, lambda file: torch.save(checkpoint, file))
+        # Serialised in memory first (as Lightning does): torch.save straight into a file on a
+        # full disk fails with a RuntimeError from its zip writer instead of the OSError
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(path, lambda file: file.write(buffer.getbuffer()))
