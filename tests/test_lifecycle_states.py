@@ -276,3 +276,24 @@ def test_on_a_real_full_file_system_the_run_fails_truthfully_and_its_last_checkp
     assert "No space left on device" in found["record"]["error"]
     assert found["checkpoints"] == ["last.ckpt"]
     assert found["step"] == 2
+
+
+# -- a refused resume -----------------------------------------------------------------------------
+
+def test_a_resume_that_stops_before_training_leaves_the_runs_events_and_record_as_they_were(tmp_path):
+    """A checkpoint that does not fit the network (task.hidden=[32]) stops the resume before
+    training goes on: no events file (with its purge-step marker, which would hide the run's
+    scalars) is left behind, and the record still says how the run ended."""
+    from helpers import QUIET, run_experiment
+
+    run = [*QUIET, "data=synthetic", "trainer.max_epochs=2",
+           "callbacks.model_checkpoint.every_n_train_steps=2"]
+    with pytest.raises(Exception, match="KL term 'ce' is nan at step 9"):
+        run_experiment([*run, "+callbacks.poison._target_=helpers.PoisonWeights",
+                        "+callbacks.poison.step=9"], tmp_path)
+    before = files_of(tmp_path)
+    assert status_of(tmp_path)["status"] == "failed"
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(Exception):  # noqa: B017 - whichever check names the mismatch first
+        run_experiment([*run, f"ckpt_path={checkpoint}", "task.hidden=[32]"], tmp_path)
+    assert files_of(tmp_path) == before

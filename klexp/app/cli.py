@@ -25,7 +25,7 @@ from klexp.app.lifecycle import (
     owned,
 )
 from klexp.app.resolvers import register_resolvers
-from klexp.app.resume import rerun_arguments, resume_arguments
+from klexp.app.resume import rerun_arguments, resume_arguments, split_flags
 from klexp.app.run_dirs import check_sweep_job_directory, guard_overrides, is_first_process
 from klexp.errors import KlexpError
 
@@ -93,12 +93,10 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 
 def with_overrides(args: list[str], extra: list[str]) -> list[str]:
     """``args`` with ``extra`` overrides beside the user's own: Hydra's parser reads the overrides
-    as one run of words, so they go after the leading overrides (``a=1 ++x --cfg job``), or at the
-    end when the command line starts with a flag (``-m a=1,2 ++x``)."""
-    if not args or args[0].startswith("-"):
-        return [*args, *extra]
-    leading = next((i for i, word in enumerate(args) if word.startswith("-")), len(args))
-    return [*args[:leading], *extra, *args[leading:]]
+    as one run of words, so Hydra's flags (with their values) go first, then the user's overrides,
+    then ``extra`` (``a=1 --cfg job`` → ``--cfg job a=1 ++x``)."""
+    flags, overrides = split_flags(args)
+    return [*flags, *overrides, *extra]
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
@@ -126,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
             rest = [a for a in args if not a.startswith("resume=")]
             if not run_dir.is_dir():
                 raise KlexpError(f"resume: {run_dir} is not a directory")
-            begin_resume(run_dir, [a for a in rest if not a.startswith("-")], is_first_process())
+            begin_resume(run_dir, split_flags(rest)[1], is_first_process())
             args = resume_arguments(run_dir, rest)
     except RunEnding as ending:
         sys.exit(end_with(f"klexp: {ending}", ending.exit_status))
