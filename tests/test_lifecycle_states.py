@@ -297,3 +297,21 @@ def test_a_resume_that_stops_before_training_leaves_the_runs_events_and_record_a
     with pytest.raises(Exception):  # noqa: B017 - whichever check names the mismatch first
         run_experiment([*run, f"ckpt_path={checkpoint}", "task.hidden=[32]"], tmp_path)
     assert files_of(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_while_testing_resumes_to_the_uninterrupted_record(tmp_path):
+    run = [*FAST, "data=synthetic", "data.eval_batch_size=16", "+trainer.limit_test_batches=3"]
+    run = [o for o in run if o != "+trainer.limit_test_batches=1"]
+    reference = run_cli([*run, "hydra.run.dir=reference"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    stopped = run_cli([*run, "hydra.run.dir=run", "+callbacks.stop._target_=faults.SignalAt",
+                       "+callbacks.stop.stage=test", "+callbacks.stop.batch=0"], cwd=tmp_path, env=ENV)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert status_of(tmp_path / "run")["status"] == "interrupted"
+    resumed = run_cli(["resume=run", "~callbacks.stop"], cwd=tmp_path, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final, expected = status_of(tmp_path / "run"), status_of(tmp_path / "reference")
+    assert final["status"] == COMPLETED
+    assert final["metrics"] == expected["metrics"]
+    assert final["objective"] == expected["objective"]

@@ -36,7 +36,7 @@ from klexp.lightning.checkpoint_io import AtomicCheckpointIO
 from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.internals import checkpoint_logging_step
 from klexp.lightning.logging import LOG_STEP_KEY
-from klexp.lightning.run_summary import RunSummary, stop_signal
+from klexp.lightning.run_summary import RunSummary, recorded_metrics, stop_signal
 from klexp.lightning.term import KLTerm
 from klexp.nets.frozen import load_checkpoint
 
@@ -149,6 +149,9 @@ def run(
     resume_step = checkpoint_step(cfg.get("ckpt_path"))
     if resume_step is not None:
         info["resumed_from_step"] = resume_step
+        # metrics the run recorded before it stopped (the validation of a run stopped while
+        # testing) stay in its record unless the resumed run logs them again
+        info["metrics"] = recorded_metrics(run_dir)
     # On resume, TensorBoard drops events logged after the checkpoint by the killed process.
     purge = {"purge_step": resume_step} if resume_step is not None else {}
     logger = instantiate_node(cfg.logger, "logger", **purge) if cfg.get("logger") is not None else False

@@ -198,6 +198,15 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
 
 
+def recorded_metrics(run_dir: str | Path) -> dict[str, float]:
+    """The metrics of a run directory's ``summary.json``; none when there is no readable one."""
+    try:
+        metrics = read_summary(run_dir).get("metrics")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(metrics) if isinstance(metrics, dict) else {}
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
