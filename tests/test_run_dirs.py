@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from klexp.app.lifecycle import LOCK_FILE, artefacts
 from klexp.app.run_dirs import (
     GUARD_KEY,
     RANK_VARIABLES,
@@ -16,7 +17,6 @@ from klexp.app.run_dirs import (
     check_sweep_job_directory,
     guard_overrides,
     is_first_process,
-    occupants,
 )
 
 
@@ -44,21 +44,27 @@ def test_the_guard_is_added_once_and_siblings_write_no_record_of_their_own():
     assert sibling == ["hydra.output_subdir=null"]
 
 
-def test_a_directory_is_used_when_it_holds_anything_but_job_logs(tmp_path):
-    assert occupants(tmp_path / "missing") == []
+def test_a_directory_is_used_when_it_holds_klexps_artefacts_not_the_users_files(tmp_path):
+    assert artefacts(tmp_path / "missing") == []
     (tmp_path / "cli.log").write_text("a sibling process opened its log first\n")
-    assert occupants(tmp_path) == []
+    (tmp_path / "out.txt").write_text("the user's own notes\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("x\n")
+    (tmp_path / LOCK_FILE).write_text("12345\n")  # its owner is gone: flock is free
+    assert artefacts(tmp_path) == []
     check_new_run_directory(tmp_path)
     (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events.out.tfevents.1.host").write_bytes(b"")
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / ".hydra").mkdir()
-    assert occupants(tmp_path) == [".hydra", "summary.json", "tb"]
-    assert occupants(tmp_path, ignore=(".hydra",)) == ["summary.json", "tb"]
+    (tmp_path / "teacher" / "checkpoints").mkdir(parents=True)
+    assert artefacts(tmp_path) == [".hydra", "summary.json", "tb", "teacher"]
+    assert artefacts(tmp_path, ignore=(".hydra",)) == ["summary.json", "tb", "teacher"]
 
 
 def test_a_used_directory_is_refused_in_one_line_naming_what_it_holds(tmp_path):
     for name in ("a", "b", "c", "d", "e"):
-        (tmp_path / name).mkdir()
+        (tmp_path / name / ".hydra").mkdir(parents=True)
     with pytest.raises(RunDirectoryInUse) as run_error:
         check_new_run_directory(tmp_path)
     assert str(run_error.value) == (
@@ -77,6 +83,7 @@ def test_a_used_directory_is_refused_in_one_line_naming_what_it_holds(tmp_path):
 def test_a_sweep_job_meets_an_earlier_run_only_beyond_its_own_record(tmp_path):
     (tmp_path / ".hydra").mkdir()
     (tmp_path / "cli.log").write_text("")
+    (tmp_path / LOCK_FILE).write_text("")
     check_sweep_job_directory(tmp_path, ".hydra")
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(RunDirectoryInUse) as error:
