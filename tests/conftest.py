@@ -22,4 +22,4 @@ def pytest_addoption(parser):
     group.addoption("--lifecycle-seed", type=int, default=None,
                     help="seed of the generated sequences (default: KLEXP_LIFECYCLE_SEED or 20)")
     group.addoption("--lifecycle-soak", type=int, default=None, metavar="N",
-                    help="a soak: N sequences of 4 operations (default: KLEXP_SOAK, else 2 of 2)")
+                    help="a soak: N sequences of 4 operations (default: KLEXP_SOAK, else 1 of 3)")

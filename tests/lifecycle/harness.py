@@ -39,7 +39,7 @@ EXPERIMENT = ["experiment=classification", "data=synthetic", "trainer.max_epochs
               "callbacks.model_checkpoint.every_n_train_steps=1", "trainer.log_every_n_steps=1",
               "+callbacks.faults._target_=lifecycle.faults.Faults"]
 STEPS = 14
-STEP_SLEEP = "0.15"  # seconds per training step in killed runs: kills land mid-run
+STEP_SLEEP = "0.1"  # seconds per training step in killed runs: kills land mid-run
 METRIC = "test/nll"
 TIMEOUT = 300
 
