@@ -263,9 +263,10 @@ class Harness:
         if moment == "startup":
             reached = process.popen.poll() is None
             time.sleep(rng.uniform(0.5, 6.0))
-        elif moment == "mid":
-            reached = self.wait_for_event(process, "saved", rng.randint(1, 6))
-            time.sleep(rng.uniform(0, 0.1))
+        elif moment == "mid" or moment.startswith("saved="):  # saved=N: right after its N-th save
+            saves = int(moment[6:]) if moment.startswith("saved=") else rng.randint(1, 6)
+            reached = self.wait_for_event(process, "saved", saves)
+            time.sleep(rng.uniform(0, 0.1) if moment == "mid" else 0)
         else:
             reached = self.wait_for_event(process, "saving")
         delivered = process.popen.poll() is None
