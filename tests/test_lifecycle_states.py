@@ -114,6 +114,16 @@ def test_a_live_owner_blocks_and_names_its_pid_and_a_dead_ones_lock_never_blocks
     release(tmp_path)
 
 
+def test_the_lifecycles_states_are_the_records_statuses_and_the_command_loads_no_lightning():
+    from klexp.lightning import run_summary
+
+    assert set(lifecycle.STATES) == {lifecycle.NEW, *run_summary.STATUSES}
+    assert lifecycle.SUMMARY_FILE == run_summary.SUMMARY_FILE
+    code = "import sys, klexp.app.cli; print('pytorch_lightning' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
+
+
 def test_the_state_diagram_in_the_docs_is_the_lifecycles_table():
     text = (REPO / "docs" / "reliability.md").read_text()
     assert f"```mermaid\n{lifecycle.state_diagram()}\n```" in text
