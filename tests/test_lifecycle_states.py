@@ -114,6 +114,16 @@ def test_a_live_owner_blocks_and_names_its_pid_and_a_dead_ones_lock_never_blocks
     release(tmp_path)
 
 
+def test_the_lifecycles_states_are_the_records_statuses_and_the_command_loads_no_lightning():
+    from klexp.lightning import run_summary
+
+    assert set(lifecycle.STATES) == {lifecycle.NEW, *run_summary.STATUSES}
+    assert lifecycle.SUMMARY_FILE == run_summary.SUMMARY_FILE
+    code = "import sys, klexp.app.cli; print('pytorch_lightning' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
+
+
 def test_the_state_diagram_in_the_docs_is_the_lifecycles_table():
     text = (REPO / "docs" / "reliability.md").read_text()
     assert f"```mermaid\n{lifecycle.state_diagram()}\n```" in text
@@ -315,3 +325,22 @@ def test_a_run_stopped_by_sigterm_while_testing_resumes_to_the_uninterrupted_rec
     assert final["status"] == COMPLETED
     assert final["metrics"] == expected["metrics"]
     assert final["objective"] == expected["objective"]
+
+
+# -- one line -------------------------------------------------------------------------------------
+
+LONG = "/".join(["a-directory-with-a-rather-long-name"] * 5)
+
+
+@pytest.mark.slow
+def test_an_error_of_a_single_run_is_one_line_even_with_a_long_path_through_a_pipe(tmp_path):
+    """No Hydra frame lines ("Error executing job…", "Set the environment variable…") around it,
+    and no wrapping at 80 columns when stderr is not a terminal."""
+    missing = tmp_path / LONG / "mnist"
+    result = run_cli(["data=mnist_idx", f"data.root={missing}", f"hydra.run.dir={tmp_path / LONG / 'run'}"],
+                     cwd=tmp_path, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"klexp: data.root: directory {missing} does not exist"]
+    bad_value = run_cli(["kl.ce.weight=-1", "data=synthetic", f"hydra.run.dir={tmp_path / 'run'}"],
+                        cwd=tmp_path, timeout=60)
+    assert bad_value.stderr.splitlines() == ["klexp: kl.ce.weight: expected a finite number ≥ 0, got -1"]

@@ -1,12 +1,17 @@
 """The run-directory guard's parts: which process checks, what counts as a used directory, and the
 callback that refuses before Hydra writes anything (the whole command is tested in test_cli.py)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from klexp.app import lifecycle
 from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
-from klexp.app.lifecycle import LOCK_FILE, artefacts
+from klexp.app.lifecycle import LOCK_FILE, artefacts, owner_pid, release
 from klexp.app.run_dirs import (
     GUARD_KEY,
     RANK_VARIABLES,
@@ -100,7 +105,8 @@ def composed_with_hydra(run_dir):
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=CONFIG_NAME, overrides=[f"hydra.run.dir={run_dir}"],
+        return compose(config_name=CONFIG_NAME, overrides=[f"hydra.run.dir={run_dir}",
+                                                           f"hydra.sweep.dir={run_dir}"],
                        return_hydra_config=True)
 
 
@@ -114,6 +120,42 @@ def test_the_callback_exits_before_a_new_run_into_a_used_directory_but_not_on_re
     message = f"klexp: hydra.run.dir: {tmp_path} already holds a run (summary.json); continue it with"
     assert str(exit_.value.code).startswith(message)
     RunDirectoryGuard().on_run_start(composed_with_hydra(tmp_path / "new"))
+    assert owner_pid(tmp_path / "new") == os.getpid()  # it owns the new directory, for its life
     RunDirectoryGuard(resume=True).on_run_start(config)
+    release(tmp_path / "new")
+    release(tmp_path)
     monkeypatch.setenv("LOCAL_RANK", "1")
     RunDirectoryGuard().on_run_start(config)
+    assert not lifecycle.is_locked(tmp_path) and tmp_path not in lifecycle._HELD  # siblings take no lock
+
+
+HOLDER = ("import fcntl, os, sys, time\n"
+          "fd = os.open(os.path.join(sys.argv[1], 'klexp.lock'), os.O_RDWR | os.O_CREAT)\n"
+          "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+          "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+          "print('locked', flush=True)\n"
+          "time.sleep(60)\n")
+
+
+def test_a_run_or_sweep_into_a_directory_a_live_process_owns_is_refused_naming_its_pid(tmp_path, monkeypatch):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = composed_with_hydra(tmp_path)
+        with pytest.raises(SystemExit) as run_exit:
+            RunDirectoryGuard().on_run_start(config)
+        assert run_exit.value.code == (
+            f"klexp: hydra.run.dir: {tmp_path} is in use by process {holder.pid} ({LOCK_FILE}); wait for "
+            "it to end, or give the new run another hydra.run.dir")
+        owned = f"hydra.sweep.dir: {tmp_path} is in use by process {holder.pid}"
+        with pytest.raises(SystemExit, match=owned):
+            RunDirectoryGuard().on_multirun_start(config)
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDirectoryGuard().on_multirun_start(config)  # the owner is gone: its lock never blocks
+    assert owner_pid(tmp_path) == os.getpid()
+    release(tmp_path)

@@ -25,7 +25,7 @@ from klexp.app.lifecycle import (
     owned,
 )
 from klexp.app.resolvers import register_resolvers
-from klexp.app.resume import rerun_arguments, resume_arguments, split_flags
+from klexp.app.resume import rerun_arguments, resume_arguments, saved_overrides, split_flags
 from klexp.app.run_dirs import check_sweep_job_directory, guard_overrides, is_first_process
 from klexp.errors import KlexpError
 
@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
             rest = [a for a in args if not a.startswith("resume=")]
             if not run_dir.is_dir():
                 raise KlexpError(f"resume: {run_dir} is not a directory")
+            saved_overrides(run_dir, command="resume")  # a klexp run directory, before its lock
             begin_resume(run_dir, split_flags(rest)[1], is_first_process())
             args = resume_arguments(run_dir, rest)
     except RunEnding as ending:

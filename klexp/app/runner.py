@@ -40,7 +40,7 @@ from klexp.lightning.run_summary import RunSummary, recorded_metrics, stop_signa
 from klexp.lightning.term import KLTerm
 from klexp.nets.frozen import load_checkpoint
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a line in a pipe is never cut at 80 columns
 
 
 def instantiate_node(node: Any, path: str, **kwargs: Any) -> Any:
