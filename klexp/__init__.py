@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         ["KLTerm", "TargetKL", "LossTerm", "total_loss", "reward_penalty", "UpdatePhase",
          "log_metrics", "logs_now", "Dashboards", "RunSummary", "RNGState", "FailureCheckpoint",
-         "NoProfiler"],
+         "AtomicCheckpointIO", "NoProfiler"],
         "klexp.lightning"),
     # errors
     **dict.fromkeys(["KlexpError", "ConfigValueError", "NonFiniteError"], "klexp.errors"),

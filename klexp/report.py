@@ -6,7 +6,13 @@ overrides except the seed, and for each group and metric computes over the seeds
 
     mean = (1/n) Σ_i x_i,   std = sqrt(Σ_i (x_i − mean)² / (n − 1))   (sample std; "–" for n = 1).
 
-It prints a rich table, writes the same table as ``report.md`` and ``report.csv``, and one PNG per
+A run the table does not count is named, never silently absent and never fatal: a run that did not
+complete (its status), a job of a sweep that never wrote a record (``.hydra/`` but no
+``summary.json``: "never started"), a ``summary.json`` that cannot be parsed (an interrupted copy),
+and a rerun — a second completed run of one config and seed, which is counted once (the most
+recently finished one).
+
+It prints a rich table, then writes the same table as ``report.md`` and ``report.csv``, and one PNG per
 ``--tags`` tag: each group's mean over seeds vs the training step, with the seeds' range (min to
 max) shaded. Output is ordered deterministically (groups in the order the sweep listed its values,
 metrics in the order asked), and no file names a path or a time, so re-running a study reproduces
@@ -31,8 +37,9 @@ import math
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -111,19 +118,126 @@ def values_by_step(runs: Iterable[Run], tag: str) -> tuple[np.ndarray, list[np.n
     return steps, [np.array(by_step[s]) for s in steps]
 
 
-def find_runs(directories: Iterable[Path]) -> list[Run]:
-    """Every run under ``directories`` in path order; a run's stages are part of it, not runs."""
-    runs: dict[Path, Run] = {}
+@dataclass(frozen=True)
+class LeftOut:
+    """A run the table does not count: its directory, why (its status, ``never started``,
+    ``unreadable summary.json (…)``, or ``rerun``), the overrides it was started with, and where it
+    lies relative to the directory the report read (the files name no absolute path)."""
+
+    directory: Path
+    reason: str
+    overrides: tuple[str, ...]
+    relative: str
+    #: For a rerun: the run of the same config and seed that is counted instead.
+    counted: LeftOut | None = None
+
+    def line(self) -> str:
+        """One console line."""
+        if self.counted is not None:
+            return (f"left out (rerun): {self.directory} — same config and seed as "
+                    f"{self.counted.directory}, the most recent, which is counted once")
+        return f"left out ({self.reason}): {self.directory}" + (
+            f" — {' '.join(self.overrides)}" if self.overrides else "")
+
+    def markdown(self) -> str:
+        """One item of the report's list of runs left out."""
+        if self.counted is not None:
+            return (f"- `{self.relative}`: rerun of the same config and seed as "
+                    f"`{self.counted.relative}` (the most recent, counted once)")
+        return f"- `{self.relative}`: {self.reason}" + (
+            f" (`{' '.join(self.overrides)}`)" if self.overrides else "")
+
+
+@dataclass
+class Survey:
+    """What a report read: the runs with a readable record (any status), and the directories that
+    hold no usable record (never started, unreadable summary)."""
+
+    runs: list[Run]
+    unusable: list[LeftOut]
+    #: Each run's path relative to the directory given to the report.
+    relative: dict[Path, str]
+
+    def left_out(self, run: Run, reason: str | None = None) -> LeftOut:
+        """``run`` as a run the table does not count (by default, for its status)."""
+        return LeftOut(run.directory, reason or str(run.summary.get("status") or "no status"),
+                       tuple(str(o) for o in run.summary.get("overrides") or []),
+                       self.relative[run.directory])
+
+
+def _read_summary(path: Path) -> dict[str, Any] | str:
+    """The record in ``path``, or why it cannot be used."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"unreadable {SUMMARY_FILE}: {error}"
+    if not isinstance(summary, dict):
+        return f"unreadable {SUMMARY_FILE}: not a JSON object"
+    return summary
+
+
+def _saved_overrides(job_dir: Path) -> tuple[str, ...]:
+    """The overrides Hydra recorded for a job (``.hydra/overrides.yaml``; none if unreadable)."""
+    from omegaconf import OmegaConf
+
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+    except Exception:  # a damaged or missing file only loses the hint
+        return ()
+    return tuple(str(o) for o in saved) if isinstance(saved, list) else ()
+
+
+def survey(directories: Iterable[Path]) -> Survey:
+    """Every run and every job of a sweep under ``directories``, in path order; a run's stages
+    are part of it, not runs."""
+    found: dict[Path, Run | LeftOut] = {}
+    relative: dict[Path, str] = {}
     for directory in directories:
         directory = Path(directory)
         if not directory.is_dir():
             raise KlexpError(f"report: {directory} is not a directory")
-        for path in sorted(directory.rglob(SUMMARY_FILE), key=lambda p: (len(p.parts), p)):
-            run_dir = path.parent.resolve()
-            if any(parent in runs for parent in run_dir.parents):
+        candidates = {path.parent for path in directory.rglob(SUMMARY_FILE)}
+        candidates |= {path.parent for path in directory.rglob(".hydra") if path.is_dir()}
+        for job_dir in sorted(candidates, key=lambda p: (len(p.parts), p)):
+            run_dir = job_dir.resolve()
+            if run_dir in found or any(parent in found for parent in run_dir.parents):
                 continue
-            runs[run_dir] = Run(run_dir, json.loads(path.read_text()))
-    return [runs[key] for key in sorted(runs)]
+            relative[run_dir] = job_dir.relative_to(directory).as_posix() if job_dir != directory \
+                else directory.resolve().name
+            if not (job_dir / SUMMARY_FILE).is_file():
+                found[run_dir] = LeftOut(run_dir, "never started", _saved_overrides(job_dir),
+                                         relative[run_dir])
+                continue
+            summary = _read_summary(job_dir / SUMMARY_FILE)
+            found[run_dir] = Run(run_dir, summary) if isinstance(summary, dict) else \
+                LeftOut(run_dir, summary, _saved_overrides(job_dir), relative[run_dir])
+    ordered = [found[key] for key in sorted(found)]
+    return Survey([r for r in ordered if isinstance(r, Run)],
+                  [r for r in ordered if isinstance(r, LeftOut)], relative)
+
+
+def find_runs(directories: Iterable[Path]) -> list[Run]:
+    """Every run with a readable record under ``directories`` in path order (any status); a run's
+    stages are part of it, not runs."""
+    return survey(directories).runs
+
+
+def counted_once(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
+    """The runs with one run per (config, seed) — of several, the one that finished last — and the
+    reruns left out, each with the run counted instead."""
+    latest: dict[tuple[Any, ...], Run] = {}
+    for run in runs:
+        key = (tuple(sorted(run.settings.items())), str(run.seed))
+        if key not in latest or _finished(run) >= _finished(latest[key]):
+            latest[key] = run
+    kept = {id(run) for run in latest.values()}
+    reruns = [(run, latest[(tuple(sorted(run.settings.items())), str(run.seed))])
+              for run in runs if id(run) not in kept]
+    return [run for run in runs if id(run) in kept], reruns
+
+
+def _finished(run: Run) -> tuple[str, str]:
+    return str(run.summary.get("end_time") or ""), str(run.directory)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -319,7 +433,7 @@ class Report:
     common: dict[str, str]
     groups: list[Group]
     metrics: list[Metric]
-    skipped: list[Run]
+    left_out: list[LeftOut]
 
     @cached_property
     def stats(self) -> list[list[Stat]]:
@@ -357,8 +471,9 @@ class Report:
         lines.append("")
         lines.append("Mean ± sample standard deviation (ddof = 1) over seeds; (k/n): only k of the "
                      "n seeds have a value.")
-        if self.skipped:
-            lines.append(f"{len(self.skipped)} run(s) that did not complete are left out.")
+        if self.left_out:
+            lines += ["", f"Left out ({len(self.left_out)} run(s)):", ""]
+            lines += [run.markdown() for run in self.left_out]
         for name in plots:
             lines += ["", f"![{Path(name).stem}]({name})"]
         return "\n".join(lines) + "\n"
@@ -389,17 +504,25 @@ def _exact(value: float | None) -> str:
 
 def build_report(directories: Sequence[Path], metrics: Sequence[str] | None = None) -> Report:
     """Read the runs under ``directories`` and compute the table (no output written)."""
-    found = find_runs(directories)
-    runs = [run for run in found if run.summary.get("status") == "completed"]
-    skipped = [run for run in found if run.summary.get("status") != "completed"]
+    found = survey(directories)
+    runs, reruns = counted_once([run for run in found.runs
+                                 if run.summary.get("status") == "completed"])
+    left_out = [*found.unusable,
+                *(found.left_out(run) for run in found.runs if run.summary.get("status") != "completed")]
+    for rerun, counted in reruns:
+        left_out.append(replace(found.left_out(rerun, "rerun"), counted=found.left_out(counted)))
+    left_out.sort(key=lambda run: run.directory)
     if not runs:
         where = ", ".join(str(d) for d in directories)
+        reasons = Counter(run.reason.split(":")[0] for run in left_out)
+        left = "".join(f"; left out: {n} {reason}" if i == 0 else f", {n} {reason}"
+                       for i, (reason, n) in enumerate(sorted(reasons.items())))
         raise KlexpError(f"report: no completed runs (directories with a completed summary.json) "
-                         f"under {where}")
+                         f"under {where}{left}")
     keys, groups = group_runs(runs, sweep_orders(directories))
     common = {k: v for k, v in sorted(groups[0].settings.items()) if k not in keys}
     chosen = [Metric.parse(spec) for spec in (metrics or default_metrics(runs))]
-    return Report(keys, common, groups, chosen, skipped)
+    return Report(keys, common, groups, chosen, left_out)
 
 
 def plot_tags(report: Report, tags: Sequence[str], out: Path) -> list[str]:
@@ -476,16 +599,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``klexp report SWEEP_DIR... [--metrics ...] [--tags ...] [--out DIR]``; returns the exit code."""
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console(soft_wrap=True)
+    errors = Console(stderr=True, soft_wrap=True)  # one line, however narrow a pipe
+    out = args.out or args.sweep_dirs[0] / "report"
     try:
+        if out.exists() and not out.is_dir():
+            raise KlexpError(f"report: --out {out} is a file; expected a directory (new or existing)")
         report = build_report(args.sweep_dirs, _split(args.metrics))
     except KlexpError as error:
-        Console(stderr=True).print(f"klexp: {error}", markup=False, highlight=False)
+        errors.print(f"klexp: {error}", markup=False, highlight=False)
         return 1
-    out = args.out or args.sweep_dirs[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    plots = plot_tags(report, _split(args.tags) or [], out)
-    (out / TABLE_FILE).write_text(report.markdown(plots))
-    (out / CSV_FILE).write_text(report.csv())
 
     if report.common:
         console.print("common to every run: " + " ".join(f"{k}={v}" for k, v in report.common.items()),
@@ -495,8 +617,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         wide = console.options.update_width(10_000)
         console.width = max(console.width, Measurement.get(console, wide, table).maximum)
     console.print(table)
-    for run in report.skipped:
-        console.print(f"[yellow]left out ({run.summary.get('status')}):[/] {run.directory}")
+    for run in report.left_out:
+        console.print(run.line(), style="yellow", markup=False, highlight=False)
+    # The table is on the console before any file is written: a sweep the user cannot write to
+    # (read-only, a full disk) still gives its numbers, and the failed write is one line.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        plots = plot_tags(report, _split(args.tags) or [], out)
+        (out / TABLE_FILE).write_text(report.markdown(plots))
+        (out / CSV_FILE).write_text(report.csv())
+    except OSError as error:
+        errors.print(f"klexp: report: cannot write {error.filename or out}: "
+                     f"{error.strerror or error}", markup=False, highlight=False)
+        return 1
     console.print(f"wrote {out / TABLE_FILE}, {out / CSV_FILE}"
                   + "".join(f", {out / name}" for name in plots))
     logdir = os.path.commonpath([d.resolve() for d in args.sweep_dirs]) if len(args.sweep_dirs) > 1 \

@@ -106,10 +106,8 @@ def test_a_second_run_into_a_used_run_directory_is_refused_and_the_first_kept_by
 
     resumed = run_cli(["resume=outputs/fixed"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert list((run_dir / ".hydra").glob("resume-*/overrides.yaml"))
-    for record in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"):
-        assert (run_dir / record).read_bytes() == before[Path(record)]
-    assert not list((run_dir / "checkpoints").glob("last-v*.ckpt"))
+    assert resumed.stdout.strip() == "klexp: outputs/fixed already completed; nothing to do"
+    assert files_of(run_dir) == before
 
 
 def test_a_second_sweep_into_a_used_sweep_directory_is_refused_and_the_first_kept_byte_for_byte(tmp_path):
@@ -155,10 +153,15 @@ def test_a_sweep_job_whose_directory_held_a_run_stops_before_writing_to_it(tmp_p
 def test_the_command_adds_its_own_overrides_where_hydras_parser_reads_them():
     from klexp.app.cli import with_overrides
 
-    assert with_overrides(["a=1", "--cfg", "job"], ["++x=1"]) == ["a=1", "++x=1", "--cfg", "job"]
+    assert with_overrides(["a=1", "--cfg", "job"], ["++x=1"]) == ["--cfg", "job", "a=1", "++x=1"]
     assert with_overrides(["-m", "a=1,2"], ["++x=1"]) == ["-m", "a=1,2", "++x=1"]
     assert with_overrides(["a=1", "b=2"], ["++x=1"]) == ["a=1", "b=2", "++x=1"]
     assert with_overrides([], ["++x=1"]) == ["++x=1"]
+    # a flag's value is not an override, wherever the flag stands
+    assert with_overrides(["a=1", "--config-dir", "my conf", "b=2", "-m"], ["++x=1"]) == [
+        "--config-dir", "my conf", "-m", "a=1", "b=2", "++x=1"]
+    assert with_overrides(["-cd=conf", "--info", "a=1", "--info", "searchpath"], []) == [
+        "-cd=conf", "--info", "--info", "searchpath", "a=1"]
 
 
 def test_a_hydra_flag_after_the_overrides_still_works(tmp_path):

@@ -3,8 +3,10 @@ table as Markdown and CSV, plots of tags vs step, deterministic output. Runs her
 hand (summary.json and TensorBoard events), so the expected numbers are known exactly."""
 
 import csv
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +65,8 @@ def test_runs_are_grouped_by_their_overrides_except_the_seed(sweep):
     assert report.common == {"data": "synthetic", "experiment": "classification"}
     assert [g.settings["kl.ce.weight"] for g in report.groups] == ["2", "0.5"]  # the sweep's order
     assert [g.seeds for g in report.groups] == [[0, 1], [0, 1, 2]]
-    assert len(report.skipped) == 1 and report.skipped[0].summary["status"] == "failed"
+    assert [(run.relative, run.reason) for run in report.left_out] == [
+        ("data=synthetic,kl.ce.weight=2/seed=2", "failed")]
 
 
 def test_mean_and_sample_std_over_seeds(sweep):
@@ -178,3 +181,132 @@ def test_a_group_that_does_not_override_a_key_comes_before_those_that_do(tmp_pat
     report = build_report([tmp_path], ["test/acc"])
     assert report.keys == ["task.hidden"]
     assert [row[0] for row in report.rows()] == ["", "[128]"]
+
+
+# ---------------------------------------------------------------------------- a sweep as it really is
+# Interrupted copies, jobs that never started, reruns, unwritable places: the report names what it
+# leaves out, never crashes on it, and prints the table before it writes anything.
+
+
+def test_a_truncated_summary_is_named_in_one_line_and_left_out(sweep, tmp_path, capsys):
+    bad = sweep / "data=synthetic,kl.ce.weight=0.5" / "seed=1" / "summary.json"
+    bad.write_text(bad.read_text()[:40])  # an interrupted copy of the sweep
+    assert main([str(sweep), "--metrics", "test/acc", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if str(bad.parent) in line]
+    assert len(lines) == 1 and "left out (unreadable summary.json" in lines[0]
+    assert "0.8500 ± 0.0707" in printed  # seeds 0 and 2 of the 0.5 group: (0.80 + 0.90) / 2
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "- `data=synthetic,kl.ce.weight=0.5/seed=1`: unreadable summary.json" in markdown
+
+
+def test_a_summary_that_is_not_an_object_is_left_out_too(sweep):
+    (sweep / "data=synthetic,kl.ce.weight=2" / "seed=0" / "summary.json").write_text("null\n")
+    report = build_report([sweep], ["test/acc"])
+    assert [g.seeds for g in report.groups] == [[1], [0, 1, 2]]
+    assert "unreadable summary.json: not a JSON object" in [run.reason for run in report.left_out]
+
+
+def test_out_naming_an_existing_file_is_one_line(sweep, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine\n")
+    assert main([str(sweep), "--out", str(tmp_path / "taken")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "is a file" in err
+    assert (tmp_path / "taken").read_text() == "mine\n"
+
+
+def test_a_read_only_sweep_prints_its_table_then_one_line(sweep, monkeypatch, capsys):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main([str(sweep), "--metrics", "test/acc"]) == 1
+    captured = capsys.readouterr()
+    assert "0.8467 ± 0.0503" in captured.out and "wrote" not in captured.out
+    assert captured.err.count("\n") == 1
+    assert f"cannot write {sweep / 'report'}: Read-only file system" in captured.err
+
+
+def test_a_file_that_cannot_be_written_is_one_line(sweep, tmp_path, monkeypatch, capsys):
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert main([str(sweep), "--metrics", "test/acc", "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "0.8467 ± 0.0503" in captured.out
+    assert captured.err == f"klexp: report: cannot write {tmp_path / 'out' / 'report.md'}: " \
+                           f"No space left on device\n"
+
+
+def hydra_job(job_dir: Path, overrides: list[str]) -> None:
+    """A sweep job as Hydra leaves it before the run writes anything: ``.hydra/`` only."""
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+
+def test_jobs_that_never_started_or_did_not_complete_are_listed_with_their_overrides(sweep, capsys,
+                                                                                     tmp_path):
+    hydra_job(sweep / "data=synthetic,kl.ce.weight=2" / "seed=3",
+              ["data=synthetic", "kl.ce.weight=2", "seed=3"])
+    write_run(sweep / "data=synthetic,kl.ce.weight=0.5" / "seed=3",
+              ["data=synthetic", "kl.ce.weight=0.5"], 3, {}, status="interrupted")
+    write_run(sweep / "data=synthetic,kl.ce.weight=0.5" / "seed=4",
+              ["data=synthetic", "kl.ce.weight=0.5"], 4, {}, status="running")
+    report = build_report([sweep], ["test/acc"])
+    assert [(run.relative, run.reason, run.overrides) for run in report.left_out] == [
+        ("data=synthetic,kl.ce.weight=0.5/seed=3", "interrupted",
+         ("data=synthetic", "kl.ce.weight=0.5", "seed=3")),
+        ("data=synthetic,kl.ce.weight=0.5/seed=4", "running",
+         ("data=synthetic", "kl.ce.weight=0.5", "seed=4")),
+        ("data=synthetic,kl.ce.weight=2/seed=2", "failed", ("data=synthetic", "kl.ce.weight=2", "seed=2")),
+        ("data=synthetic,kl.ce.weight=2/seed=3", "never started",
+         ("data=synthetic", "kl.ce.weight=2", "seed=3")),
+    ]
+    assert main([str(sweep), "--metrics", "test/acc", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert (f"left out (never started): {sweep / 'data=synthetic,kl.ce.weight=2' / 'seed=3'} — "
+            f"data=synthetic kl.ce.weight=2 seed=3") in printed
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert ("Left out (4 run(s)):\n\n"
+            "- `data=synthetic,kl.ce.weight=0.5/seed=3`: interrupted "
+            "(`data=synthetic kl.ce.weight=0.5 seed=3`)\n") in markdown
+    assert str(sweep) not in markdown
+
+
+def test_a_sweep_where_nothing_completed_says_what_it_left_out(tmp_path, capsys):
+    hydra_job(tmp_path / "0", ["seed=0"])
+    write_run(tmp_path / "1", [], 1, {}, status="failed")
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "no completed runs" in err and "left out: 1 failed, 1 never started" in err
+
+
+def test_a_rerun_of_one_config_and_seed_is_counted_once_the_latest(sweep, capsys, tmp_path):
+    rerun = sweep / "rerun"
+    write_run(rerun, ["data=synthetic", "kl.ce.weight=0.5"], 1, {"test/acc": 0.5})
+    for path, end in ((rerun, "2026-01-02T00:00:00"),
+                      (sweep / "data=synthetic,kl.ce.weight=0.5" / "seed=1", "2026-01-01T00:00:00")):
+        summary = json.loads((path / "summary.json").read_text())
+        (path / "summary.json").write_text(json.dumps({**summary, "end_time": end}))
+    report = build_report([sweep], ["test/acc"])
+    half = report.groups[1]
+    assert half.seeds == [0, 1, 2] and rerun.resolve() in [run.directory for run in half.runs]
+    assert report.stats[1][0].mean == pytest.approx(np.mean([0.80, 0.5, 0.90]))
+    (flagged,) = [run for run in report.left_out if run.reason == "rerun"]
+    assert flagged.relative == "data=synthetic,kl.ce.weight=0.5/seed=1"
+    assert flagged.counted.relative == "rerun"
+    assert main([str(sweep), "--metrics", "test/acc", "--out", str(tmp_path / "out")]) == 0
+    assert "left out (rerun): " in capsys.readouterr().out
+    assert ("- `data=synthetic,kl.ce.weight=0.5/seed=1`: rerun of the same config and seed as "
+            "`rerun` (the most recent, counted once)") in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_clean_sweep_has_no_left_out_section(sweep, tmp_path):
+    (sweep / "data=synthetic,kl.ce.weight=2" / "seed=2" / "summary.json").unlink()
+    (sweep / "data=synthetic,kl.ce.weight=2" / "seed=2").rename(tmp_path / "elsewhere")
+    assert main([str(sweep), "--metrics", "test/acc", "--out", str(tmp_path / "out")]) == 0
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert markdown.endswith("(k/n): only k of the n seeds have a value.\n")
+    assert "Left out" not in markdown

@@ -1,11 +1,17 @@
 """The run-directory guard's parts: which process checks, what counts as a used directory, and the
 callback that refuses before Hydra writes anything (the whole command is tested in test_cli.py)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from klexp.app import lifecycle
 from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from klexp.app.lifecycle import LOCK_FILE, artefacts, owner_pid, release
 from klexp.app.run_dirs import (
     GUARD_KEY,
     RANK_VARIABLES,
@@ -16,7 +22,6 @@ from klexp.app.run_dirs import (
     check_sweep_job_directory,
     guard_overrides,
     is_first_process,
-    occupants,
 )
 
 
@@ -44,21 +49,27 @@ def test_the_guard_is_added_once_and_siblings_write_no_record_of_their_own():
     assert sibling == ["hydra.output_subdir=null"]
 
 
-def test_a_directory_is_used_when_it_holds_anything_but_job_logs(tmp_path):
-    assert occupants(tmp_path / "missing") == []
+def test_a_directory_is_used_when_it_holds_klexps_artefacts_not_the_users_files(tmp_path):
+    assert artefacts(tmp_path / "missing") == []
     (tmp_path / "cli.log").write_text("a sibling process opened its log first\n")
-    assert occupants(tmp_path) == []
+    (tmp_path / "out.txt").write_text("the user's own notes\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("x\n")
+    (tmp_path / LOCK_FILE).write_text("12345\n")  # its owner is gone: flock is free
+    assert artefacts(tmp_path) == []
     check_new_run_directory(tmp_path)
     (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events.out.tfevents.1.host").write_bytes(b"")
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / ".hydra").mkdir()
-    assert occupants(tmp_path) == [".hydra", "summary.json", "tb"]
-    assert occupants(tmp_path, ignore=(".hydra",)) == ["summary.json", "tb"]
+    (tmp_path / "teacher" / "checkpoints").mkdir(parents=True)
+    assert artefacts(tmp_path) == [".hydra", "summary.json", "tb", "teacher"]
+    assert artefacts(tmp_path, ignore=(".hydra",)) == ["summary.json", "tb", "teacher"]
 
 
 def test_a_used_directory_is_refused_in_one_line_naming_what_it_holds(tmp_path):
     for name in ("a", "b", "c", "d", "e"):
-        (tmp_path / name).mkdir()
+        (tmp_path / name / ".hydra").mkdir(parents=True)
     with pytest.raises(RunDirectoryInUse) as run_error:
         check_new_run_directory(tmp_path)
     assert str(run_error.value) == (
@@ -77,6 +88,7 @@ def test_a_used_directory_is_refused_in_one_line_naming_what_it_holds(tmp_path):
 def test_a_sweep_job_meets_an_earlier_run_only_beyond_its_own_record(tmp_path):
     (tmp_path / ".hydra").mkdir()
     (tmp_path / "cli.log").write_text("")
+    (tmp_path / LOCK_FILE).write_text("")
     check_sweep_job_directory(tmp_path, ".hydra")
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(RunDirectoryInUse) as error:
@@ -93,7 +105,8 @@ def composed_with_hydra(run_dir):
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=CONFIG_NAME, overrides=[f"hydra.run.dir={run_dir}"],
+        return compose(config_name=CONFIG_NAME, overrides=[f"hydra.run.dir={run_dir}",
+                                                           f"hydra.sweep.dir={run_dir}"],
                        return_hydra_config=True)
 
 
@@ -107,6 +120,42 @@ def test_the_callback_exits_before_a_new_run_into_a_used_directory_but_not_on_re
     message = f"klexp: hydra.run.dir: {tmp_path} already holds a run (summary.json); continue it with"
     assert str(exit_.value.code).startswith(message)
     RunDirectoryGuard().on_run_start(composed_with_hydra(tmp_path / "new"))
+    assert owner_pid(tmp_path / "new") == os.getpid()  # it owns the new directory, for its life
     RunDirectoryGuard(resume=True).on_run_start(config)
+    release(tmp_path / "new")
+    release(tmp_path)
     monkeypatch.setenv("LOCAL_RANK", "1")
     RunDirectoryGuard().on_run_start(config)
+    assert not lifecycle.is_locked(tmp_path) and tmp_path not in lifecycle._HELD  # siblings take no lock
+
+
+HOLDER = ("import fcntl, os, sys, time\n"
+          "fd = os.open(os.path.join(sys.argv[1], 'klexp.lock'), os.O_RDWR | os.O_CREAT)\n"
+          "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+          "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+          "print('locked', flush=True)\n"
+          "time.sleep(60)\n")
+
+
+def test_a_run_or_sweep_into_a_directory_a_live_process_owns_is_refused_naming_its_pid(tmp_path, monkeypatch):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = composed_with_hydra(tmp_path)
+        with pytest.raises(SystemExit) as run_exit:
+            RunDirectoryGuard().on_run_start(config)
+        assert run_exit.value.code == (
+            f"klexp: hydra.run.dir: {tmp_path} is in use by process {holder.pid} ({LOCK_FILE}); wait for "
+            "it to end, or give the new run another hydra.run.dir")
+        owned = f"hydra.sweep.dir: {tmp_path} is in use by process {holder.pid}"
+        with pytest.raises(SystemExit, match=owned):
+            RunDirectoryGuard().on_multirun_start(config)
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDirectoryGuard().on_multirun_start(config)  # the owner is gone: its lock never blocks
+    assert owner_pid(tmp_path) == os.getpid()
+    release(tmp_path)

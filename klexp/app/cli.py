@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +15,17 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from klexp.app.lifecycle import (
+    EXIT_FAILED,
+    RunEnding,
+    Terminated,
+    begin_resume,
+    handle_sigterm,
+    interruption_line,
+    owned,
+)
 from klexp.app.resolvers import register_resolvers
-from klexp.app.resume import rerun_arguments, resume_arguments
+from klexp.app.resume import rerun_arguments, resume_arguments, saved_overrides, split_flags
 from klexp.app.run_dirs import check_sweep_job_directory, guard_overrides, is_first_process
 from klexp.errors import KlexpError
 
@@ -52,13 +62,28 @@ def app(cfg: DictConfig) -> Any:
 
     hydra_config = HydraConfig.get()
     overrides = [str(o) for o in OmegaConf.to_container(hydra_config.overrides.task)]
+    run_dir = Path(cfg.paths.output_dir)
+    sweep_job = hydra_config.mode == RunMode.MULTIRUN and is_first_process()
     try:
-        if hydra_config.mode == RunMode.MULTIRUN and is_first_process():
-            check_sweep_job_directory(Path(cfg.paths.output_dir), hydra_config.output_subdir)
-        summary = run(cfg, cfg.paths.output_dir, overrides=overrides, compose=compose_config)
+        # a sweep's job owns its own directory while it runs (the sweep's process owns the sweep's)
+        with owned(run_dir) if sweep_job else contextlib.nullcontext():
+            if sweep_job:
+                check_sweep_job_directory(run_dir, hydra_config.output_subdir)
+            summary = run(cfg, run_dir, overrides=overrides, compose=compose_config)
+    except RunEnding as ending:
+        raise SystemExit(end_with(f"klexp: {ending}", ending.exit_status)) from None
     except KlexpError as error:
-        raise UserError(f"klexp: {error}") from None
+        if hydra_config.mode == RunMode.MULTIRUN:
+            raise UserError(f"klexp: {error}") from None  # the other jobs go on; Hydra names this one
+        # exiting passes Hydra's job runner by, which would frame the line with its own
+        raise SystemExit(end_with(f"klexp: {error}", EXIT_FAILED)) from None
     return summary.get("objective")
+
+
+def end_with(line: str, status: int) -> int:
+    """Print the command's one last line (stdout for status 0, else stderr); return ``status``."""
+    print(line, file=sys.stdout if status == 0 else sys.stderr, flush=True)
+    return status
 
 
 # Hydra's flags that start no run, whose command lines take no overrides of ours
@@ -68,12 +93,10 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 
 def with_overrides(args: list[str], extra: list[str]) -> list[str]:
     """``args`` with ``extra`` overrides beside the user's own: Hydra's parser reads the overrides
-    as one run of words, so they go after the leading overrides (``a=1 ++x --cfg job``), or at the
-    end when the command line starts with a flag (``-m a=1,2 ++x``)."""
-    if not args or args[0].startswith("-"):
-        return [*args, *extra]
-    leading = next((i for i, word in enumerate(args) if word.startswith("-")), len(args))
-    return [*args[:leading], *extra, *args[leading:]]
+    as one run of words, so Hydra's flags (with their values) go first, then the user's overrides,
+    then ``extra`` (``a=1 --cfg job`` → ``--cfg job a=1 ++x``)."""
+    flags, overrides = split_flags(args)
+    return [*flags, *overrides, *extra]
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
@@ -87,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         from klexp.report import main as report_main
 
         return sys.exit(report_main(args[1:]))
+    handle_sigterm()
     try:
         if args and args[0] == "rerun":
             args = rerun_arguments(args[1:])
@@ -96,14 +120,25 @@ def main(argv: Sequence[str] | None = None) -> Any:
             if any(a in MULTIRUN_FLAGS for a in args):
                 raise KlexpError("resume: continues one run in its own directory; it cannot be a "
                                  "sweep (-m)")
+            run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
             rest = [a for a in args if not a.startswith("resume=")]
-            args = resume_arguments(Path(resume[-1].split("=", 1)[1]).expanduser(), rest)
+            if not run_dir.is_dir():
+                raise KlexpError(f"resume: {run_dir} is not a directory")
+            saved_overrides(run_dir, command="resume")  # a klexp run directory, before its lock
+            begin_resume(run_dir, split_flags(rest)[1], is_first_process())
+            args = resume_arguments(run_dir, rest)
+    except RunEnding as ending:
+        sys.exit(end_with(f"klexp: {ending}", ending.exit_status))
     except KlexpError as error:
         sys.exit(f"klexp: {error}")
     if not any(a in NO_RUN_FLAGS for a in args):
         args = with_overrides(args, guard_overrides(args, resume=bool(resume)))
     sys.argv = [sys.argv[0], *args]
-    return app()
+    try:
+        return app()
+    except (KeyboardInterrupt, Terminated) as stop:
+        line, status = interruption_line(stop)
+        sys.exit(end_with(line, status))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 * ``klexp rerun <run dir> [overrides]`` runs the run's own overrides again into a new run
   directory; with the same code and machine the numbers are the same (runs are deterministic).
 * ``klexp resume=<run dir> [overrides]`` continues it in place from ``checkpoints/last.ckpt``.
+
+Both give the run its ``--config-dir`` again (a user's own project), as Hydra recorded it.
 """
 
 from __future__ import annotations
@@ -29,11 +31,54 @@ def saved_overrides(run_dir: Path, command: str = "rerun") -> list[str]:
     return [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file)) or []]
 
 
+def split_flags(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``args`` as (Hydra's flags with their values, overrides), by Hydra's own argument parser's
+    table of flags: ``--config-dir d a=1 -m`` → (``--config-dir d -m``, ``a=1``)."""
+    from hydra._internal.utils import get_args_parser
+
+    actions = get_args_parser()._option_string_actions
+    flags: list[str] = []
+    overrides: list[str] = []
+    words = list(args)
+    while words:
+        word = words.pop(0)
+        action = actions.get(word.split("=", 1)[0]) if word.startswith("-") else None
+        if action is None:
+            overrides.append(word)
+            continue
+        flags.append(word)
+        takes_value = "=" not in word and action.nargs != 0
+        if takes_value and words and (action.nargs != "?" or words[0] in (action.choices or ())):
+            flags.append(words.pop(0))
+    return flags, overrides
+
+
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def saved_flags(run_dir: Path, given: Sequence[str] = ()) -> list[str]:
+    """The flags a run needs again that Hydra does not keep with its overrides: ``--config-dir``
+    of a user's own project (Hydra's ``.hydra/hydra.yaml`` lists it among its config sources),
+    unless ``given`` names one."""
+    if any(flag.split("=", 1)[0] in CONFIG_DIR_FLAGS for flag in given):
+        return []
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return []
+    sources = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.config_sources") or []
+    return [word for source in sources if source.provider == "command-line" and source.schema == "file"
+            for word in ("--config-dir", str(source.path))]
+
+
 def rerun_arguments(argv: Sequence[str]) -> list[str]:
-    """``<run dir> [extra overrides]`` → the run's overrides followed by the extra ones."""
+    """``<run dir> [extra overrides]`` → the run's flags (``--config-dir``) and overrides, followed
+    by the extra ones."""
     if not argv:
         raise KlexpError("rerun: usage: klexp rerun <run dir> [extra overrides...]")
-    return [*saved_overrides(Path(argv[0]).expanduser()), *argv[1:]]
+    run_dir = Path(argv[0]).expanduser()
+    overrides = saved_overrides(run_dir)
+    flags, extra = split_flags(argv[1:])
+    return [*saved_flags(run_dir, flags), *flags, *overrides, *extra]
 
 
 def finished_stages(run_dir: Path) -> list[str]:
@@ -64,5 +109,7 @@ def resume_arguments(run_dir: Path, extra: Sequence[str]) -> list[str]:
     if not checkpoint.is_file():
         raise KlexpError(f"resume: {run_dir} has no checkpoints/last.ckpt to resume from")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    return [*saved, *finished_stages(run_dir), f"ckpt_path={quoted(checkpoint)}", *extra,
-            f"hydra.run.dir={quoted(run_dir)}", f"hydra.output_subdir={quoted(f'.hydra/resume-{stamp}')}"]
+    flags, overrides = split_flags(extra)
+    return [*saved_flags(run_dir, flags), *flags, *saved, *finished_stages(run_dir),
+            f"ckpt_path={quoted(checkpoint)}", *overrides, f"hydra.run.dir={quoted(run_dir)}",
+            f"hydra.output_subdir={quoted(f'.hydra/resume-{stamp}')}"]

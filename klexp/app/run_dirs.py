@@ -3,13 +3,16 @@
 A finished or killed run's directory holds its record (``.hydra/``), checkpoints, TensorBoard
 events and ``summary.json``. A second run into it would replace the record and the summary, save
 ``last-v1.ckpt`` beside the old ``last.ckpt`` and append to the old TensorBoard run. So a new run
-(or sweep) whose directory already holds anything but Hydra's job logs is refused, in one line
-pointing to ``klexp resume=<dir>``, which is how a run continues in place.
+(or sweep) whose directory already holds any of klexp's artefacts is refused, in one line
+pointing to ``klexp resume=<dir>``, which is how a run continues in place; the user's own files in
+it (``out.txt``) do not count.
 
 Hydra writes ``<dir>/.hydra/`` in ``run_job``, before the app's function runs; the hooks that come
 earlier, with the directory already composed, are a Hydra callback's ``on_run_start`` and
-``on_multirun_start``: ``RunDirectoryGuard`` checks there. ``klexp.app.cli.main`` adds it to every
-command line (``guard_overrides``).
+``on_multirun_start``: ``RunDirectoryGuard`` takes the directory's lock there
+(``klexp.app.lifecycle.DirectoryLock``; two commands started together into one directory cannot
+both pass), then checks it. ``klexp.app.cli.main`` adds it to every command line
+(``guard_overrides``).
 
 srun, torchrun and Lightning's own DDP launcher start every process of a run with the same run
 directory, and a process cannot tell its siblings' fresh files from an earlier run's: only the first
@@ -19,7 +22,7 @@ process (global rank 0) checks, and the others write no ``.hydra/`` record of th
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from klexp.app.lifecycle import DirectoryLocked, artefacts, claim, release
 from klexp.errors import KlexpError
 
 # Where launchers put a process's rank: torchrun (RANK, LOCAL_RANK, GROUP_RANK), Lightning's DDP
@@ -64,25 +68,17 @@ def guard_overrides(args: list[str], resume: bool, environ: Mapping[str, str] | 
     return extra
 
 
-def occupants(directory: Path, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Names of the entries of ``directory`` (none if it does not exist), sorted, except Hydra's
-    job logs (``*.log``, which the siblings of a DDP launch may have opened first) and ``ignore``."""
-    if not directory.is_dir():
-        return []
-    return sorted(entry.name for entry in directory.iterdir()
-                  if entry.name not in ignore and not (entry.is_file() and entry.suffix == ".log"))
-
-
 def _listed(names: list[str]) -> str:
     shown = ", ".join(names[:SHOWN_ENTRIES])
     return shown + (", …" if len(names) > SHOWN_ENTRIES else "")
 
 
 def check_new_run_directory(directory: Path) -> None:
-    """Refuse a new run into ``directory`` (``hydra.run.dir``) unless it is new or empty."""
+    """Refuse a new run into ``directory`` (``hydra.run.dir``) if it holds any of klexp's
+    artefacts (``klexp.app.lifecycle.artefacts``; foreign files do not count)."""
     if directory.exists() and not directory.is_dir():
         raise RunDirectoryInUse(f"hydra.run.dir: {directory} is a file, not a directory")
-    found = occupants(directory)
+    found = artefacts(directory)
     if found:
         raise RunDirectoryInUse(
             f"hydra.run.dir: {directory} already holds a run ({_listed(found)}); continue it with "
@@ -90,10 +86,10 @@ def check_new_run_directory(directory: Path) -> None:
 
 
 def check_new_sweep_directory(directory: Path) -> None:
-    """Refuse a sweep into ``directory`` (``hydra.sweep.dir``) unless it is new or empty."""
+    """Refuse a sweep into ``directory`` (``hydra.sweep.dir``) if it holds any of klexp's artefacts."""
     if directory.exists() and not directory.is_dir():
         raise RunDirectoryInUse(f"hydra.sweep.dir: {directory} is a file, not a directory")
-    found = occupants(directory)
+    found = artefacts(directory)
     if found:
         raise RunDirectoryInUse(
             f"hydra.sweep.dir: {directory} already holds a sweep ({_listed(found)}); give the new "
@@ -107,12 +103,30 @@ def check_sweep_job_directory(directory: Path, record: str | None) -> None:
     happens only when ``hydra.sweep.dir`` depends on a swept key; the earlier run's checkpoints,
     events and summary are then kept, though Hydra has already replaced its record."""
     own = (Path(record).parts[0],) if record else ()
-    found = occupants(directory, ignore=own)
+    found = artefacts(directory, ignore=own)
     if found:
         replaced = f" (its {record}/ record was replaced)" if record else ""
         raise RunDirectoryInUse(
             f"hydra.sweep.dir: job directory {directory} already held a run ({_listed(found)}); "
             f"this job stopped before writing to it{replaced}")
+
+
+def take_new_directory(directory: Path, key: str, check: Callable[[Path], None]) -> None:
+    """Own ``directory`` for a new run or sweep: its lock first (refused when a live process holds
+    it), then ``check`` of what it holds, then the owner's pid in the lock file."""
+    if directory.exists() and not directory.is_dir():
+        check(directory)
+    try:
+        lock = claim(directory)
+    except DirectoryLocked as error:
+        raise RunDirectoryInUse(f"{key}: {error}; wait for it to end, or give the new run another "
+                                f"{key}") from None
+    try:
+        check(directory)
+    except RunDirectoryInUse:
+        release(directory)
+        raise
+    lock.announce()
 
 
 def _resolved_path(config: DictConfig, key: str) -> Path:
@@ -131,17 +145,22 @@ class RunDirectoryGuard(Callback):
     # Hydra turns an exception raised by a callback into a warning and carries on; only exiting
     # stops it before it writes into the directory.
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.resume or not is_first_process():
+        if not is_first_process():
             return
+        directory = _resolved_path(config, "hydra.run.dir")
         try:
-            check_new_run_directory(_resolved_path(config, "hydra.run.dir"))
-        except RunDirectoryInUse as error:
+            if self.resume:  # klexp.app.lifecycle.begin_resume took it (a no-op then)
+                claim(directory)
+            else:
+                take_new_directory(directory, "hydra.run.dir", check_new_run_directory)
+        except (RunDirectoryInUse, DirectoryLocked) as error:
             raise SystemExit(f"klexp: {error}") from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_first_process():
             return
         try:
-            check_new_sweep_directory(_resolved_path(config, "hydra.sweep.dir"))
+            take_new_directory(_resolved_path(config, "hydra.sweep.dir"), "hydra.sweep.dir",
+                               check_new_sweep_directory)
         except RunDirectoryInUse as error:
             raise SystemExit(f"klexp: {error}") from None

@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from rich.console import Console
 from rich.table import Table
@@ -29,17 +30,19 @@ from rich.table import Table
 from klexp.app.config_checks import ConfigError, check_config, check_run_settings
 from klexp.app.console import run_output
 from klexp.app.hparams import hparams_of
+from klexp.app.lifecycle import RunFailed, RunInterrupted
 from klexp.app.preflight import check_before_fit, naming_stand_ins, stage_stand_ins
 from klexp.app.stages import Compose, run_stages
 from klexp.errors import ConfigValueError, KlexpError
+from klexp.lightning.checkpoint_io import AtomicCheckpointIO
 from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.internals import checkpoint_logging_step
 from klexp.lightning.logging import LOG_STEP_KEY
-from klexp.lightning.run_summary import RunSummary
+from klexp.lightning.run_summary import RunSummary, recorded_metrics, stop_signal
 from klexp.lightning.term import KLTerm
 from klexp.nets.frozen import load_checkpoint
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a line in a pipe is never cut at 80 columns
 
 
 def instantiate_node(node: Any, path: str, **kwargs: Any) -> Any:
@@ -165,24 +168,68 @@ def run(
     resume_step = checkpoint_step(cfg.get("ckpt_path"))
     if resume_step is not None:
         info["resumed_from_step"] = resume_step
+        # metrics the run recorded before it stopped (the validation of a run stopped while
+        # testing) stay in its record unless the resumed run logs them again
+        info["metrics"] = recorded_metrics(run_dir)
     # On resume, TensorBoard drops events logged after the checkpoint by the killed process.
     purge = {"purge_step": resume_step} if resume_step is not None else {}
     logger = instantiate_node(cfg.logger, "logger", **purge) if cfg.get("logger") is not None else False
     will_test = bool(cfg.get("test", True)) and _has_test_data(task, datamodule)
-    summary = RunSummary(run_dir, objective=cfg.get("objective"), info=info)
+    summary = RunSummary(run_dir, objective=cfg.get("objective"), info=info,
+                         complete_after="test" if will_test else "fit")
     dashboards = Dashboards(hparams_of(cfg, overrides), write_hparams_after="test" if will_test else "fit")
+    events_before = _events_files(logger)
     with run_output(bool(cfg.get("verbose", False))):
-        trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=logger,
-                                               callbacks=[*terms, *callbacks, summary, dashboards])
+        trainer: pl.Trainer = instantiate_node(
+            cfg.trainer, "trainer", logger=logger, callbacks=[*terms, *callbacks, summary, dashboards],
+            plugins=with_atomic_checkpoints(cfg.trainer.get("plugins")))
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             if will_test:
                 trainer.test(task, datamodule=datamodule, verbose=False)
+        except BaseException as error:
+            if not summary.training_started:
+                # stopped before the run went on (a refused resume): its events stay as they were
+                _remove_new_events(logger, events_before)
+            raise ending_of(error, summary.data, run_dir, trainer.global_step) from error
         finally:
             _flush(logger)
     if trainer.is_global_zero:
         print_run_result(summary.data, run_dir, logger)
     return summary.data
+
+
+def with_atomic_checkpoints(plugins: Any) -> list[Any]:
+    """The config's Trainer plugins, with ``AtomicCheckpointIO`` unless one of them is a
+    ``CheckpointIO`` already (a user's own, or a test's that injects faults)."""
+    built = [instantiate_node(p, "trainer.plugins") for p in (plugins or [])]
+    if not any(isinstance(p, CheckpointIO) for p in built):
+        built.append(AtomicCheckpointIO())
+    return built
+
+
+def ending_of(error: BaseException, record: Mapping[str, Any], run_dir: Path,
+              step: int) -> BaseException:
+    """What the command raises when fit or test stopped on ``error``: ``RunInterrupted`` for
+    SIGTERM or SIGINT (Lightning turns them into ``SystemExit``: 0 for SIGTERM, 1 for SIGINT),
+    ``RunFailed`` for an error of the environment (a full disk), else the error itself."""
+    signal_name = stop_signal(error) or stop_signal(error.__context__ or error)
+    if signal_name is not None:
+        return RunInterrupted(run_dir, signal_name, step if record["status"] == "interrupted" else None)
+    if isinstance(error, OSError):
+        return RunFailed(run_dir, error)
+    return error
+
+
+def _events_files(logger: Any) -> set[Path]:
+    if not isinstance(logger, TensorBoardLogger):
+        return set()
+    return set(Path(logger.log_dir).glob("events.out.tfevents.*"))
+
+
+def _remove_new_events(logger: Any, before: set[Path]) -> None:
+    for path in _events_files(logger) - before:
+        path.unlink(missing_ok=True)
 
 
 def checkpoint_step(path: str | None) -> int | None:

@@ -3,6 +3,7 @@ step logging, DDP agreement, dashboards and the run record, and every touch of L
 private state (``internals``)."""
 
 from klexp.lightning.callbacks import FailureCheckpoint, RNGState
+from klexp.lightning.checkpoint_io import AtomicCheckpointIO
 from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
 from klexp.lightning.loss import LossTerm, reward_penalty, total_loss
@@ -13,6 +14,7 @@ from klexp.lightning.target_kl import TargetKL
 from klexp.lightning.term import KLTerm, kl_terms_of
 
 __all__ = [
+    "AtomicCheckpointIO",
     "Dashboards",
     "FailureCheckpoint",
     "KLTerm",

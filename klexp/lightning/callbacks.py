@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import pytorch_lightning as pl
 import torch
 
 from klexp.lightning.internals import resumes_after_epoch_end, validation_follows
+
+log = logging.getLogger(__name__)
 
 
 class RNGState(pl.Callback):
@@ -105,7 +108,10 @@ class FailureCheckpoint(pl.Callback):
 
     Not Lightning's ``OnExceptionCheckpoint``: its presence makes every ``fit`` without a
     ``ckpt_path`` look for a checkpoint to resume from, a silent resume klexp does only when asked
-    (``klexp resume=<run dir>``)."""
+    (``klexp resume=<run dir>``).
+
+    A save that fails (a full disk) is a warning, not an error: it must not keep the callbacks
+    after it (the run record) from recording the failure."""
 
     def __init__(self, dirpath: str, filename: str = "on_exception") -> None:
         self.path = Path(dirpath) / f"{filename}.ckpt"
@@ -116,5 +122,10 @@ class FailureCheckpoint(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
-        if self._training:
+        if not self._training:
+            return
+        try:
             trainer.save_checkpoint(self.path)
+        except Exception as error:
+            # e.g. the disk that stopped the run is still full: the run record must still be written
+            log.warning(f"{self.path} could not be written: {error}")

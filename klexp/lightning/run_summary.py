@@ -1,10 +1,11 @@
 """The run record: ``summary.json`` in a run directory, written by a callback any Trainer can hold.
 
-It says how the run ended (``running``, ``completed``, ``failed`` or ``interrupted``, with the
-error), its final metrics and objective, the seed, the git commit and whether the tree had
-uncommitted changes, library versions, start and end time and wall seconds, plus whatever the
-caller adds (klexp's runner: experiment, overrides, stages). It is first written when training
-really starts, so a run that fails while setting up leaves an existing directory as it was.
+It says how the run ended (``running``, ``completed``, ``failed`` with the error, or
+``interrupted`` with the signal), its final metrics and objective, the seed, the git commit and
+whether the tree had uncommitted changes, library versions, start and end time and wall seconds,
+plus whatever the caller adds (klexp's runner: experiment, overrides, stages). It is first written
+when training really starts, so a run that fails while setting up leaves an existing directory as
+it was.
 """
 
 from __future__ import annotations
@@ -23,28 +24,61 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+
+from klexp.errors import KlexpError
+from klexp.lightning.checkpoint_io import atomic_write_text
 
 SUMMARY_FILE = "summary.json"
 _VERSIONED = ("torch", "pytorch_lightning", "hydra", "omegaconf", "gymnasium", "torchmetrics",
               "tensorboard", "numpy")
 
+#: how a run ended, or that it has not (yet): ``summary.json``'s ``status``
+RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
+STATUSES = (RUNNING, COMPLETED, FAILED, INTERRUPTED)
+
+
+class RecordRegression(KlexpError):
+    """A write would replace a completed run's record by a lesser one."""
+
+
+def stop_signal(exception: BaseException) -> str | None:
+    """The signal that stopped a Trainer, from the exception its loops raised: Ctrl-C's
+    ``KeyboardInterrupt`` is SIGINT, Lightning's ``SIGTERMException`` (raised at the next batch
+    boundary after a SIGTERM) is SIGTERM; None for any other exception."""
+    if isinstance(exception, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERM"
+    return None
+
 
 class RunSummary(pl.Callback):
     """Write ``<dirpath>/summary.json`` (see the module docstring) on rank zero.
+
+    The record is written atomically (a temporary file beside it, renamed into place) and never
+    regresses: once it says ``completed``, no write of this or any later ``RunSummary`` replaces
+    it by ``running``, ``failed`` or ``interrupted`` (such a write raises ``RecordRegression``).
 
     Args:
         dirpath: the run directory.
         objective: the metric that is the run's single number (``objective`` in the file).
         info: more keys for the file (``data`` may be updated until the run ends).
+        complete_after: ``"fit"``: the run is complete when ``fit`` ends (a later ``test`` adds
+            its metrics); ``"test"``: only when the ``test`` that follows the fit ends.
     """
 
     def __init__(self, dirpath: str | Path, objective: str | None = None,
-                 info: Mapping[str, Any] | None = None) -> None:
+                 info: Mapping[str, Any] | None = None, complete_after: str = "fit") -> None:
+        if complete_after not in ("fit", "test"):
+            raise ValueError(f"complete_after: expected 'fit' or 'test', got {complete_after!r}")
         self.path = Path(dirpath) / SUMMARY_FILE
+        self.complete_after = complete_after
         self.started = time.time()
         seed = os.environ.get("PL_GLOBAL_SEED")
         self.data: dict[str, Any] = {
-            "status": "running",
+            "status": RUNNING,
             "seed": int(seed) if seed is not None else None,
             "objective_name": objective,
             "objective": None,
@@ -58,47 +92,88 @@ class RunSummary(pl.Callback):
         }
         self._training = False
 
+    @property
+    def training_started(self) -> bool:
+        """Whether the run went on past its set-up (its record has been written)."""
+        return self._training
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._training = True
         self.write()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.finish("completed", trainer.callback_metrics)
+        # A resumed fit whose checkpoint had already finished training has no on_train_start,
+        # but its fit did end: what follows (the test) belongs to the run.
+        self._training = True
+        if self.complete_after == "fit":
+            self.finish(COMPLETED, trainer.callback_metrics)
+        else:
+            self._merge(trainer.callback_metrics)
+            self.write()
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._training:
-            self.finish("completed", trainer.callback_metrics)
+            self.finish(COMPLETED, trainer.callback_metrics)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
-        if not self._training:
-            return  # set-up failed: nothing of the run directory is touched
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        if not self._training or self.data["status"] == COMPLETED:
+            return  # set-up failed (nothing of the directory is touched), or the run is complete
+        signal_name = stop_signal(exception)
         text = str(exception).strip()
-        self.finish(status, trainer.callback_metrics,
-                    error=text.splitlines()[0] if text else type(exception).__name__)
+        try:
+            if signal_name is not None:
+                self.finish(INTERRUPTED, trainer.callback_metrics, signal=signal_name)
+            else:
+                self.finish(FAILED, trainer.callback_metrics,
+                            error=text.splitlines()[0] if text else type(exception).__name__)
+        except OSError as error:  # e.g. the disk is full: the run's own error is what to raise
+            rank_zero_warn(f"summary.json could not be written: {error}")
 
     def finish(self, status: str, metrics: Mapping[str, Any] | None = None,
-               error: str | None = None) -> dict[str, Any]:
+               error: str | None = None, signal: str | None = None) -> dict[str, Any]:
         """Record the outcome (merging ``metrics`` into those already recorded) and write."""
+        if status not in STATUSES:
+            raise ValueError(f"status: expected one of {', '.join(STATUSES)}, got {status!r}")
         ended = time.time()
         self.data.update(status=status, end_time=_iso(ended),
                          wall_seconds=round(ended - self.started, 3))
+        self._merge(metrics)
+        if error is not None:
+            self.data["error"] = error
+        if signal is not None:
+            self.data["signal"] = signal
+        self.write()
+        return self.data
+
+    def _merge(self, metrics: Mapping[str, Any] | None) -> None:
         if metrics is not None:
             self.data["metrics"] = {**self.data["metrics"], **scalar_metrics(metrics)}
             name = self.data["objective_name"]
             self.data["objective"] = self.data["metrics"].get(name) if name else None
-        if error is not None:
-            self.data["error"] = error
-        self.write()
-        return self.data
 
     @rank_zero_only
     def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(self.data, indent=2, sort_keys=True, default=str) + "\n")
-        temporary.replace(self.path)
+        """Write the record atomically; refuse to replace a completed record by a lesser one."""
+        write_record(self.path, self.data)
+
+
+def write_record(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a run record to ``path`` atomically, unless that would replace a ``completed``
+    record by one that is not (``RecordRegression``)."""
+    if data.get("status") != COMPLETED and recorded_status(path.parent) == COMPLETED:
+        raise RecordRegression(f"summary.json: {path} records a completed run; it is never replaced "
+                               f"by a {data.get('status')!r} one")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def recorded_status(run_dir: str | Path) -> str | None:
+    """The ``status`` in a run directory's ``summary.json``; None when there is no readable one."""
+    try:
+        status = json.loads((Path(run_dir) / SUMMARY_FILE).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if status in STATUSES else None
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -121,6 +196,15 @@ def final_metrics(metrics: Mapping[str, Any],
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     """The ``summary.json`` of a run directory."""
     return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+
+
+def recorded_metrics(run_dir: str | Path) -> dict[str, float]:
+    """The metrics of a run directory's ``summary.json``; none when there is no readable one."""
+    try:
+        metrics = read_summary(run_dir).get("metrics")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(metrics) if isinstance(metrics, dict) else {}
 
 
 def library_versions() -> dict[str, str]:
