@@ -1,10 +1,11 @@
 """Bad input of every kind: a non-zero exit, one line naming the problem, nothing clobbered.
 
-Each case is run the way a user would type it, against an existing finished run
-(``klexp resume=<run dir> <bad input>``), so the test also checks that a failing command leaves
-every file of that run directory as it was (logs may only grow).
+Each case is run the way a user would type it, against an existing run that can be resumed (one
+stopped by SIGTERM while testing: ``klexp resume=<run dir> <bad input>``), so the test also checks
+that a failing command leaves every file of that run directory as it was (logs may only grow).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import FAST, run_cli, run_experiment
+from helpers import FAST, REPO, run_cli, run_experiment
 from pytorch_lightning.loggers import TensorBoardLogger
 from test_data import write_disagreeing_idx, write_mnist_like
 
@@ -25,8 +26,13 @@ from klexp.nets.frozen import CHECKPOINT_NET_KEY
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-inputs")
-    result = run_cli([*FAST, "data=synthetic"], cwd=root)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # stopped while testing: interrupted, so `resume=` takes it (a completed run is not resumed)
+    stop = ["data.eval_batch_size=16", "++trainer.limit_test_batches=3",
+            "+callbacks.stop._target_=faults.SignalAt", "+callbacks.stop.stage=test", "+callbacks.stop.batch=1"]
+    tests_on_path = {"PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = run_cli([*FAST, "data=synthetic", *stop], cwd=root, env=tests_on_path)
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert '"status": "interrupted"' in next((root / "outputs" / "classification").glob("*/summary.json")).read_text()
     (run_dir,) = (root / "outputs" / "classification").iterdir()
     files = root / "files"
     good_idx = write_mnist_like(files / "idx")
@@ -136,7 +142,8 @@ CASES = [
 
 
 def _snapshot(directory: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    """Every file of the run, except its lock, which names the pid of its latest owner."""
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file() and p.name != "klexp.lock"}
 
 
 @pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])
@@ -288,7 +295,8 @@ def test_a_refused_checkpoint_is_one_line_of_the_klexp_command_and_the_run_direc
         "512×16 in the checkpoint, expected 32×16")
     assert "Traceback" not in result.stdout + result.stderr
     (run_dir,) = tmp_path.glob("outputs/*/*")
-    assert not [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    # Hydra's record and log, and the lock this process held: nothing of the run
+    assert not [p for p in run_dir.iterdir() if p.name not in (".hydra", "klexp.lock") and p.suffix != ".log"]
 
 
 LIGHTNING_OUTPUT = ("GPU available", "Total params", "| Name")
@@ -342,4 +350,4 @@ def test_a_run_with_stages_checks_its_task_and_terms_before_the_first_stage_trai
     assert result.returncode != 0
     assert message in result.stderr
     (run_dir,) = tmp_path.glob("outputs/*/*")
-    assert not [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    assert not [p for p in run_dir.iterdir() if p.name not in (".hydra", "klexp.lock") and p.suffix != ".log"]
