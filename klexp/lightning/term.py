@@ -28,6 +28,7 @@ from klexp.core.estimate import Estimator, MonteCarlo, as_estimator
 from klexp.core.measure import DIRECTIONS, KL_DIRECTIONS, Direction, Measurement, PerDim, measure
 from klexp.core.schedules import Constant, Schedule
 from klexp.core.shaping import Shaping
+from klexp.core.torch_internals import state_of
 from klexp.errors import (
     ConfigValueError,
     require,
@@ -258,7 +259,7 @@ class KLMeasure(Term):
         parts = []
         for role in ("p", "q"):
             d = outputs.get(getattr(self, role))
-            params = [v for v in vars(d).values() if isinstance(v, Tensor)] if d is not None else []
+            params = [v for v in state_of(d).values() if isinstance(v, Tensor)] if d is not None else []
             stats = ", ".join(
                 f"nan={int(t.isnan().sum())} inf={int(t.isinf().sum())} "
                 f"min={t.nan_to_num().min().item():.3g} max={t.nan_to_num().max().item():.3g}"
