@@ -23,7 +23,8 @@ from klexp.core.estimate import ClosedForm, MonteCarlo, OnSamples
 from klexp.core.shaping import Capacity, FreeBits, PerExample
 from klexp.errors import ConfigValueError, KlexpError, NonFiniteError
 from klexp.lightning.from_config import kl_term
-from klexp.lightning.loss import total_loss
+from klexp.lightning.loss import reward_penalty, total_loss
+from klexp.lightning.target_kl import TargetKL
 from klexp.lightning.term import KLPenalty, KLTerm
 
 F64 = torch.float64
@@ -603,3 +604,31 @@ def test_jensen_shannon_is_never_split_per_dimension():
     from klexp.core.measure import measure
     with pytest.raises(ValueError, match="Jensen–Shannon does not split"):
         measure(posterior, posterior, direction="js", per_dim="report")
+
+
+# --------------------------------------------------------------------------------------------
+# The three types on one feeding path: total_loss feeds loss terms and measuring terms, and
+# reward_penalty the reward terms.
+# --------------------------------------------------------------------------------------------
+
+def test_total_loss_feeds_a_target_kl_which_adds_nothing_but_is_guarded():
+    stop = TargetKL("stop", p="p", q="q", target=0.1, estimator="analytic")
+    penalty = KLPenalty("reward", p="p", q="q")
+    task_loss = torch.tensor(0.5, dtype=F64)
+    total = total_loss(module_holding(stop, penalty), {**coin_outputs(), "loss": task_loss})
+    assert total is task_loss  # nothing added, not even a zero
+    assert (stop.calls, penalty.calls) == (1, 0)  # the penalty is reward_penalty's
+    assert float(stop.latest) == pytest.approx(FORWARD_NATS, rel=1e-12)
+    nan_q = {**coin_outputs(), "q": Categorical(logits=torch.full((2, 2), math.nan, dtype=F64),
+                                                validate_args=False),
+             "loss": task_loss}
+    with pytest.raises(NonFiniteError, match=r"^KL term 'stop' is nan"):
+        total_loss(module_holding(stop), nan_q)
+
+
+def test_reward_penalty_feeds_only_the_reward_terms_per_element():
+    loss_term, penalty = KLTerm("loss", p="p", q="q"), KLPenalty("reward", p="p", q="q", weight=2.0)
+    module = module_holding(loss_term, penalty)
+    found = reward_penalty(module, coin_outputs(batch=3))
+    assert found.tolist() == pytest.approx([2.0 * FORWARD_NATS] * 3, rel=1e-12)
+    assert (loss_term.calls, penalty.calls) == (0, 1)
