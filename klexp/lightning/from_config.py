@@ -16,11 +16,13 @@ so that each choice is one override (``kl.reference_kl.estimator=analytic``,
 keys become one estimator object (``klexp.core.estimate.estimator_from_config``), ``placement``
 the term's type, and every other key is passed to that type's constructor; a key the chosen type
 does not take is refused naming it (null values aside, so that a config default may stay). In
-Python, construct the types directly.
+Python, construct the types directly; a file whose keys are all its type's own arguments may name
+the type itself (``conf/kl/prior.yaml``: ``_target_: klexp.KLTerm``).
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Literal
 
@@ -30,6 +32,8 @@ from klexp.lightning.target_kl import TargetKL
 from klexp.lightning.term import KLMeasure, KLPenalty, KLTerm
 
 Placement = Literal["loss", "reward"]
+#: the keys that describe the estimator and its draws
+ESTIMATOR_KEYS = ("estimator", "num_samples", "samples", "samples_from", "importance_weight")
 #: where a term goes → its type
 PLACEMENTS: dict[str, type[KLMeasure]] = {"loss": KLTerm, "reward": KLPenalty}
 
@@ -58,12 +62,13 @@ def kl_stop(name: str, p: str, q: str, *, estimator: Estimator | str = "k3", num
 
 def _build(kind: type[KLMeasure], why: str, name: str, p: str, q: str, estimator: Estimator,
            options: dict[str, Any]) -> KLMeasure:
-    accepted = inspect.signature(kind.__init__).parameters
+    accepted = [key for key in inspect.signature(kind.__init__).parameters if key != "self"]
     for key, value in list(options.items()):
         if key in accepted:
             continue
         if value is not None:
-            raise ConfigValueError(key, f"not an option of {kind.__name__} ({why}); it takes "
-                                   + ", ".join(k for k in accepted if k not in ("self", "name", "p", "q")))
+            close = difflib.get_close_matches(key, [*accepted, *ESTIMATOR_KEYS], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" ({why})"
+            raise ConfigValueError(key, f"unknown key for {kind.__name__}{hint}")
         del options[key]
     return kind(name, p, q, estimator=estimator, **options)
