@@ -632,3 +632,8 @@ def test_reward_penalty_feeds_only_the_reward_terms_per_element():
     found = reward_penalty(module, coin_outputs(batch=3))
     assert found.tolist() == pytest.approx([2.0 * FORWARD_NATS] * 3, rel=1e-12)
     assert (loss_term.calls, penalty.calls) == (0, 1)
+
+
+def test_a_reward_penalty_resumes_the_controller_a_reward_placed_kl_term_saved():
+    # before the types, a reward penalty was KLTerm(..., placement="reward"): same checkpoint key
+    assert KLPenalty("ref", p="p", q="q").state_key == KLTerm("ref", p="p", q="q").state_key

@@ -394,6 +394,16 @@ class KLPenalty(KLMeasure, RewardTerm):
     action, and the policy gradient misses its part at each state (docs/ppo.md, KL placement).
     Arguments as ``KLMeasure``."""
 
+    def __init__(self, name: str, p: str, q: str, direction: Direction = "forward",
+                 estimator: Estimator | str = "analytic", weight: float = 1.0,
+                 schedule: Schedule | Controller | None = None,
+                 reduction: Literal["mean", "sum"] = "mean", log_dims: bool = False,
+                 check_finite: bool = True) -> None:
+        super().__init__(name, p, q, direction, estimator, weight, schedule, reduction, log_dims,
+                         check_finite)
+        # the key a reward-placed KLTerm saved its controller under: its checkpoints resume here
+        self._state_key = KLTerm.__qualname__ + self._state_key.removeprefix(type(self).__qualname__)
+
     def check_estimator(self, estimator: Estimator) -> None:
         if isinstance(estimator, MonteCarlo):
             raise ConfigValueError("estimator", f"a {estimator.name} penalty in the reward must be taken "
