@@ -27,9 +27,11 @@ _EXPORTS: dict[str, str] = {
          "LinearWarmup", "Cyclical", "Controller", "AdaptiveBeta", "ProportionalController"],
         "klexp.core"),
     **dict.fromkeys(["Shaping", "FreeBits", "Capacity", "PerExample"], "klexp.core.shaping"),
+    **dict.fromkeys(["Estimator", "ClosedForm", "MonteCarlo", "OnSamples"], "klexp.core.estimate"),
     # the Lightning integration (klexp.lightning)
     **dict.fromkeys(
-        ["KLTerm", "TargetKL", "LossTerm", "total_loss", "reward_penalty", "UpdatePhase",
+        ["KLTerm", "KLPenalty", "TargetKL", "KLMeasure", "kl_term", "kl_stop", "LossTerm", "RewardTerm",
+         "Term", "total_loss", "reward_penalty", "UpdatePhase",
          "log_metrics", "logs_now", "Dashboards", "RunSummary", "RNGState", "FailureCheckpoint",
          "AtomicCheckpointIO", "NoProfiler"],
         "klexp.lightning"),

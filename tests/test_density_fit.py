@@ -18,6 +18,7 @@ from scipy import integrate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Normal, kl_divergence
 
+from klexp.core.estimate import MonteCarlo
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.term import KLTerm
 from klexp.tasks.density_fit import (
@@ -129,7 +130,8 @@ def test_forward_k1_on_draws_of_p_has_the_maximum_likelihood_gradient():
     """The term's gradient for KL(p ‖ q) by k1 on x ~ p is −(1/n) Σ ∇ log q(x): the gradient of
     the negative log-likelihood of q on the same draws."""
     task = DensityFitTask(init_mean=0.5, init_scale=1.5)
-    term = KLTerm("fit", p="target", q="model", direction="forward", estimator="k1", num_samples=64)
+    term = KLTerm("fit", p="target", q="model", direction="forward",
+                  estimator=MonteCarlo("k1", num_samples=64))
     torch.manual_seed(0)
     term.reduce(term.measure(task.step()).elementwise).backward()
     gradient = torch.stack([task.mean.grad, task.log_scale.grad])
@@ -145,7 +147,8 @@ def test_reverse_k1_has_the_pathwise_gradient_on_reparameterised_draws_of_q():
     """KL(q ‖ p) by k1: the gradient of (1/n) Σ [log q(x) − log p(x)] at x = μ + σε, ε ~ N(0, 1),
     through x as well as through log q."""
     task = DensityFitTask(init_mean=0.5, init_scale=1.5)
-    term = KLTerm("fit", p="target", q="model", direction="reverse", estimator="k1", num_samples=64)
+    term = KLTerm("fit", p="target", q="model", direction="reverse",
+                  estimator=MonteCarlo("k1", num_samples=64))
     torch.manual_seed(0)
     term.reduce(term.measure(task.step()).elementwise).backward()
     gradient = torch.stack([task.mean.grad, task.log_scale.grad])

@@ -15,6 +15,7 @@ from torch.distributions import Categorical, Independent, Normal
 
 from klexp import core as divergences
 from klexp.core import AdaptiveBeta
+from klexp.core.estimate import OnSamples
 from klexp.data.step_indices import StepIndices
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning import KLTerm, TargetKL
@@ -182,7 +183,7 @@ def test_adaptive_beta_doubles_and_halves_exactly_per_the_ppo_rule():
 
 
 def test_target_kl_judges_at_its_granularity_and_records_where_the_task_stopped():
-    term = TargetKL("target_kl", p="old_policy", q="policy", target=0.01, samples="actions")
+    term = TargetKL("target_kl", p="old_policy", q="policy", target=0.01, estimator=OnSamples("actions"))
     term.latest = 0.02
     assert not term.exceeded("epoch")  # it checks minibatches
     assert term.exceeded("minibatch")
@@ -204,11 +205,11 @@ def test_target_kl_remembers_the_latest_value_it_measured():
     actions = Categorical(logits=old).sample()
     outputs = {"old_policy": Categorical(logits=old), "policy": Categorical(logits=new),
                "actions": actions}
-    term = TargetKL("target_kl", p="old_policy", q="policy", target=0.01, samples="actions")
-    loss = term(outputs, "train", 0)
+    term = TargetKL("target_kl", p="old_policy", q="policy", target=0.01, estimator=OnSamples("actions"))
+    given, _ = term.take(outputs, "train", 0)
     logratio = Categorical(logits=new).log_prob(actions) - Categorical(logits=old).log_prob(actions)
     assert float(term.latest) == pytest.approx(divergences.monte_carlo_terms(logratio, "k3").mean().item())
-    assert loss.item() == 0.0  # weight 0: it only measures
+    assert given is None  # it only measures: total_loss adds nothing for it
 
 
 # ------------------------------------------------------------------------------ env factory

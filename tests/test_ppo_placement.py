@@ -10,7 +10,7 @@ import torch
 from helpers import QUIET, run_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from klexp import KlexpError, KLTerm
+from klexp import KlexpError, KLPenalty, KLTerm, OnSamples
 from klexp.app.config_checks import ConfigError
 from klexp.errors import ConfigValueError
 from klexp.tasks.ppo import PPOTask, VectorEnvFactory
@@ -48,8 +48,8 @@ class Harness:
 
 
 def test_a_kl_term_in_the_reward_lowers_each_step_reward_by_beta_k_before_gae():
-    term = KLTerm("reference_kl", p="policy", q="reference", estimator="k1", weight=0.3,
-                  samples="actions", samples_from="old_policy", placement="reward")
+    term = KLPenalty("reference_kl", p="policy", q="reference", weight=0.3,
+                     estimator=OnSamples("actions", "k1", samples_from="old_policy"))
     harness = Harness(term)
     task = harness.task
     torch.manual_seed(0)
@@ -79,13 +79,13 @@ def test_a_kl_term_in_the_reward_lowers_each_step_reward_by_beta_k_before_gae():
 
 
 def test_the_rollouts_actions_must_be_declared_draws_of_the_old_policy():
-    wrong = KLTerm("reference_kl", p="policy", q="reference", estimator="k3", samples="actions")
+    wrong = KLTerm("reference_kl", p="policy", q="reference", estimator=OnSamples("actions", "k3"))
     with pytest.raises(KlexpError, match=r"kl\.reference_kl\.samples_from: 'actions' are draws from "
                                          r"'old_policy'; set samples_from: old_policy \(got None\)"):
         Harness(wrong)
     with pytest.raises(KlexpError, match=r"got 'policy'"):
-        Harness(KLTerm("x", p="policy", q="reference", estimator="k1", samples="actions",
-                       samples_from="policy"))
+        Harness(KLTerm("x", p="policy", q="reference",
+                       estimator=OnSamples("actions", "k1", samples_from="policy")))
 
 
 def test_a_config_naming_an_unknown_source_fails_before_anything_is_built(tmp_path):

@@ -19,10 +19,13 @@ from torch.distributions import Categorical, Independent, Normal
 
 from klexp.core import AdaptiveBeta, LinearWarmup
 from klexp.core.controllers import Controller
+from klexp.core.estimate import ClosedForm, MonteCarlo, OnSamples
 from klexp.core.shaping import Capacity, FreeBits, PerExample
 from klexp.errors import ConfigValueError, KlexpError, NonFiniteError
-from klexp.lightning.loss import total_loss
-from klexp.lightning.term import KLTerm
+from klexp.lightning.from_config import kl_term
+from klexp.lightning.loss import reward_penalty, total_loss
+from klexp.lightning.target_kl import TargetKL
+from klexp.lightning.term import KLPenalty, KLTerm
 
 F64 = torch.float64
 LN2 = math.log(2.0)
@@ -209,7 +212,7 @@ def test_monte_carlo_term_uses_given_samples_and_logs_their_std():
     actions = torch.tensor([1, 2])
     log_ratio = q.log_prob(actions) - p.log_prob(actions)
     per_sample = log_ratio.expm1() - log_ratio  # k3
-    term = KLTerm("policy", p="old", q="new", estimator="k3", samples="actions")
+    term = KLTerm("policy", p="old", q="new", estimator=OnSamples("actions", "k3"))
     loss = term({"old": p, "new": q, "actions": actions}, "train", 0)
     assert loss.item() == pytest.approx(per_sample.mean().item(), rel=1e-12)
     module = Recorder()
@@ -224,7 +227,7 @@ def test_analytic_terms_log_no_std_and_fresh_draws_have_a_positive_std():
     end_train_batch(analytic, module)
     assert "kl/coin/std" not in module.last
     torch.manual_seed(0)
-    sampled = KLTerm("kl", p="posterior", q="prior", estimator="k1", num_samples=64)
+    sampled = KLTerm("kl", p="posterior", q="prior", estimator=MonteCarlo("k1", num_samples=64))
     sampled(gaussian_outputs(MU), "train", 0)
     end_train_batch(sampled, module)
     assert module.last["kl/kl/std"] > 0
@@ -376,18 +379,11 @@ BAD_ARGUMENTS = [
     ({"weight": -1.0}, "weight"),
     ({"weight": math.inf}, "weight"),
     ({"weight": math.nan}, "weight"),
-    ({"num_samples": 0}, "num_samples"),
     ({"reduction": "max"}, "reduction"),
-    ({"placement": "everywhere"}, "placement"),
     ({"schedule": 0.5}, "schedule"),
     ({"direction": "js", "estimator": "k3"}, "estimator"),
     ({"direction": "js", "shaping": FreeBits(0.1)}, "shaping"),
     ({"direction": "js", "log_dims": True}, "log_dims"),
-    ({"samples_from": "old"}, "samples_from"),
-    ({"samples": "actions", "num_samples": 4}, "num_samples"),
-    # k on fresh draws does not depend on the action taken: tests/test_kl_gradients.py, reward_fresh
-    ({"placement": "reward", "estimator": "k1"}, "samples"),
-    ({"placement": "reward", "estimator": "k3"}, "samples"),
 ]
 
 
@@ -400,12 +396,62 @@ def test_bad_arguments_raise_config_value_error_naming_the_argument(kwargs, key)
     assert error.value.key == key
 
 
+@pytest.mark.parametrize(("make", "key"), [(lambda: MonteCarlo("k4"), "k"),
+                                           (lambda: MonteCarlo("k1", num_samples=0), "num_samples"),
+                                           (lambda: OnSamples(""), "samples"),
+                                           (lambda: OnSamples("actions", samples_from=""), "samples_from"),
+                                           (lambda: OnSamples("actions", importance_weight="yes"),
+                                            "importance_weight")])
+def test_bad_estimators_name_their_argument(make, key):
+    with pytest.raises(ConfigValueError) as error:
+        make()
+    assert error.value.key == key
+
+
+# The config's flat keys (klexp.kl_term): the draws and the placement become types; what cannot
+# be said with the types is refused naming the key.
+BAD_CONFIGS = [
+    ({"num_samples": 0}, "num_samples"),
+    ({"estimator": "k9"}, "estimator"),
+    ({"placement": "everywhere"}, "placement"),
+    ({"samples_from": "old"}, "samples_from"),
+    ({"samples": "actions", "num_samples": 4}, "num_samples"),
+    ({"estimator": OnSamples("actions"), "samples": "actions"}, "samples"),
+    # k on fresh draws does not depend on the action taken: tests/test_kl_gradients.py, reward_fresh
+    ({"placement": "reward", "estimator": "k1"}, "estimator"),
+    ({"placement": "reward", "estimator": "k3"}, "estimator"),
+    ({"placement": "reward", "shaping": FreeBits(0.1)}, "shaping"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "key"), BAD_CONFIGS,
+                         ids=[f"{key}-{i}" for i, (_, key) in enumerate(BAD_CONFIGS)])
+def test_bad_config_keys_raise_config_value_error_naming_the_key(kwargs, key):
+    with pytest.raises(ConfigValueError) as error:
+        kl_term(**{"name": "kl", "p": "posterior", "q": "prior", **kwargs})
+    assert error.value.key == key
+
+
+def test_the_config_keys_build_the_types_they_name():
+    fresh = kl_term("kl", "posterior", "prior", estimator="k1", num_samples=64)
+    assert type(fresh) is KLTerm and isinstance(fresh.estimator, MonteCarlo)
+    assert (fresh.estimator.k, fresh.estimator.num_samples) == ("k1", 64)
+    drawn = kl_term("kl", "policy", "reference", placement="reward", estimator="k3", samples="actions",
+                    samples_from="old_policy", importance_weight=False, shaping=None)
+    assert type(drawn) is KLPenalty and isinstance(drawn.estimator, OnSamples)
+    assert (drawn.estimator.samples, drawn.estimator.samples_from) == ("actions", "old_policy")
+    assert drawn.estimator.importance_weight is False
+    # a closed form ignores the draw keys: switching estimators is one override
+    exact = kl_term("kl", "policy", "reference", samples="actions", samples_from="old_policy")
+    assert isinstance(exact.estimator, ClosedForm) and exact.reads() == ("policy", "reference")
+
+
 def test_a_monte_carlo_term_in_the_reward_takes_the_rollouts_actions_and_the_exact_one_none():
-    KLTerm("kl", "policy", "reference", estimator="k1", placement="reward", samples="actions")
-    KLTerm("kl", "policy", "reference", estimator="analytic", placement="reward")
-    with pytest.raises(ConfigValueError, match=r"^samples: a k1 penalty in the reward must be taken on "
-                                               r"the actions the rollout took"):
-        KLTerm("kl", "policy", "reference", estimator="k1", placement="reward")
+    KLPenalty("kl", "policy", "reference", estimator=OnSamples("actions", "k1"))
+    KLPenalty("kl", "policy", "reference", estimator="analytic")
+    with pytest.raises(ConfigValueError, match=r"^estimator: a k1 penalty in the reward must be taken "
+                                               r"on the actions the rollout took"):
+        KLPenalty("kl", "policy", "reference", estimator="k1")
 
 
 @pytest.mark.parametrize(("shaping", "key"), [(lambda: FreeBits(-0.5), "nats"),
@@ -420,7 +466,8 @@ def test_bad_shapings_name_their_argument(shaping, key):
 @pytest.mark.parametrize("role", ["p", "q", "samples", "shaping"])
 def test_an_unknown_output_name_is_named_with_the_available_ones(role):
     arguments = {"name": "kl", "p": "posterior", "q": "prior", "estimator": "k3"}
-    arguments.update({"shaping": PerExample("typo")} if role == "shaping" else {role: "typo"})
+    arguments.update({"shaping": PerExample("typo")} if role == "shaping"
+                     else {"estimator": OnSamples("typo")} if role == "samples" else {role: "typo"})
     term = KLTerm(**arguments)
     with pytest.raises(KlexpError) as error:
         term.check_outputs(frozenset({"posterior", "prior", "num_train"}), "VAETask returns")
@@ -470,8 +517,8 @@ def test_monte_carlo_gradient_through_a_trainable_categorical_p_matches_the_anal
         return p_logits.grad.clone()
 
     analytic = gradient(KLTerm(name="t", p="model", q="uniform"))
-    sampled = gradient(KLTerm(name="t", p="model", q="uniform", estimator=estimator,
-                              num_samples=200_000))
+    sampled = gradient(KLTerm(name="t", p="model", q="uniform",
+                              estimator=MonteCarlo(estimator, num_samples=200_000)))
     torch.testing.assert_close(sampled, analytic, atol=0.01, rtol=0.05)
 
 
@@ -486,14 +533,14 @@ def test_draws_from_another_distribution_are_importance_weighted():
     log_ratio = ref.log_prob(actions) - new.log_prob(actions)
     k3 = log_ratio.expm1() - log_ratio
     rho = (new.log_prob(actions) - old.log_prob(actions)).exp()
-    weighted = KLTerm("ref", p="new", q="ref", estimator="k3", samples="actions", samples_from="old")
+    weighted = KLTerm("ref", p="new", q="ref", estimator=OnSamples("actions", "k3", samples_from="old"))
     assert weighted(outputs).item() == pytest.approx((rho * k3).mean().item(), rel=1e-12)
     assert set(weighted.reads()) == {"new", "ref", "actions", "old"}
-    plain = KLTerm("ref", p="new", q="ref", estimator="k3", samples="actions", samples_from="old",
-                   importance_weight=False)
+    plain = KLTerm("ref", p="new", q="ref",
+                   estimator=OnSamples("actions", "k3", samples_from="old", importance_weight=False))
     assert plain(outputs).item() == pytest.approx(k3.mean().item(), rel=1e-12)
     # draws of the distribution the estimator samples need no weight
-    direct = KLTerm("old", p="old", q="new", estimator="k3", samples="actions", samples_from="old")
+    direct = KLTerm("old", p="old", q="new", estimator=OnSamples("actions", "k3", samples_from="old"))
     log_ratio = new.log_prob(actions) - old.log_prob(actions)
     assert direct(outputs).item() == pytest.approx((log_ratio.expm1() - log_ratio).mean().item())
     assert set(direct.reads()) == {"old", "new", "actions"}
@@ -527,7 +574,7 @@ def test_logging_per_dimension_does_not_change_the_estimator(estimator):
     values = []
     for log_dims in (False, True):
         torch.manual_seed(3)
-        term = KLTerm(name="t", p="posterior", q="prior", estimator=estimator, num_samples=8,
+        term = KLTerm(name="t", p="posterior", q="prior", estimator=MonteCarlo(estimator, num_samples=8),
                       log_dims=log_dims)
         measurement = term.measure(outputs)
         if log_dims:
@@ -557,3 +604,36 @@ def test_jensen_shannon_is_never_split_per_dimension():
     from klexp.core.measure import measure
     with pytest.raises(ValueError, match="Jensen–Shannon does not split"):
         measure(posterior, posterior, direction="js", per_dim="report")
+
+
+# --------------------------------------------------------------------------------------------
+# The three types on one feeding path: total_loss feeds loss terms and measuring terms, and
+# reward_penalty the reward terms.
+# --------------------------------------------------------------------------------------------
+
+def test_total_loss_feeds_a_target_kl_which_adds_nothing_but_is_guarded():
+    stop = TargetKL("stop", p="p", q="q", target=0.1, estimator="analytic")
+    penalty = KLPenalty("reward", p="p", q="q")
+    task_loss = torch.tensor(0.5, dtype=F64)
+    total = total_loss(module_holding(stop, penalty), {**coin_outputs(), "loss": task_loss})
+    assert total is task_loss  # nothing added, not even a zero
+    assert (stop.calls, penalty.calls) == (1, 0)  # the penalty is reward_penalty's
+    assert float(stop.latest) == pytest.approx(FORWARD_NATS, rel=1e-12)
+    nan_q = {**coin_outputs(), "q": Categorical(logits=torch.full((2, 2), math.nan, dtype=F64),
+                                                validate_args=False),
+             "loss": task_loss}
+    with pytest.raises(NonFiniteError, match=r"^KL term 'stop' is nan"):
+        total_loss(module_holding(stop), nan_q)
+
+
+def test_reward_penalty_feeds_only_the_reward_terms_per_element():
+    loss_term, penalty = KLTerm("loss", p="p", q="q"), KLPenalty("reward", p="p", q="q", weight=2.0)
+    module = module_holding(loss_term, penalty)
+    found = reward_penalty(module, coin_outputs(batch=3))
+    assert found.tolist() == pytest.approx([2.0 * FORWARD_NATS] * 3, rel=1e-12)
+    assert (loss_term.calls, penalty.calls) == (0, 1)
+
+
+def test_a_reward_penalty_resumes_the_controller_a_reward_placed_kl_term_saved():
+    # before the types, a reward penalty was KLTerm(..., placement="reward"): same checkpoint key
+    assert KLPenalty("ref", p="p", q="q").state_key == KLTerm("ref", p="p", q="q").state_key

@@ -5,38 +5,14 @@ copies the divergences compute with (broadcast, or held in the promoted dtype)."
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent
-from torch.distributions.utils import probs_to_logits
 
 from klexp.core.categorical import HALF_PRECISION, at_least_float32, compute_dtype
+from klexp.core.torch_internals import copy_with_state, given_probs, state_of
 
 _INF = float("inf")
-
-
-def _built_from_probs(d: Categorical | Bernoulli) -> bool:
-    """Whether ``d`` was given ``probs`` rather than ``logits``.
-
-    torch keeps the given parameter in the instance's ``__dict__`` and derives the other on first
-    read (``lazy_property``), caching it there too; ``expand`` copies whichever are cached. So a
-    distribution holding only ``probs`` was given them; one holding both was given ``probs``
-    exactly when its ``logits`` are torch's derivation from them, value for value
-    (``probs_to_logits``: the log of the probabilities clamped into ``[eps, 1 − eps]``). Logits
-    given by the user are not: ``log clamp(softmax(l)) ≠ l`` wherever the clamp or rounding acts,
-    and where they coincide both views give the same log-probabilities. (torch's ``_param``,
-    which names the given one, points at ``logits`` after an ``expand`` that copied both.)
-    """
-    cached = vars(d)
-    if "probs" not in cached:
-        return False
-    if "logits" not in cached:
-        return True
-    with torch.no_grad():
-        derived = probs_to_logits(cached["probs"], is_binary=isinstance(d, Bernoulli))
-    return torch.equal(derived, cached["logits"])
 
 
 def _log_or_minus_inf(x: Tensor) -> Tensor:
@@ -58,9 +34,9 @@ def as_logits(d: Distribution, dtype: torch.dtype | None = None) -> Tensor | Non
         return at_least_float32(x) if dtype is None else x.to(dtype)
 
     if isinstance(d, Categorical):
-        return _log_or_minus_inf(held(d.probs)) if _built_from_probs(d) else held(d.logits)
+        return _log_or_minus_inf(held(d.probs)) if given_probs(d) else held(d.logits)
     if isinstance(d, Bernoulli):
-        if _built_from_probs(d):
+        if given_probs(d):
             probs = held(d.probs)
             return torch.stack([_log_or_minus_inf(1 - probs), _log_or_minus_inf(probs)], dim=-1)
         logits = held(d.logits)
@@ -89,7 +65,7 @@ def log_prob(d: Distribution, x: Tensor) -> Tensor:
     while isinstance(base, Independent):
         base = base.base_dist
     value = d.log_prob(x)
-    if not isinstance(base, (Categorical, Bernoulli)) or not _built_from_probs(base):
+    if not isinstance(base, (Categorical, Bernoulli)) or not given_probs(base):
         return value
     probs = base.probs
     if isinstance(base, Categorical):
@@ -173,7 +149,7 @@ def state_dtype(d: Distribution) -> torch.dtype | None:
     """The promotion of the floating dtypes of the tensors ``d`` holds (and of the distributions
     it wraps); None when it holds none."""
     found: torch.dtype | None = None
-    for value in vars(d).values():
+    for value in state_of(d).values():
         dtype = (value.dtype if isinstance(value, Tensor) and value.is_floating_point()
                  else state_dtype(value) if isinstance(value, Distribution) else None)
         if dtype is not None:
@@ -208,7 +184,7 @@ def in_compute_dtype(*distributions: Distribution) -> tuple[Distribution, ...]:
 
 
 def _collect_floating_dtypes(d: Distribution, found: set[torch.dtype]) -> None:
-    for value in vars(d).values():
+    for value in state_of(d).values():
         if isinstance(value, Tensor):
             if value.is_floating_point():
                 found.add(value.dtype)
@@ -229,7 +205,7 @@ def with_state_dtype(d: Distribution, dtype: torch.dtype) -> Distribution:
     computes with them in ``dtype``.
     """
     changes: dict[str, object] = {}
-    for name, value in vars(d).items():
+    for name, value in state_of(d).items():
         if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != dtype:
             changes[name] = value.to(dtype)
         elif isinstance(value, Distribution):
@@ -238,11 +214,10 @@ def with_state_dtype(d: Distribution, dtype: torch.dtype) -> Distribution:
                 changes[name] = converted
     if not changes:
         return d
-    converted = copy.copy(d)
-    vars(converted).update(changes)
+    derived = None
     if isinstance(d, (Categorical, Bernoulli)):
-        vars(converted).pop("logits" if _built_from_probs(d) else "probs", None)
-    return converted
+        derived = "logits" if given_probs(d) else "probs"
+    return copy_with_state(d, changes, drop=derived)
 
 
 #: Up to this many joint outcomes, a divergence of independent discrete factors that does not

@@ -18,12 +18,12 @@ from torch.distributions import Distribution
 from klexp.core.categorical import at_least_float32, compute_dtype
 from klexp.core.distributions import check_compatible, dtype_of, expand_to, log_prob, with_state_dtype
 
-Estimator = Literal["analytic", "k1", "k2", "k3"]
+EstimatorName = Literal["analytic", "k1", "k2", "k3"]
 ESTIMATORS: tuple[str, ...] = ("analytic", "k1", "k2", "k3")
 MONTE_CARLO_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 
 
-def monte_carlo_terms(log_ratio: Tensor, estimator: Estimator) -> Tensor:
+def monte_carlo_terms(log_ratio: Tensor, estimator: EstimatorName) -> Tensor:
     """Per-sample KL estimates from ``log r = log q(x) − log p(x)`` with ``x ~ p``.
 
     ``k1 = −log r``, ``k2 = ½ (log r)²``, ``k3 = (r − 1) − log r`` (Schulman 2020). Their mean over
@@ -69,7 +69,7 @@ def kl_samples(
     p: Distribution,
     q: Distribution,
     *,
-    estimator: Estimator = "k3",
+    estimator: EstimatorName = "k3",
     num_samples: int = 1,
     samples: Tensor | None = None,
     sample_log_prob: Tensor | None = None,

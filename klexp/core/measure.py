@@ -29,10 +29,14 @@ from torch.distributions import Distribution, Independent
 
 from klexp.core.distributions import flat_independent
 from klexp.core.divergences import js, kl
-from klexp.core.estimators import Estimator, kl_samples
+from klexp.core.estimators import EstimatorName, kl_samples
 
 Direction = Literal["forward", "reverse", "js"]
 DIRECTIONS: tuple[str, ...] = ("forward", "reverse", "js")
+#: the directions whose divergence is a KL: they take Monte-Carlo ``k`` estimators and split over
+#: the event dimensions of ``Independent`` distributions (Jensen–Shannon does neither: its mixture
+#: of two products is not a product, and its own estimate for continuous pairs is ``js``'s)
+KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
 PerDim = Literal["estimate", "report"] | None
 #: Monte-Carlo draws per distribution for a Jensen–Shannon estimate of continuous distributions
 JS_MIN_SAMPLES = 256
@@ -58,7 +62,7 @@ def measure(
     q: Distribution,
     *,
     direction: Direction = "forward",
-    estimator: Estimator = "analytic",
+    estimator: EstimatorName = "analytic",
     num_samples: int = 1,
     samples: Tensor | None = None,
     sample_log_prob: Tensor | None = None,

@@ -39,7 +39,7 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -53,24 +53,20 @@ from klexp.lightning.internals import trainer_of
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
 from klexp.lightning.ranks import all_ranks_agree
 
-Placement = Literal["loss", "reward"]
-PLACEMENTS: tuple[str, ...] = ("loss", "reward")
 STEPS: dict[str, str] = {"training_step": "train", "validation_step": "val", "test_step": "test"}
 _WRAPPED = "_klexp_wrapped_steps"
 
 
-class LossTerm(pl.Callback, ABC):
-    """A callback that adds a term, computed from a step's named outputs, to the module's loss.
-
-    ``KLTerm`` is the one klexp ships; a subclass implements ``reads`` and ``contribute`` and
-    gets the wrapping, the checks and the finiteness guard of this module.
-    """
+class Term(pl.Callback, ABC):
+    """A callback fed the named outputs of each step. Its type says which call feeds it and what
+    it gives back: a ``LossTerm`` adds to the loss (``total_loss``), a ``RewardTerm`` penalises the
+    reward (``reward_penalty``), and any other term only measures, fed by ``total_loss`` alongside
+    the loss terms (``klexp.TargetKL``). Every one gets the wrapping, the output checks and the
+    finiteness guard of this module."""
 
     name: str
     #: what messages call the term
     label: str = "term"
-    #: ``loss``: added by ``total_loss``; ``reward``: taken by an RL task from ``reward_penalty``
-    placement: Placement = "loss"
     check_finite: bool = True
     #: how many times the term received outputs (``total_loss`` / ``reward_penalty`` calls)
     calls: int = 0
@@ -80,16 +76,9 @@ class LossTerm(pl.Callback, ABC):
         """The names of the outputs the term needs."""
 
     @abstractmethod
-    def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
-        """The term's loss on one batch and the value it measured (detached; for the guard)."""
-
-    def penalty(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
-        """For ``placement="reward"``: the penalty per element (no gradient) and the value measured."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be placed in the reward")
-
-    def __call__(self, outputs: Mapping[str, Any], stage: str = "train", step: int = 0) -> Tensor:
-        """The term's loss on ``outputs`` (``contribute`` without the measured value)."""
-        return self.contribute(outputs, stage, step)[0]
+    def take(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor | None, Tensor]:
+        """What the term gives the call that feeds it (a loss, a penalty per element, or None) and
+        the value it measured (detached; for the guard)."""
 
     def describe(self, outputs: Mapping[str, Any]) -> str:
         """What the outputs the term read looked like, for a non-finite value's message."""
@@ -118,23 +107,55 @@ class LossTerm(pl.Callback, ABC):
         unwrap_steps(pl_module)
 
 
-def loss_terms_of(trainer: pl.Trainer | None) -> list[LossTerm]:
+class LossTerm(Term):
+    """A term added to the module's loss: a subclass implements ``reads`` and ``contribute``.
+    ``KLTerm`` is the one klexp ships."""
+
+    @abstractmethod
+    def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
+        """The term's loss on one batch and the value it measured (detached; for the guard)."""
+
+    def take(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor | None, Tensor]:
+        return self.contribute(outputs, stage, step)
+
+    def __call__(self, outputs: Mapping[str, Any], stage: str = "train", step: int = 0) -> Tensor:
+        """The term's loss on ``outputs`` (``contribute`` without the measured value)."""
+        return self.contribute(outputs, stage, step)[0]
+
+
+class RewardTerm(Term):
+    """A term an RL task subtracts from its rewards (``reward_penalty``): a subclass implements
+    ``reads`` and ``penalty``. ``KLPenalty`` is the one klexp ships."""
+
+    @abstractmethod
+    def penalty(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
+        """The penalty per batch element (no gradient) and the value measured."""
+
+    def take(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor | None, Tensor]:
+        return self.penalty(outputs, stage, step)
+
+
+def terms_of(trainer: pl.Trainer | None) -> list[Term]:
     """The terms among a trainer's callbacks, in the order they were given."""
     if trainer is None:
         return []
-    return [callback for callback in trainer.callbacks if isinstance(callback, LossTerm)]
+    return [callback for callback in trainer.callbacks if isinstance(callback, Term)]
+
+
+def _fed_by_total_loss(term: Term) -> bool:
+    return not isinstance(term, RewardTerm)
 
 
 def terms_in_loss(trainer: pl.Trainer | None) -> bool:
     """Whether any of the trainer's terms adds to the loss (else ``loss/total`` would repeat
     ``loss/task``, and is not logged)."""
-    return any(term.placement == "loss" for term in loss_terms_of(trainer))
+    return any(isinstance(term, LossTerm) for term in terms_of(trainer))
 
 
 def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage: str | None = None,
                log: bool = True, batch_size: int | None = None) -> Tensor:
-    """``outputs["loss"] + Σ term(outputs)`` over the trainer's terms placed in the loss, checked
-    to be finite; each term records what it measured for its logs.
+    """``outputs["loss"] + Σ term(outputs)`` over the trainer's loss terms, checked to be finite;
+    each term, and each term that only measures, records what it measured for its logs.
 
     ``stage`` defaults to where the trainer is (``train``, ``val`` or ``test``). In evaluation a
     term whose outputs are missing is skipped, and ``"loss"`` may be missing too (the terms are
@@ -151,19 +172,11 @@ def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage:
                          f"loss, 0 if it has none); got {_names(map(str, outputs)) or 'nothing'}")
     step = trainer.global_step if trainer is not None else 0
     loss = task_loss
-    guarded: list[tuple[LossTerm, Tensor]] = []
-    for term in loss_terms_of(trainer):
-        if term.placement != "loss":
-            continue
-        if stage == "train":
-            term.check_outputs(outputs, "total_loss was given")
-        elif term.missing(outputs):
-            continue
-        term_loss, value = term.contribute(outputs, stage, step)
-        term.calls += 1
+    terms = [term for term in terms_of(trainer) if _fed_by_total_loss(term)]
+    given, guarded = _feed(terms, outputs, stage, step, "total_loss was given",
+                           skip_missing=stage != "train")
+    for term_loss in given:
         loss = term_loss if loss is None else loss + term_loss
-        if term.check_finite:
-            guarded.append((term, value))
     if loss is None:
         return torch.zeros(())
     _check_finite(trainer, stage, step, loss, task_loss, guarded, outputs)
@@ -178,31 +191,45 @@ def total_loss(module: pl.LightningModule, outputs: Mapping[str, Any], *, stage:
 
 def reward_penalty(module: pl.LightningModule, outputs: Mapping[str, Any], *,
                    stage: str | None = None) -> Tensor | None:
-    """``Σ_terms weight · k`` per element over the trainer's terms placed in the reward, or None when
-    there are none; an RL task subtracts it from the rewards of the steps ``outputs`` describe
+    """``Σ_terms weight · k`` per element over the trainer's reward terms, or None when there are
+    none; an RL task subtracts it from the rewards of the steps ``outputs`` describe
     (``r_t ← r_t − β·k(s_t, a_t)``) before computing advantages, so the policy gradient carries the
     KL through the return (see the KL-placement table in the docs). No gradient flows through it."""
     trainer = trainer_of(module)
     stage = stage or current_stage(module)
     step = trainer.global_step if trainer is not None else 0
+    terms = [term for term in terms_of(trainer) if isinstance(term, RewardTerm)]
+    given, guarded = _feed(terms, outputs, stage, step, "reward_penalty was given", skip_missing=False)
     total: Tensor | None = None
-    guarded: list[tuple[LossTerm, Tensor]] = []
-    for term in loss_terms_of(trainer):
-        if term.placement != "reward":
-            continue
-        term.check_outputs(outputs, "reward_penalty was given")
-        penalty, value = term.penalty(outputs, stage, step)
-        term.calls += 1
+    for penalty in given:
         total = penalty if total is None else total + penalty
-        if term.check_finite:
-            guarded.append((term, value))
     if total is not None:
         _check_finite(trainer, stage, step, total.sum(), None, guarded, outputs)
     return total
 
 
+def _feed(terms: list[Term], outputs: Mapping[str, Any], stage: str, step: int, where: str, *,
+          skip_missing: bool) -> tuple[list[Tensor], list[tuple[Term, Tensor]]]:
+    """The one path by which terms receive a step's outputs: each term, in order, is checked to
+    find what it reads (or skipped, with ``skip_missing``), takes the outputs and counts the call;
+    returns what they gave (None left out) and the values the guard must check."""
+    given: list[Tensor] = []
+    guarded: list[tuple[Term, Tensor]] = []
+    for term in terms:
+        if skip_missing and term.missing(outputs):
+            continue
+        term.check_outputs(outputs, where)
+        gives, value = term.take(outputs, stage, step)
+        term.calls += 1
+        if gives is not None:
+            given.append(gives)
+        if term.check_finite:
+            guarded.append((term, value))
+    return given, guarded
+
+
 def _check_finite(trainer: pl.Trainer | None, stage: str, step: int, loss: Tensor,
-                  task_loss: Tensor | None, guarded: list[tuple[LossTerm, Tensor]],
+                  task_loss: Tensor | None, guarded: list[tuple[Term, Tensor]],
                   outputs: Mapping[str, Any]) -> None:
     """One device-to-host copy for the loss and every guarded term's value: their sum, which is
     finite when they all are (a finite sum that overflows is told apart by looking at each value,
@@ -224,7 +251,7 @@ def _check_finite(trainer: pl.Trainer | None, stage: str, step: int, loss: Tenso
     raise NonFiniteError(f"the {stage} loss is {float(loss)} at step {step}{task}")
 
 
-def _each_finite(loss: Tensor, guarded: list[tuple[LossTerm, Tensor]]) -> bool:
+def _each_finite(loss: Tensor, guarded: list[tuple[Term, Tensor]]) -> bool:
     return all(math.isfinite(float(value)) for value in (loss, *(v for _, v in guarded)))
 
 
@@ -255,7 +282,7 @@ def unwrap_steps(module: pl.LightningModule) -> None:
 def _wrapped_step(module: pl.LightningModule, step: Callable[..., Any], stage: str) -> Callable[..., Any]:
     @functools.wraps(step)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        terms = loss_terms_of(trainer_of(module))
+        terms = terms_of(trainer_of(module))
         if not terms:
             return step(*args, **kwargs)
         calls_before = [term.calls for term in terms]
@@ -272,7 +299,7 @@ def _wrapped_step(module: pl.LightningModule, step: Callable[..., Any], stage: s
                 return output  # Lightning skips the batch: nothing is trained, nothing to add
             if isinstance(output, Mapping) and not called_itself:
                 for term in terms:
-                    if term.placement == "loss":
+                    if _fed_by_total_loss(term):
                         term.check_outputs(output, "training_step returned")
                 output = {**output, "loss": total_loss(module, output, stage=stage)}
         received = [term.calls != before for term, before in zip(terms, calls_before, strict=True)]
@@ -282,7 +309,7 @@ def _wrapped_step(module: pl.LightningModule, step: Callable[..., Any], stage: s
     return wrapped
 
 
-def _check_all_received(terms: list[LossTerm], called: list[bool], output: Any,
+def _check_all_received(terms: list[Term], called: list[bool], output: Any,
                         module: pl.LightningModule) -> None:
     for term, received in zip(terms, called, strict=True):
         if received:
@@ -292,7 +319,7 @@ def _check_all_received(terms: list[LossTerm], called: list[bool], output: Any,
         if not module.automatic_optimization:
             how = ("under manual optimisation, back-propagate klexp.total_loss(self, outputs) "
                    "with outputs = {'loss': ..., " + ", ".join(f"{n!r}: ..." for n in term.reads()) + "}")
-        elif term.placement == "reward":
+        elif isinstance(term, RewardTerm):
             how = "a reward-placed term needs the task to call klexp.reward_penalty"
         else:
             how = f"training_step returned {_shape_of(output)}; return a mapping with 'loss' and them"

@@ -16,7 +16,7 @@ on one batch of data, as PPO's epochs of minibatches on a rollout — and its KL
     phase.end(outputs_on_the_batch)                 # with the final parameters
 
 ``start`` and ``end`` let each KL term measure itself on the whole batch before and after the
-phase (``KLTerm.measure_phase``), which is what a controller adapting to the rollout's KL or to the
+phase (``KLMeasure.measure_phase``), which is what a controller adapting to the rollout's KL or to the
 KL after the update (the PPO paper's adaptive β) needs; stop decisions are agreed across DDP ranks,
 so every rank takes the same number of steps.
 """
@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 from klexp.lightning.internals import trainer_of
 from klexp.lightning.ranks import any_rank
 from klexp.lightning.target_kl import Check, TargetKL
-from klexp.lightning.term import KLTerm, kl_terms_of
+from klexp.lightning.term import KLMeasure, kl_terms_of
 
 
 class UpdatePhase:
@@ -39,7 +39,7 @@ class UpdatePhase:
 
     def __init__(self, module: pl.LightningModule) -> None:
         self.trainer = trainer_of(module)
-        self.terms: list[KLTerm] = kl_terms_of(self.trainer)
+        self.terms: list[KLMeasure] = kl_terms_of(self.trainer)
         self.stoppers = [term for term in self.terms if isinstance(term, TargetKL)]
 
     def start(self, outputs: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Early stop of an update phase at a target KL, as a KL term."""
+"""Early stop of an update phase at a target KL: a KL term that only measures."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor
 
-from klexp.core.estimators import Estimator
+from klexp.core.estimate import Estimator
+from klexp.core.measure import Direction
 from klexp.errors import require, require_in, require_positive
 from klexp.lightning.logging import log_metrics, logs_now
-from klexp.lightning.term import KLTerm
+from klexp.lightning.term import KLMeasure
 
 Check = Literal["minibatch", "epoch"]
 
 
-class TargetKL(KLTerm):
+class TargetKL(KLMeasure):
     """Stop an update phase once the measured KL exceeds ``tolerance · target``.
 
     Conventions differ on where the line is and when it is checked:
@@ -30,9 +32,10 @@ class TargetKL(KLTerm):
     klexp (default)                   KL > target          before each minibatch step
     ================================  ===================  ===================================
 
-    ``tolerance=1.5`` gives the first two, ``check=epoch`` the third. A KL term, so it is
-    configured like any other (``p``, ``q``, direction, estimator, ``samples``) and logs
-    ``kl/<name>/value``; its weight is 0 by default, so it only measures. The task asks through
+    ``tolerance=1.5`` gives the first two, ``check=epoch`` the third. A KL term that adds nothing:
+    ``klexp.total_loss`` feeds it each minibatch's outputs alongside the loss terms, and it only
+    measures (``p``, ``q``, direction, estimator as any term), logging ``kl/<name>/value`` (and
+    ``weight`` and ``loss``, both 0, so that it lines up with the other terms). The task asks through
     its update phase (``klexp.lightning.phase.UpdatePhase.should_stop``) after each minibatch's
     loss (before its step) and after each epoch; the term answers at the granularity ``check``
     names, from the latest value it measured. Logged: ``kl/<name>/stopped`` (0 or 1) and, when
@@ -43,7 +46,9 @@ class TargetKL(KLTerm):
         target: the KL (nats) the phase should not pass.
         check: ``minibatch`` or ``epoch``.
         tolerance: the phase stops above ``tolerance · target`` (≥ 1).
-        estimator: ``k3`` by default: the log-ratio estimator PPO implementations use.
+        estimator: ``k3`` by default: the log-ratio estimator PPO implementations use (on the
+            rollout's actions: ``OnSamples("actions", "k3", samples_from="old_policy")``).
+        The others: ``KLMeasure``.
     """
 
     def __init__(
@@ -54,11 +59,13 @@ class TargetKL(KLTerm):
         target: float,
         check: Check = "minibatch",
         tolerance: float = 1.0,
-        estimator: Estimator = "k3",
-        weight: float = 0.0,
-        **kwargs: Any,
+        direction: Direction = "forward",
+        estimator: Estimator | str = "k3",
+        reduction: Literal["mean", "sum"] = "mean",
+        check_finite: bool = True,
     ) -> None:
-        super().__init__(name, p, q, estimator=estimator, weight=weight, **kwargs)
+        super().__init__(name, p, q, direction, estimator, weight=0.0, reduction=reduction,
+                         check_finite=check_finite)
         require_positive("target", target)
         require_in("check", check, ("minibatch", "epoch"))
         require(isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
@@ -68,10 +75,13 @@ class TargetKL(KLTerm):
         self.stop_point: tuple[int, int] | None = None
         self.stops_total = 0
 
-    def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
-        loss, value = super().contribute(outputs, stage, step)
-        self.latest = value
-        return loss, value
+    def take(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor | None, Tensor]:
+        """Measure ``outputs`` (no graph) and keep the value for ``exceeded``; gives nothing."""
+        with torch.no_grad():
+            measurement, value = self.measured(outputs)
+        self.record(stage, measurement, value, value.new_zeros(()), 0.0)
+        self.latest = value.detach()
+        return None, self.latest
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "stops_total": self.stops_total}

@@ -1,4 +1,6 @@
-"""The KL term: a Lightning callback that adds ``weight(t) · shaping(D(p ‖ q))`` to the loss.
+"""The KL terms: Lightning callbacks that measure ``D(p ‖ q)`` on each step's outputs. ``KLTerm``
+adds ``weight(t) · shaping(D)`` to the loss; ``KLPenalty`` gives an RL task ``weight(t) · D`` per
+step to subtract from its rewards; ``klexp.lightning.target_kl.TargetKL`` stops an update phase.
 
 ``p`` and ``q`` name two distributions among a step's outputs (``klexp.lightning.loss`` says how
 outputs reach the term); ``D`` is the divergence of ``direction`` computed with ``estimator``
@@ -22,19 +24,19 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from klexp.core.controllers import Controller
-from klexp.core.estimators import ESTIMATORS, MONTE_CARLO_ESTIMATORS, Estimator
-from klexp.core.measure import DIRECTIONS, Direction, Measurement, PerDim, measure
+from klexp.core.estimate import Estimator, MonteCarlo, as_estimator
+from klexp.core.measure import DIRECTIONS, KL_DIRECTIONS, Direction, Measurement, PerDim, measure
 from klexp.core.schedules import Constant, Schedule
 from klexp.core.shaping import Shaping
+from klexp.core.torch_internals import state_of
 from klexp.errors import (
     ConfigValueError,
     require,
     require_finite_non_negative,
     require_in,
-    require_positive_int,
 )
 from klexp.lightning.logging import log_metrics, logs_now, step_metrics_written
-from klexp.lightning.loss import PLACEMENTS, LossTerm, Placement
+from klexp.lightning.loss import LossTerm, RewardTerm, Term
 from klexp.lightning.ranks import mean_over_ranks
 
 REDUCTIONS: tuple[str, ...] = ("mean", "sum")
@@ -85,35 +87,28 @@ class _Tally:
         return torch.stack(tensors).max().to(wide)
 
 
-class KLTerm(LossTerm):
-    """``weight · schedule(t) · shaping(D)`` added to the loss, where ``D`` is chosen by
-    ``direction``: ``forward`` → ``KL(p ‖ q)``, ``reverse`` → ``KL(q ‖ p)``, ``js`` → Jensen–Shannon.
+class KLMeasure(Term):
+    """What every KL term shares: it measures ``D``, the divergence of ``direction`` between two of
+    a step's outputs, ``p`` and ``q``, with ``estimator``, keeps per-batch tallies and logs them,
+    measures itself around a task's update phases, and saves its controller in checkpoints. What
+    is done with ``D`` is its type's: ``KLTerm`` adds it to the loss, ``KLPenalty`` subtracts it
+    from an RL task's rewards, ``TargetKL`` stops an update phase.
 
     Args:
         name: the term's name in logs and checkpoints.
         p, q: names of two distributions among the step's outputs.
-        direction: ``forward`` | ``reverse`` | ``js``.
-        estimator: ``analytic`` (closed form) or a Monte-Carlo estimator ``k1`` | ``k2`` | ``k3``.
+        direction: ``forward`` → ``KL(p ‖ q)``, ``reverse`` → ``KL(q ‖ p)`` (Monte-Carlo draws then
+            come from ``q``), ``js`` → Jensen–Shannon (closed form only: it has no ``k``).
+        estimator: ``klexp.core.estimate``: ``ClosedForm()``, ``MonteCarlo(k, num_samples)`` or
+            ``OnSamples(samples, k, samples_from, importance_weight)``, or the shorthand
+            ``analytic`` | ``k1`` | ``k2`` | ``k3``.
         weight: β, a finite number ≥ 0: the term's scale.
         schedule: a schedule (``klexp.core.schedules``) or a controller
             (``klexp.core.controllers``); the effective weight is ``weight · schedule`` (constant
             ``weight`` when None).
-        shaping: what the term weights instead of ``D`` (``klexp.core.shaping``: free bits,
-            capacity, per-example share), or None.
-        num_samples: Monte-Carlo samples per batch element.
-        samples: name of an output holding draws already made (e.g. a rollout's actions), which
-            Monte-Carlo estimators use instead of drawing afresh.
-        samples_from: name of the output distribution those draws came from. When it is not the
-            distribution the estimator samples (``p``, or ``q`` for ``reverse``), each term is
-            importance-weighted by ``ρ = sampled(x) / samples_from(x)`` (``importance_weight``)
-            or used as written. Unset, the draws are taken to come from the sampled distribution:
-            klexp cannot check that for you.
-        importance_weight: see ``samples_from`` and ``klexp.core.kl_samples``.
-        placement: ``loss`` (added by ``total_loss``) or ``reward`` (an RL task subtracts
-            ``weight · k`` per step from its rewards, see ``klexp.reward_penalty``); a
-            Monte-Carlo estimator there needs ``samples``, the actions taken.
         reduction: how the values of a batch combine: ``mean`` or ``sum``.
-        log_dims: also log the batch-mean KL of each event dimension as ``kl/<name>/dim_<i>``.
+        log_dims: also log the batch-mean KL of each event dimension as ``kl/<name>/dim_<i>`` (a KL
+            direction only).
         check_finite: stop training with ``NonFiniteError`` naming the term when its value is NaN
             or infinite.
     """
@@ -126,15 +121,9 @@ class KLTerm(LossTerm):
         p: str,
         q: str,
         direction: Direction = "forward",
-        estimator: Estimator = "analytic",
+        estimator: Estimator | str = "analytic",
         weight: float = 1.0,
         schedule: Schedule | Controller | None = None,
-        shaping: Shaping | None = None,
-        num_samples: int = 1,
-        samples: str | None = None,
-        samples_from: str | None = None,
-        importance_weight: bool = True,
-        placement: Placement = "loss",
         reduction: Literal["mean", "sum"] = "mean",
         log_dims: bool = False,
         check_finite: bool = True,
@@ -142,52 +131,34 @@ class KLTerm(LossTerm):
         super().__init__()
         require(isinstance(name, str) and name.isidentifier(), "name",
                 "an identifier (letters, digits, _)", name)
-        for key, value in (("p", p), ("q", q), ("samples", samples), ("samples_from", samples_from)):
-            if value is not None or key in ("p", "q"):
-                require(isinstance(value, str) and value != "", key, "the name of an output", value)
+        for key, value in (("p", p), ("q", q)):
+            require(isinstance(value, str) and value != "", key, "the name of an output", value)
         require_in("direction", direction, DIRECTIONS)
-        require_in("estimator", estimator, ESTIMATORS)
+        estimator = as_estimator(estimator)
+        if estimator.monte_carlo and direction not in KL_DIRECTIONS:
+            raise ConfigValueError("estimator", "Jensen–Shannon has no k1/k2/k3 estimator; "
+                                   f"use estimator=analytic, got {estimator.name!r}")
+        self.check_estimator(estimator)
         require_finite_non_negative("weight", weight)
         require(schedule is None or isinstance(schedule, (Schedule, Controller)), "schedule",
                 "a schedule or a controller", schedule)
-        require(shaping is None or isinstance(shaping, Shaping), "shaping", "a shaping", shaping)
-        require_positive_int("num_samples", num_samples)
-        require_in("placement", placement, PLACEMENTS)
         require_in("reduction", reduction, REDUCTIONS)
-        if direction == "js" and estimator != "analytic":
-            raise ConfigValueError("estimator", "Jensen–Shannon has no k1/k2/k3 estimator; "
-                                   f"use estimator=analytic, got {estimator!r}")
-        if samples is not None and num_samples != 1:
-            raise ConfigValueError("num_samples", "with samples given in an output, their own count is "
-                                   f"used; leave num_samples at 1, got {num_samples}")
-        if placement == "reward" and estimator in MONTE_CARLO_ESTIMATORS and samples is None:
-            raise ConfigValueError("samples", f"a {estimator} penalty in the reward must be taken on "
-                                   "the actions the rollout took (name the output holding them): on "
-                                   "fresh draws it does not depend on the action, and the policy "
-                                   "gradient misses its part at each state (docs/ppo.md, KL placement); "
-                                   "or use estimator=analytic")
-        if samples_from is not None and samples is None:
-            raise ConfigValueError("samples_from", "names where the draws in `samples` came from; "
-                                   "set samples too")
-        if shaping is not None:
-            shaping.check_direction(direction)
-            if placement == "reward":
-                raise ConfigValueError("shaping", "a shaping acts on the batch's divergence, and a "
-                                       "term placed in the reward gives one penalty per step")
-        if log_dims and direction == "js":
+        if log_dims and direction not in KL_DIRECTIONS:
             raise ConfigValueError("log_dims", "Jensen–Shannon does not split over dimensions")
         self.name, self.p, self.q = name, p, q
         self.direction, self.estimator = direction, estimator
         self.weight = float(weight)
         self.schedule: Schedule | Controller = schedule if schedule is not None else Constant(1.0)
-        self.shaping, self.num_samples = shaping, num_samples
-        self.samples, self.samples_from, self.importance_weight = samples, samples_from, importance_weight
-        self.placement, self.reduction = placement, reduction
-        self.log_dims, self.check_finite = log_dims, check_finite
+        self.reduction, self.log_dims, self.check_finite = reduction, log_dims, check_finite
+        self.shaping: Shaping | None = None
         self._tallies = {stage: _Tally() for stage in STAGES}
         self._state_key = self._generate_state_key(name=name)
         self._batch_elements = 1
         self._trainer: pl.Trainer | None = None
+
+    def check_estimator(self, estimator: Estimator) -> None:
+        """Raise ``ConfigValueError`` naming ``estimator`` if this type of term cannot use it."""
+        return None
 
     # ---------------------------------------------------------------- Lightning plumbing
 
@@ -220,14 +191,10 @@ class KLTerm(LossTerm):
 
     @property
     def monte_carlo(self) -> bool:
-        return self.estimator in MONTE_CARLO_ESTIMATORS and self.direction != "js"
+        return self.estimator.monte_carlo
 
     def reads(self) -> tuple[str, ...]:
-        names = [self.p, self.q]
-        if self.monte_carlo and self.samples is not None:
-            names.append(self.samples)
-            if self.samples_from not in (None, self.sampled):
-                names.append(self.samples_from)
+        names = [self.p, self.q, *self.estimator.reads(self.sampled)]
         if self.shaping is not None:
             names += self.shaping.reads()
         return tuple(dict.fromkeys(names))
@@ -239,64 +206,34 @@ class KLTerm(LossTerm):
             return self.weight * self.schedule.value()
         return self.weight * self.schedule.value(step)
 
-    def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
-        """The term's loss on one batch, ``weight · shaping(D)``, and ``D``; records what it measured
-        for logging. At weight 0 the term only measures (no graph is built)."""
-        weight = self.current_weight(step)
+    def measured(self, outputs: Mapping[str, Any]) -> tuple[Measurement, Tensor]:
+        """The measuring core every term's entry point starts from: what the term measures on
+        ``outputs`` and its batch reduction ``D``."""
+        measurement = self.measure(outputs)
+        return measurement, self.reduce(measurement.elementwise)
+
+    def record(self, stage: str, measurement: Measurement, value: Tensor, loss: Tensor,
+               weight: float) -> None:
+        """Tally what one call measured, for the logs and the controller: the spread and the
+        per-dimension values only on the steps whose metrics are written (they cost a small
+        network's step more than its KL)."""
         logged = stage != "train" or self._trainer is None or step_metrics_written(self._trainer)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
-            measurement = self.measure(outputs)
-            value = self.reduce(measurement.elementwise)
-            shaped = value if self.shaping is None else self.shaping(
-                value, measurement, step=step, outputs=outputs, batch_scale=self._batch_scale())
-            if weight == 0:
-                loss = value.new_zeros(())
-            elif weight == 1:  # a small network's step is spared a multiply and its backward
-                loss = shaped
-            else:
-                loss = weight * shaped
-        # spread and per-dimension statistics cost a small network's step more than its KL:
-        # computed only on the steps whose metrics are written
         std = None
         if logged and measurement.per_sample is not None and measurement.per_sample.numel() > 1:
             std = measurement.per_sample.detach().std()
         dims = measurement.per_dim.detach() if self.log_dims and logged else None
-        value = value.detach()
-        self._tallies[stage].add(value, loss.detach(), std, dims, weight, self._batch_elements)
-        return loss, value
-
-    def penalty(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
-        """``weight · D`` per batch element, for a term placed in the reward (no gradient), and
-        the reduced ``D``; records what it measured for logging like ``contribute``."""
-        weight = self.current_weight(step)
-        with torch.no_grad():
-            measurement = self.measure(outputs)
-            value = self.reduce(measurement.elementwise)
-            penalty = weight * measurement.elementwise
-        logged = stage != "train" or self._trainer is None or step_metrics_written(self._trainer)
-        std = None
-        if logged and measurement.per_sample is not None and measurement.per_sample.numel() > 1:
-            std = measurement.per_sample.std()
-        dims = measurement.per_dim if self.log_dims and logged else None
-        self._tallies[stage].add(value, self.reduce(penalty), std, dims, weight, self._batch_elements)
-        return penalty, value
+        self._tallies[stage].add(value.detach(), loss.detach(), std, dims, weight, self._batch_elements)
 
     def measure(self, outputs: Mapping[str, Any], per_dim: PerDim | Literal["auto"] = "auto") -> Measurement:
         """What the term measures on ``outputs`` (``klexp.core.measure``), without weighting."""
         if per_dim == "auto":
             per_dim = ("estimate" if self.shaping is not None and self.shaping.needs_dims
                        else "report" if self.log_dims else None)
-        p, q = self._distribution(outputs, "p"), self._distribution(outputs, "q")
-        samples = sample_log_prob = None
-        if self.monte_carlo and self.samples is not None:
-            samples = outputs[self.samples]
-            if self.samples_from not in (None, self.sampled):
-                sample_log_prob = self._distribution(outputs, "samples_from").log_prob(samples)
+        p, q = self._distribution(outputs, "p", self.p), self._distribution(outputs, "q", self.q)
+        how = self.estimator.arguments(outputs, self.sampled,
+                                       lambda role, key: self._distribution(outputs, role, key))
         try:
-            measurement = measure(p, q, direction=self.direction, estimator=self.estimator,
-                                  num_samples=self.num_samples, samples=samples,
-                                  sample_log_prob=sample_log_prob,
-                                  importance_weight=self.importance_weight, per_dim=per_dim)
+            measurement = measure(p, q, direction=self.direction, per_dim=per_dim, **how)
         except ValueError as error:
             key = "shaping" if per_dim == "estimate" else "log_dims" if per_dim else "p"
             raise ConfigValueError(key, f"KL term '{self.name}': {error}") from None
@@ -311,8 +248,7 @@ class KLTerm(LossTerm):
     def _batch_scale(self) -> float:
         return 1.0 if self.reduction == "mean" else float(self._batch_elements)
 
-    def _distribution(self, outputs: Mapping[str, Any], role: str) -> Distribution:
-        key = getattr(self, role)
+    def _distribution(self, outputs: Mapping[str, Any], role: str, key: str) -> Distribution:
         d = outputs[key]
         if not isinstance(d, Distribution):
             raise ConfigValueError(role, f"KL term '{self.name}' needs a distribution in output "
@@ -323,7 +259,7 @@ class KLTerm(LossTerm):
         parts = []
         for role in ("p", "q"):
             d = outputs.get(getattr(self, role))
-            params = [v for v in vars(d).values() if isinstance(v, Tensor)] if d is not None else []
+            params = [v for v in state_of(d).values() if isinstance(v, Tensor)] if d is not None else []
             stats = ", ".join(
                 f"nan={int(t.isnan().sum())} inf={int(t.isinf().sum())} "
                 f"min={t.nan_to_num().min().item():.3g} max={t.nan_to_num().max().item():.3g}"
@@ -398,13 +334,98 @@ class KLTerm(LossTerm):
         self._flush("test", pl_module, trainer.global_step)
 
     def __repr__(self) -> str:
-        return (f"KLTerm(name={self.name!r}, {self.direction} D({self.p} ‖ {self.q}), "
+        return (f"{type(self).__name__}(name={self.name!r}, {self.direction} D({self.p} ‖ {self.q}), "
                 f"estimator={self.estimator}, weight={self.weight}, schedule={self.schedule!r})")
 
 
-def kl_terms_of(trainer: pl.Trainer | None) -> list[KLTerm]:
-    """The KL terms among a trainer's callbacks, in config order."""
+class KLTerm(KLMeasure, LossTerm):
+    """``weight · schedule(t) · shaping(D)`` added to the loss (``KLMeasure`` says what ``D`` is).
+
+    Args:
+        shaping: what the term weights instead of ``D`` (``klexp.core.shaping``: free bits,
+            capacity, per-example share), or None.
+        The others: ``KLMeasure``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        p: str,
+        q: str,
+        direction: Direction = "forward",
+        estimator: Estimator | str = "analytic",
+        weight: float = 1.0,
+        schedule: Schedule | Controller | None = None,
+        shaping: Shaping | None = None,
+        reduction: Literal["mean", "sum"] = "mean",
+        log_dims: bool = False,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(name, p, q, direction, estimator, weight, schedule, reduction, log_dims,
+                         check_finite)
+        require(shaping is None or isinstance(shaping, Shaping), "shaping", "a shaping", shaping)
+        if shaping is not None:
+            shaping.check_direction(direction)
+        self.shaping = shaping
+
+    def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
+        """The term's loss on one batch, ``weight · shaping(D)``, and ``D``; records what it measured
+        for logging. At weight 0 the term only measures (no graph is built)."""
+        weight = self.current_weight(step)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
+            measurement, value = self.measured(outputs)
+            shaped = value if self.shaping is None else self.shaping(
+                value, measurement, step=step, outputs=outputs, batch_scale=self._batch_scale())
+            if weight == 0:
+                loss = value.new_zeros(())
+            elif weight == 1:  # a small network's step is spared a multiply and its backward
+                loss = shaped
+            else:
+                loss = weight * shaped
+        self.record(stage, measurement, value, loss, weight)
+        return loss, value.detach()
+
+
+class KLPenalty(KLMeasure, RewardTerm):
+    """``weight · schedule(t) · D`` per batch element, which an RL task subtracts from the rewards
+    of the steps it describes (``klexp.reward_penalty``: ``r_t ← r_t − β·k(s_t, a_t)``) before
+    computing advantages; no gradient flows through it. Its estimator is the closed form or one
+    on the actions the rollout took (``OnSamples``): on fresh draws a ``k`` does not depend on the
+    action, and the policy gradient misses its part at each state (docs/ppo.md, KL placement).
+    Arguments as ``KLMeasure``."""
+
+    def __init__(self, name: str, p: str, q: str, direction: Direction = "forward",
+                 estimator: Estimator | str = "analytic", weight: float = 1.0,
+                 schedule: Schedule | Controller | None = None,
+                 reduction: Literal["mean", "sum"] = "mean", log_dims: bool = False,
+                 check_finite: bool = True) -> None:
+        super().__init__(name, p, q, direction, estimator, weight, schedule, reduction, log_dims,
+                         check_finite)
+        # the key a reward-placed KLTerm saved its controller under: its checkpoints resume here
+        self._state_key = KLTerm.__qualname__ + self._state_key.removeprefix(type(self).__qualname__)
+
+    def check_estimator(self, estimator: Estimator) -> None:
+        if isinstance(estimator, MonteCarlo):
+            raise ConfigValueError("estimator", f"a {estimator.name} penalty in the reward must be taken "
+                                   "on the actions the rollout took (samples: the output holding them): "
+                                   "on fresh draws it does not depend on the action, and the policy "
+                                   "gradient misses its part at each state (docs/ppo.md, KL placement); "
+                                   "or use estimator=analytic")
+
+    def penalty(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
+        """``weight · D`` per batch element (no gradient) and the reduced ``D``; records what it
+        measured for logging."""
+        weight = self.current_weight(step)
+        with torch.no_grad():
+            measurement, value = self.measured(outputs)
+            penalty = weight * measurement.elementwise
+        self.record(stage, measurement, value, self.reduce(penalty), weight)
+        return penalty, value
+
+
+def kl_terms_of(trainer: pl.Trainer | None) -> list[KLMeasure]:
+    """The KL terms (of every type) among a trainer's callbacks, in config order."""
     if trainer is None:
         return []
-    return [callback for callback in trainer.callbacks if isinstance(callback, KLTerm)]
+    return [callback for callback in trainer.callbacks if isinstance(callback, KLMeasure)]
 

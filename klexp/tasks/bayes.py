@@ -43,6 +43,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from torchmetrics.functional.classification import binary_auroc
 
 from klexp.core.categorical import categorical_entropy
+from klexp.core.estimate import ClosedForm
 from klexp.errors import (
     KlexpError,
     require,
@@ -51,7 +52,7 @@ from klexp.errors import (
     require_positive_int,
 )
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
-from klexp.lightning.term import KLTerm, kl_terms_of
+from klexp.lightning.term import KLMeasure, kl_terms_of
 from klexp.nets.bayesian import BayesMLP, gaussian_prior, inverse_softplus, scale_mixture_prior
 from klexp.nets.frozen import load_classifier
 from klexp.nets.mlp import Activation, check_mlp_args
@@ -163,13 +164,13 @@ class BayesByBackpropTask(Task):
             return gaussian_prior(self.net.num_weights, self.prior_sigma_t)
         return scale_mixture_prior(self.net.num_weights, self.mixture_pi_t, self.mixture_sigmas_t)
 
-    def check_terms(self, terms: Sequence[KLTerm]) -> None:
+    def check_terms(self, terms: Sequence[KLMeasure]) -> None:
         """A closed-form KL needs the Gaussian prior (klexp's runner calls this before building
         anything; fitting calls it again)."""
         if self.prior_kind != "scale_mixture":
             return
         for term in terms:
-            if "weights_prior" in (term.p, term.q) and term.estimator == "analytic":
+            if "weights_prior" in (term.p, term.q) and isinstance(term.estimator, ClosedForm):
                 raise KlexpError(
                     f"kl.{term.name}.estimator: KL(q(w) ‖ scale-mixture prior) has no closed form; "
                     "use a Monte-Carlo estimator (estimator=k1 as Blundell et al., or k3)"

@@ -36,10 +36,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal
 
+from klexp.core.estimate import ClosedForm
 from klexp.data.step_indices import StepIndices
 from klexp.errors import KlexpError, require, require_finite, require_finite_positive, require_positive_int
 from klexp.lightning.logging import log_metrics, logs_now
-from klexp.lightning.term import KLTerm, kl_terms_of
+from klexp.lightning.term import KLMeasure, kl_terms_of
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 
 #: half-width of the quadrature grid around each Gaussian, in its standard deviations: the mass
@@ -174,11 +175,12 @@ class DensityFitTask(Task):
         """q = N(μ, σ²) with σ = exp(log σ)."""
         return Normal(self.mean, self.log_scale.exp(), validate_args=False)
 
-    def check_terms(self, terms: Sequence[KLTerm]) -> None:
+    def check_terms(self, terms: Sequence[KLMeasure]) -> None:
         """A KL with the mixture has no closed form (klexp's runner calls this before building
         anything; fitting calls it again)."""
         for term in terms:
-            if "target" in (term.p, term.q) and term.estimator == "analytic" and term.direction != "js":
+            if ("target" in (term.p, term.q) and isinstance(term.estimator, ClosedForm)
+                    and term.direction != "js"):
                 raise KlexpError(
                     f"kl.{term.name}.estimator: a KL between a Gaussian mixture and a Gaussian has "
                     "no closed form; use k1 (forward: maximum likelihood) or k1 | k3 (reverse)"

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from klexp.core.estimate import OnSamples
 from klexp.data.step_indices import StepIndices
 from klexp.errors import (
     ConfigValueError,
@@ -70,7 +71,7 @@ from klexp.errors import (
 from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
 from klexp.lightning.loss import reward_penalty, terms_in_loss, total_loss
 from klexp.lightning.phase import UpdatePhase
-from klexp.lightning.term import KLTerm, kl_terms_of
+from klexp.lightning.term import KLMeasure, kl_terms_of
 from klexp.nets.frozen import first_mismatch
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 from klexp.tasks.ppo.envs import (
@@ -520,7 +521,7 @@ class PPOTask(Task):
 
     # ------------------------------------------------------------------ config checks and charts
 
-    def check_terms(self, terms: Sequence[KLTerm]) -> None:
+    def check_terms(self, terms: Sequence[KLMeasure]) -> None:
         """The outputs a KL term reads must exist for this env and config: ``uniform`` only for
         discrete actions, ``reference`` only with a reference policy; the rollout's ``actions``
         are draws from ``old_policy``. klexp's runner calls this before building anything;
@@ -541,10 +542,11 @@ class PPOTask(Task):
                     raise KlexpError(f"kl.{term.name}.{role}: the term reads 'reference', which needs "
                                      "task.reference_checkpoint (or a stage that trains it) or "
                                      "task.reference_from_env")
-            source = SAMPLE_SOURCES.get(term.samples) if term.monte_carlo else None
-            if source is not None and term.samples_from != source:
-                raise KlexpError(f"kl.{term.name}.samples_from: '{term.samples}' are draws from "
-                                 f"'{source}'; set samples_from: {source} (got {term.samples_from!r})")
+            drawn = term.estimator if isinstance(term.estimator, OnSamples) else None
+            source = SAMPLE_SOURCES.get(drawn.samples) if drawn is not None else None
+            if drawn is not None and source is not None and drawn.samples_from != source:
+                raise KlexpError(f"kl.{term.name}.samples_from: '{drawn.samples}' are draws from "
+                                 f"'{source}'; set samples_from: {source} (got {drawn.samples_from!r})")
 
     def custom_scalars(self) -> dict[str, dict[str, list[str]]]:
         """One chart a quantity (``klexp.Dashboards`` leaves out those the run does not write):

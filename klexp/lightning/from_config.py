@@ -1,0 +1,74 @@
+"""The config's vocabulary for KL terms: flat YAML keys, turned into the typed objects.
+
+A term in ``conf/kl/`` reads as a list of choices::
+
+    reference_kl:
+      _target_: klexp.kl_term
+      p: policy
+      q: reference
+      estimator: k3          # analytic | k1 | k2 | k3, or an estimator node (_target_: klexp.OnSamples …)
+      samples: actions       # the draws a Monte-Carlo estimator uses (fresh ones without)
+      samples_from: old_policy
+      placement: reward      # loss → klexp.KLTerm, reward → klexp.KLPenalty
+
+so that each choice is one override (``kl.reference_kl.estimator=analytic``,
+``kl.reference_kl.placement=loss``). ``kl_term`` and ``kl_stop`` are the converters: the estimator
+keys become one estimator object (``klexp.core.estimate.estimator_from_config``), ``placement``
+the term's type, and every other key is passed to that type's constructor; a key the chosen type
+does not take is refused naming it (null values aside, so that a config default may stay). In
+Python, construct the types directly; a file whose keys are all its type's own arguments may name
+the type itself (``conf/kl/prior.yaml``: ``_target_: klexp.KLTerm``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Literal
+
+from klexp.core.estimate import Estimator, estimator_from_config
+from klexp.errors import ConfigValueError, require_in
+from klexp.lightning.target_kl import TargetKL
+from klexp.lightning.term import KLMeasure, KLPenalty, KLTerm
+
+Placement = Literal["loss", "reward"]
+#: the keys that describe the estimator and its draws
+ESTIMATOR_KEYS = ("estimator", "num_samples", "samples", "samples_from", "importance_weight")
+#: where a term goes → its type
+PLACEMENTS: dict[str, type[KLMeasure]] = {"loss": KLTerm, "reward": KLPenalty}
+
+
+def kl_term(name: str, p: str, q: str, *, placement: Placement = "loss",
+            estimator: Estimator | str = "analytic", num_samples: int = 1, samples: str | None = None,
+            samples_from: str | None = None, importance_weight: bool = True,
+            **options: Any) -> KLMeasure:
+    """A ``KLTerm`` (``placement: loss``) or ``KLPenalty`` (``placement: reward``) from a config's
+    flat keys (see the module docstring); ``options`` are the type's other arguments."""
+    require_in("placement", placement, tuple(PLACEMENTS))
+    chosen = estimator_from_config(estimator, num_samples, samples, samples_from, importance_weight)
+    return _build(PLACEMENTS[placement], f"placement: {placement}", name, p, q, chosen, options)
+
+
+def kl_stop(name: str, p: str, q: str, *, estimator: Estimator | str = "k3", num_samples: int = 1,
+            samples: str | None = None, samples_from: str | None = None,
+            importance_weight: bool = True, **options: Any) -> TargetKL:
+    """A ``TargetKL`` from a config's flat keys (``target``, ``check``, ``tolerance`` among
+    ``options``)."""
+    chosen = estimator_from_config(estimator, num_samples, samples, samples_from, importance_weight)
+    built = _build(TargetKL, "a target-KL stop", name, p, q, chosen, options)
+    assert isinstance(built, TargetKL)
+    return built
+
+
+def _build(kind: type[KLMeasure], why: str, name: str, p: str, q: str, estimator: Estimator,
+           options: dict[str, Any]) -> KLMeasure:
+    accepted = [key for key in inspect.signature(kind.__init__).parameters if key != "self"]
+    for key, value in list(options.items()):
+        if key in accepted:
+            continue
+        if value is not None:
+            close = difflib.get_close_matches(key, [*accepted, *ESTIMATOR_KEYS], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" ({why})"
+            raise ConfigValueError(key, f"unknown key for {kind.__name__}{hint}")
+        del options[key]
+    return kind(name, p, q, estimator=estimator, **options)
