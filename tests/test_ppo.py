@@ -18,8 +18,13 @@ from klexp.core import AdaptiveBeta
 from klexp.data.step_indices import StepIndices
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning import KLTerm, TargetKL
+from klexp.tasks.ppo.actor import Actor, NumpyMLP
+from klexp.tasks.ppo.distributions import (
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    make_proba_distribution,
+)
 from klexp.tasks.ppo.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory
-from klexp.tasks.ppo.policies import Actor, CategoricalPolicy, GaussianPolicy, NumpyMLP, policy_for
 from klexp.tasks.ppo.rollout import Batch, explained_variance, gae
 from klexp.tasks.ppo.task import PPOTask
 
@@ -83,7 +88,7 @@ def test_k1_and_k3_estimate_the_exact_kl_of_old_and_new_policy():
     old_logits = torch.randn(4000, 3)
     new_logits = old_logits + 0.3 * torch.randn(4000, 3)
     actions = Categorical(logits=old_logits).sample()  # the rollout's actions: draws from π_old
-    policy = CategoricalPolicy(3)
+    policy = CategoricalDistribution(3)
     logratio = policy.log_prob(new_logits, actions) - policy.log_prob(old_logits, actions)
     exact = policy.kl(old_logits, new_logits).mean()
     k1 = divergences.monte_carlo_terms(logratio, "k1").mean()
@@ -100,7 +105,7 @@ def test_categorical_policy_agrees_with_torch_distributions():
     torch.manual_seed(0)
     logits, other = torch.randn(8, 4), torch.randn(8, 4)
     actions = torch.randint(0, 4, (8,))
-    policy = CategoricalPolicy(4)
+    policy = CategoricalDistribution(4)
     reference = Categorical(logits=logits)
     torch.testing.assert_close(policy.log_prob(logits, actions), reference.log_prob(actions))
     torch.testing.assert_close(policy.entropy(logits), reference.entropy())
@@ -110,14 +115,14 @@ def test_categorical_policy_agrees_with_torch_distributions():
 
 def test_gumbel_max_sampling_draws_from_the_softmax():
     logits = np.array([[0.0, 1.0, -1.0, 2.0]] * 20_000)
-    draws = CategoricalPolicy(4).sample(logits, np.random.default_rng(0))
+    draws = CategoricalDistribution(4).sample(logits, np.random.default_rng(0))
     frequencies = np.bincount(draws, minlength=4) / len(draws)
     np.testing.assert_allclose(frequencies, torch.softmax(torch.tensor(logits[0]), 0).numpy(), atol=0.01)
 
 
 def test_gaussian_policy_agrees_with_torch_distributions():
     torch.manual_seed(0)
-    policy = GaussianPolicy(2)
+    policy = DiagGaussianDistribution(2)
     params, other = torch.randn(8, 4), torch.randn(8, 4)
     actions = torch.randn(8, 2)
     reference = Independent(Normal(params[:, :2], params[:, 2:].exp()), 1)
@@ -134,20 +139,20 @@ def test_gaussian_policy_agrees_with_torch_distributions():
 
 def test_gaussian_policy_has_no_uniform_counterpart():
     with pytest.raises(KlexpError, match="no uniform"):
-        GaussianPolicy(1).uniform(torch.zeros(()))
+        DiagGaussianDistribution(1).uniform(torch.zeros(()))
 
 
-def test_policy_family_follows_the_action_space():
-    assert isinstance(policy_for(gym.spaces.Discrete(3)), CategoricalPolicy)
-    assert isinstance(policy_for(gym.spaces.Box(-2, 2, (1,))), GaussianPolicy)
+def test_action_distribution_follows_the_action_space():
+    assert isinstance(make_proba_distribution(gym.spaces.Discrete(3)), CategoricalDistribution)
+    assert isinstance(make_proba_distribution(gym.spaces.Box(-2, 2, (1,))), DiagGaussianDistribution)
     with pytest.raises(KlexpError, match="action spaces"):
-        policy_for(gym.spaces.MultiBinary(3))
+        make_proba_distribution(gym.spaces.MultiBinary(3))
 
 
 def test_the_numpy_snapshot_computes_what_the_actor_computes():
     torch.manual_seed(0)
-    for policy in (CategoricalPolicy(2), GaussianPolicy(1)):
-        actor = Actor(4, [64, 64], "tanh", policy, init_log_std=-0.5)
+    for policy in (CategoricalDistribution(2), DiagGaussianDistribution(1)):
+        actor = Actor(4, policy, [64, 64], "tanh", init_log_std=-0.5)
         obs = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
         expected = actor(torch.from_numpy(obs)).detach().numpy()
         np.testing.assert_allclose(actor.snapshot()(obs), expected, atol=1e-5)
@@ -158,7 +163,7 @@ def test_the_numpy_snapshot_computes_what_the_actor_computes():
 def test_entropy_bonus_as_kl_to_uniform_has_the_gradient_of_minus_entropy():
     # KL(π ‖ uniform) = log K − H(π): weight · KL and −weight · H have the same gradient
     torch.manual_seed(0)
-    policy = CategoricalPolicy(3)
+    policy = CategoricalDistribution(3)
     logits = torch.randn(16, 3, requires_grad=True)
     term = KLTerm("uniform_kl", p="policy", q="uniform", weight=0.01)
     loss_kl = term({"policy": policy.distribution(logits), "uniform": policy.uniform(logits)}, "train", 0)
@@ -259,7 +264,7 @@ def rollout_task(**overrides) -> PPOTask:
 def test_rollout_leaves_out_the_autoreset_step_and_keeps_final_observations():
     task = rollout_task()
     episodes = task.collect_rollout()
-    buffer = task.buffer
+    buffer = task.rollout_state.buffer
     done = buffer.terminated | buffer.truncated
     assert buffer.truncated.any() and buffer.terminated.any()  # 30-step limit; CartPole falls
     # the step after an episode ends is the autoreset step: reward 0, never itself an end
@@ -274,8 +279,9 @@ def test_rollout_leaves_out_the_autoreset_step_and_keeps_final_observations():
     kept = ~buffer.autoreset.reshape(-1)
     assert len(batch.obs) == kept.sum()
     assert torch.equal(batch.obs, torch.from_numpy(buffer.obs.reshape(-1, 4)[kept]))
-    torch.testing.assert_close(batch.logprobs, task.policy.log_prob(task.actor(batch.obs), batch.actions))
-    task.envs.close()
+    logprobs = task.action_dist.log_prob(task.actor(batch.obs), batch.actions)
+    torch.testing.assert_close(batch.logprobs, logprobs)
+    task.rollout_state.envs.close()
 
 
 def unfinished_steps(buffer) -> int:
@@ -292,7 +298,7 @@ def unfinished_steps(buffer) -> int:
 def test_truncated_steps_bootstrap_from_the_final_observation():
     task = rollout_task()
     task.collect_rollout()
-    buffer = task.buffer
+    buffer = task.rollout_state.buffer
     with torch.no_grad():
         obs = torch.from_numpy(buffer.obs.reshape(-1, 4))
         values = task.critic(torch.cat([obs, torch.from_numpy(buffer.next_obs)])).view(101, 3).numpy()
@@ -303,7 +309,7 @@ def test_truncated_steps_bootstrap_from_the_final_observation():
     expected = buffer.rewards[step, env] + task.gamma * values[step + 1, env] - values[step, env]
     assert advantages[step, env] == pytest.approx(expected, rel=1e-5)
     assert buffer.autoreset[step + 1, env]
-    task.envs.close()
+    task.rollout_state.envs.close()
 
 
 def test_iteration_indices_resume_after_the_last_iteration_handed_out():
