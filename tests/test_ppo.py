@@ -18,14 +18,14 @@ from klexp.core import AdaptiveBeta
 from klexp.data.step_indices import StepIndices
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning import KLTerm, TargetKL
-from klexp.tasks.ppo.actor import Actor, NumpyMLP
+from klexp.tasks.ppo.actor import Actor, NumpyMLP, orthogonal_mlp
 from klexp.tasks.ppo.distributions import (
     CategoricalDistribution,
     DiagGaussianDistribution,
     make_proba_distribution,
 )
 from klexp.tasks.ppo.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory
-from klexp.tasks.ppo.rollout import Batch, explained_variance, gae
+from klexp.tasks.ppo.rollout import Batch, RolloutState, explained_variance, gae
 from klexp.tasks.ppo.task import PPOTask
 
 # ---------------------------------------------------------------------------------------- GAE
@@ -347,3 +347,88 @@ def test_task_rejects_inconsistent_sizes():
         PPOTask(env, total_timesteps=100, num_steps=128)
     with pytest.raises(ConfigValueError, match="gamma"):
         PPOTask(env, gamma=1.5)
+
+
+# ------------------------------------------------------------------- networks and experiments
+
+
+PPO_EXPERIMENTS = ("ppo", "ppo_kl_adaptive", "ppo_kl_fixed", "ppo_pendulum", "ppo_ref_kl", "ppo_target_kl",
+                   "ppo_tokens")
+
+
+def test_every_ppo_experiment_inherits_ppo_and_keeps_its_shared_settings():
+    from helpers import REPO, compose_config
+    from omegaconf import OmegaConf
+
+    base = compose_config(["experiment=ppo"])
+    for name in PPO_EXPERIMENTS[1:]:
+        assert OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml").defaults[0] == "ppo"
+        cfg = compose_config([f"experiment={name}"])
+        assert cfg.experiment_name == name
+        for key in ("threads", "callbacks.lr_monitor", "trainer.max_epochs", "data", "task._target_",
+                    "task.actor", "task.critic", "task.max_grad_norm"):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(base, key), (name, key)
+
+
+def test_actor_and_critic_come_from_config_with_the_envs_shapes():
+    from helpers import compose_config
+    from hydra.utils import instantiate
+
+    cfg = compose_config(["experiment=ppo_pendulum", "task.actor.hidden=[32]", "task.critic.hidden=[16, 8]",
+                          "task.actor.init_log_std=-1.0"])
+    task = instantiate(cfg.task)
+    task.configure_model()
+    assert [m.out_features for m in task.actor.net if isinstance(m, torch.nn.Linear)] == [32, 1]
+    assert task.actor.net[0].in_features == 3  # Pendulum's observation
+    torch.testing.assert_close(task.actor.log_std.detach(), torch.tensor([-1.0]))
+    assert [m.out_features for m in task.critic if isinstance(m, torch.nn.Linear)] == [16, 8, 1]
+
+
+def test_the_default_networks_draw_the_parameters_they_always_drew():
+    # the actor (out gain 0.01) then the critic (out gain 1), from the global torch generator
+    torch.manual_seed(0)
+    expected = [orthogonal_mlp(4, [64, 64], 2, "tanh", out_std=0.01),
+                orthogonal_mlp(4, [64, 64], 1, "tanh", out_std=1.0)]
+    torch.manual_seed(0)
+    task = PPOTask(VectorEnvFactory("CartPole-v1"))
+    task.configure_model()
+    for net, built in zip(expected, (task.actor.net, task.critic), strict=True):
+        for p, q in zip(net.parameters(), built.parameters(), strict=True):
+            assert torch.equal(p, q)
+
+
+def linear_actor(obs_dim: int, action_dist) -> torch.nn.Module:
+    return torch.nn.Linear(obs_dim, action_dist.net_outputs)
+
+
+def test_any_module_factory_can_be_the_actor_and_acts_through_torch():
+    task = rollout_task(actor=linear_actor, critic=lambda obs_dim: torch.nn.Linear(obs_dim, 1))
+    task.collect_rollout()
+    batch = task.process_rollout()
+    logprobs = task.action_dist.log_prob(task.actor(batch.obs), batch.actions)
+    torch.testing.assert_close(batch.logprobs, logprobs)
+    assert "hidden" not in task.policy_spec()
+    task.rollout_state.envs.close()
+
+
+def test_checking_terms_changes_nothing():
+    task = PPOTask(VectorEnvFactory("CartPole-v1"))
+    before = dict(vars(task))
+    task.check_terms([KLTerm("uniform_kl", p="policy", q="uniform", weight=0.01)])
+    assert dict(vars(task)) == before
+    with pytest.raises(KlexpError, match=r"needs task\.reference_checkpoint"):
+        task.check_terms([KLTerm("reference_kl", p="policy", q="reference")])
+
+
+def test_the_rollout_state_round_trips_through_its_state_dict():
+    task = rollout_task()
+    state = task.rollout_state
+    task.collect_rollout()
+    state.solved_at = 42
+    saved = state.state_dict()
+    draws = state.rng.random(3)
+    resumed = RolloutState.start(task.env, 0, task.num_steps, task.obs_dim, task.action_dist, saved)
+    assert (resumed.env_steps, resumed.solved_at) == (300, 42)
+    np.testing.assert_array_equal(resumed.rng.random(3), draws)
+    for envs in (state.envs, resumed.envs):
+        envs.close()
