@@ -1,4 +1,5 @@
-"""PPO's checks of its KL terms and minibatches: they raise one-line errors and change nothing."""
+"""PPO's checks of its arguments, KL terms and minibatches: they raise one-line errors naming the
+key, and change nothing."""
 
 from __future__ import annotations
 
@@ -6,12 +7,53 @@ from collections.abc import Sequence
 
 import torch
 
-from klexp.errors import KlexpError
+from klexp.errors import (
+    ConfigValueError,
+    KlexpError,
+    require,
+    require_finite_non_negative,
+    require_finite_positive,
+    require_non_negative,
+    require_positive_int,
+)
 from klexp.lightning.term import KLTerm
 from klexp.tasks.ppo.distributions import ActionDistribution
 
 #: where the rollout's actions come from, for KL terms that use them as Monte-Carlo draws
 SAMPLE_SOURCES = {"actions": "old_policy"}
+
+
+def check_arguments(num_envs: int, *, total_timesteps: int, num_steps: int, num_minibatches: int,
+                    update_epochs: int, eval_episodes: int, gamma: float, gae_lambda: float,
+                    norm_adv: bool, clip_coef: float, ent_coef: float, vf_coef: float,
+                    max_grad_norm: float | None, exact_beta: float | None,
+                    reference_checkpoint: str | None, reference_from_env: bool,
+                    init_from_reference: bool) -> None:
+    """``PPOTask``'s arguments, each in its range and all of them consistent (see its docstring)."""
+    for key, value in (("total_timesteps", total_timesteps), ("num_steps", num_steps),
+                       ("num_minibatches", num_minibatches), ("update_epochs", update_epochs),
+                       ("eval_episodes", eval_episodes)):
+        require_positive_int(key, value)
+    require(isinstance(gamma, (int, float)) and 0 < gamma <= 1, "gamma", "a number in (0, 1]", gamma)
+    require(isinstance(gae_lambda, (int, float)) and 0 <= gae_lambda <= 1, "gae_lambda",
+            "a number in [0, 1]", gae_lambda)
+    for key, value in (("clip_coef", clip_coef), ("ent_coef", ent_coef), ("vf_coef", vf_coef)):
+        require_finite_non_negative(key, value)
+    if max_grad_norm is not None:
+        require_non_negative("max_grad_norm", max_grad_norm)
+    if exact_beta is not None:
+        require_finite_positive("exact_beta", exact_beta)
+    batch_size = num_envs * num_steps
+    if total_timesteps < batch_size:
+        raise ConfigValueError("total_timesteps", f"must be at least one rollout "
+                               f"(num_envs · num_steps = {batch_size}), got {total_timesteps}")
+    if num_minibatches > batch_size // (2 if norm_adv else 1):
+        raise ConfigValueError("num_minibatches", minibatch_limit(batch_size, norm_adv, num_minibatches))
+    if reference_from_env and (reference_checkpoint is not None or init_from_reference):
+        raise ConfigValueError("reference_from_env", "the reference comes from the env or from "
+                               "task.reference_checkpoint (with init_from_reference), not both")
+    if init_from_reference and reference_checkpoint is None:
+        raise ConfigValueError("init_from_reference", "needs task.reference_checkpoint")
 
 
 def check_terms(terms: Sequence[KLTerm], action_dist: ActionDistribution, has_reference: bool) -> None:

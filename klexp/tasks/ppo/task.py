@@ -64,11 +64,6 @@ from klexp.data.step_indices import StepIndices
 from klexp.errors import (
     ConfigValueError,
     KlexpError,
-    require,
-    require_finite_non_negative,
-    require_finite_positive,
-    require_non_negative,
-    require_positive_int,
 )
 from klexp.lightning.internals import trainer_of
 from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
@@ -85,7 +80,7 @@ from klexp.tasks.ppo.actor import (
     critic_mlp,
     load_policy,
 )
-from klexp.tasks.ppo.checks import SAMPLE_SOURCES, check_minibatch, check_terms, minibatch_limit
+from klexp.tasks.ppo.checks import SAMPLE_SOURCES, check_arguments, check_minibatch, check_terms
 from klexp.tasks.ppo.distributions import make_proba_distribution
 from klexp.tasks.ppo.envs import VectorEnvFactory, greedy_episodes, within_bounds
 from klexp.tasks.ppo.loss import LossSettings, MinibatchStats, phase_metrics, ppo_loss
@@ -180,31 +175,15 @@ class PPOTask(Task):
         lr_scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
-        for key, value in (("total_timesteps", total_timesteps), ("num_steps", num_steps),
-                           ("num_minibatches", num_minibatches), ("update_epochs", update_epochs),
-                           ("eval_episodes", eval_episodes)):
-            require_positive_int(key, value)
-        require(isinstance(gamma, (int, float)) and 0 < gamma <= 1, "gamma", "a number in (0, 1]", gamma)
-        require(isinstance(gae_lambda, (int, float)) and 0 <= gae_lambda <= 1, "gae_lambda",
-                "a number in [0, 1]", gae_lambda)
-        for key, value in (("clip_coef", clip_coef), ("ent_coef", ent_coef), ("vf_coef", vf_coef)):
-            require_finite_non_negative(key, value)
-        if max_grad_norm is not None:
-            require_non_negative("max_grad_norm", max_grad_norm)
-        if exact_beta is not None:
-            require_finite_positive("exact_beta", exact_beta)
-        batch_size = env.num_envs * num_steps
-        if total_timesteps < batch_size:
-            raise ConfigValueError("total_timesteps", f"must be at least one rollout "
-                                   f"(num_envs · num_steps = {batch_size}), got {total_timesteps}")
-        if num_minibatches > batch_size // (2 if norm_adv else 1):
-            raise ConfigValueError("num_minibatches", minibatch_limit(batch_size, norm_adv, num_minibatches))
-        if reference_from_env and (reference_checkpoint is not None or init_from_reference):
-            raise ConfigValueError("reference_from_env", "the reference comes from the env or from "
-                                   "task.reference_checkpoint (with init_from_reference), not both")
+        check_arguments(env.num_envs, total_timesteps=total_timesteps, num_steps=num_steps,
+                        num_minibatches=num_minibatches, update_epochs=update_epochs,
+                        eval_episodes=eval_episodes, gamma=gamma, gae_lambda=gae_lambda, norm_adv=norm_adv,
+                        clip_coef=clip_coef, ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
+                        exact_beta=exact_beta, reference_checkpoint=reference_checkpoint,
+                        reference_from_env=reference_from_env, init_from_reference=init_from_reference)
         self.env = env
         self.total_timesteps, self.num_steps = total_timesteps, num_steps
-        self.rollout_size = batch_size
+        self.rollout_size = env.num_envs * num_steps
         self.num_minibatches, self.update_epochs = num_minibatches, update_epochs
         self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
         self.loss_settings = LossSettings(clip=clip, clip_coef=float(clip_coef), clip_vloss=clip_vloss,
@@ -221,10 +200,17 @@ class PPOTask(Task):
             raise KlexpError(f"env: PPO needs a flat Box observation space, got {observation_space}")
         self.obs_dim = int(observation_space.shape[0])
         self.action_dist = make_proba_distribution(self.action_space)
+        # the env's exactly solvable problem, when one is used
+        needs_problem = reference_from_env or exact_beta is not None
+        self.problem = env.problem() if needs_problem else None
+        if needs_problem and self.problem is None:
+            raise ConfigValueError("reference_from_env" if reference_from_env else "exact_beta",
+                                   f"env {env.id} has no exactly solvable problem "
+                                   "(klexp/TokenSequence-v0 has one)")
         self.actor: nn.Module | None = None
         self.critic: nn.Module | None = None
-        self.reference: Any = None  # π_ref's parameters per state: a frozen actor, or the env's logits
-        self.problem: Any = None  # the env's exactly solvable problem, when one is used
+        # π_ref's parameters per state: the env's logits, or a frozen actor (built with the networks)
+        self.reference: Any = self.problem.reference_logits if reference_from_env else None
         self.reads_uniform = False  # whether a KL term reads the `uniform` output (set at fit start)
         self.rollout_state: RolloutState | None = None  # created when training starts
         self.resumed_progress: dict[str, Any] | None = None  # a checkpoint's RolloutState.state_dict
@@ -236,25 +222,15 @@ class PPOTask(Task):
             return
         self.actor = self.make_actor(self.obs_dim, self.action_dist)
         self.critic = self.make_critic(self.obs_dim)
-        if self.reference_from_env or self.exact_beta is not None:
-            self.problem = self.env.problem()
-            if self.problem is None:
-                key = "reference_from_env" if self.reference_from_env else "exact_beta"
-                raise KlexpError(f"task.{key}: env {self.env.id} has no exactly solvable problem "
-                                 "(klexp/TokenSequence-v0 has one)")
-        if self.reference_from_env:
-            self.reference = self.problem.reference_logits
-        elif self.reference_checkpoint is not None:
+        if self.reference_checkpoint is not None:
             self.reference = load_policy(self.reference_checkpoint, self.obs_dim, self.action_dist,
                                          self.make_actor)
-            if self.init_from_reference:
-                try:
-                    self.actor.load_state_dict(self.reference.state_dict())
-                except RuntimeError:
-                    raise KlexpError("task.init_from_reference: the reference network differs from "
-                                     "this task's (task.actor)") from None
-        elif self.init_from_reference:
-            raise KlexpError("task.init_from_reference needs task.reference_checkpoint")
+        if self.init_from_reference:
+            try:
+                self.actor.load_state_dict(self.reference.state_dict())
+            except RuntimeError:
+                raise KlexpError("task.init_from_reference: the reference network differs from "
+                                 "this task's (task.actor)") from None
 
     def policy_spec(self) -> dict[str, Any]:
         """What a checkpoint needs to rebuild the actor (``load_policy``)."""
@@ -456,9 +432,7 @@ class PPOTask(Task):
         if self.problem is None or self.exact_beta is None:
             return {}
         observations = self.problem.prefix_observations(dtype=self.dtype, device=self.device)
-        values = self.problem.metrics(self.actor(observations), self.exact_beta)
-        names = ("reward", "kl_reference", "objective", "optimal_objective", "gap", "kl_optimum")
-        return {f"{prefix}/{name}": float(getattr(values, name)) for name in names}
+        return self.problem.metrics(self.actor(observations), self.exact_beta).scalars(prefix)
 
     # ------------------------------------------------------------------ acting and evaluating
 
