@@ -26,7 +26,7 @@ from klexp.tasks.ppo.distributions import (
 )
 from klexp.tasks.ppo.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory
 from klexp.tasks.ppo.rollout import Batch, RolloutState, explained_variance, gae
-from klexp.tasks.ppo.task import PPOTask
+from klexp.tasks.ppo.task import CHECKPOINT_PROGRESS_KEY, PPOTask
 
 # ---------------------------------------------------------------------------------------- GAE
 
@@ -432,3 +432,11 @@ def test_the_rollout_state_round_trips_through_its_state_dict():
     np.testing.assert_array_equal(resumed.rng.random(3), draws)
     for envs in (state.envs, resumed.envs):
         envs.close()
+
+
+def test_a_resumed_run_with_nothing_left_to_train_logs_its_test_at_the_checkpoints_env_steps():
+    # (it used to fail in test_step: the step count was born only when training started)
+    task = PPOTask(VectorEnvFactory("CartPole-v1"))
+    assert task.log_step() == 0
+    task.on_load_checkpoint({CHECKPOINT_PROGRESS_KEY: {"env_steps": 1024, "solved_at": None}})
+    assert task.log_step() == 1024

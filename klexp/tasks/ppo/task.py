@@ -263,8 +263,11 @@ class PPOTask(Task):
         return StepIndices(1)
 
     def log_step(self) -> int:
-        """The x-axis of every training scalar: environment steps over all ranks."""
-        return self.rollout_state.env_steps
+        """The x-axis of every scalar: environment steps over all ranks (a resumed run that has
+        nothing left to train tests at its checkpoint's)."""
+        if self.rollout_state is not None:
+            return self.rollout_state.env_steps
+        return self.resumed_progress["env_steps"] if self.resumed_progress is not None else 0
 
     def on_fit_start(self) -> None:
         terms = kl_terms_of(self.trainer)
