@@ -52,8 +52,6 @@ def check_arguments(num_envs: int, *, total_timesteps: int, num_steps: int, num_
     if reference_from_env and (reference_checkpoint is not None or init_from_reference):
         raise ConfigValueError("reference_from_env", "the reference comes from the env or from "
                                "task.reference_checkpoint (with init_from_reference), not both")
-    if init_from_reference and reference_checkpoint is None:
-        raise ConfigValueError("init_from_reference", "needs task.reference_checkpoint")
 
 
 def check_terms(terms: Sequence[KLTerm], action_dist: ActionDistribution, has_reference: bool) -> None:

@@ -225,6 +225,8 @@ class PPOTask(Task):
         if self.reference_checkpoint is not None:
             self.reference = load_policy(self.reference_checkpoint, self.obs_dim, self.action_dist,
                                          self.make_actor)
+        elif self.init_from_reference:  # (a stage may fill in the checkpoint: checked only now)
+            raise KlexpError("task.init_from_reference needs task.reference_checkpoint")
         if self.init_from_reference:
             try:
                 self.actor.load_state_dict(self.reference.state_dict())
