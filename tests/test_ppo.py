@@ -18,7 +18,7 @@ from klexp.core import AdaptiveBeta
 from klexp.data.step_indices import StepIndices
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning import KLTerm, TargetKL
-from klexp.tasks.ppo.actor import Actor, NumpyMLP, orthogonal_mlp
+from klexp.tasks.ppo.actor import Actor, NumpyMLP, orthogonal_mlp, policy_spec
 from klexp.tasks.ppo.distributions import (
     CategoricalDistribution,
     DiagGaussianDistribution,
@@ -407,7 +407,7 @@ def test_any_module_factory_can_be_the_actor_and_acts_through_torch():
     batch = task.process_rollout()
     logprobs = task.action_dist.log_prob(task.actor(batch.obs), batch.actions)
     torch.testing.assert_close(batch.logprobs, logprobs)
-    assert "hidden" not in task.policy_spec()
+    assert "hidden" not in policy_spec("CartPole-v1", task.obs_dim, task.action_dist, task.actor)
     task.rollout_state.envs.close()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -119,6 +119,16 @@ def acting_function(actor: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
         with torch.no_grad():
             return actor(torch.from_numpy(obs).to(parameter)).cpu().numpy()
     return act
+
+
+def policy_spec(env_id: str, obs_dim: int, action_dist: ActionDistribution,
+                actor: nn.Module) -> dict[str, Any]:
+    """What a checkpoint says of its actor, for ``load_policy``: the env and action family it acts
+    in, and the architecture of an ``Actor``."""
+    architecture = ({"hidden": actor.hidden, "activation": actor.activation} if isinstance(actor, Actor)
+                    else {})
+    return {"env_id": env_id, "obs_size": obs_dim, "family": action_dist.checkpoint_name,
+            "net_outputs": action_dist.net_outputs, **architecture}
 
 
 def load_policy(path: str, obs_dim: int, action_dist: ActionDistribution,

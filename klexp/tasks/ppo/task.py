@@ -79,6 +79,7 @@ from klexp.tasks.ppo.actor import (
     acting_function,
     critic_mlp,
     load_policy,
+    policy_spec,
 )
 from klexp.tasks.ppo.checks import SAMPLE_SOURCES, check_arguments, check_minibatch, check_terms
 from klexp.tasks.ppo.distributions import make_proba_distribution
@@ -234,15 +235,9 @@ class PPOTask(Task):
                 raise KlexpError("task.init_from_reference: the reference network differs from "
                                  "this task's (task.actor)") from None
 
-    def policy_spec(self) -> dict[str, Any]:
-        """What a checkpoint needs to rebuild the actor (``load_policy``)."""
-        architecture = ({"hidden": self.actor.hidden, "activation": self.actor.activation}
-                        if isinstance(self.actor, Actor) else {})
-        return {"env_id": self.env.id, "obs_size": self.obs_dim, "family": self.action_dist.checkpoint_name,
-                "net_outputs": self.action_dist.net_outputs, **architecture}
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_POLICY_KEY] = self.policy_spec()
+        checkpoint[CHECKPOINT_POLICY_KEY] = policy_spec(self.env.id, self.obs_dim, self.action_dist,
+                                                        self.actor)
         if self.rollout_state is not None:
             checkpoint[CHECKPOINT_PROGRESS_KEY] = self.rollout_state.state_dict()
             checkpoint[LOG_STEP_KEY] = self.rollout_state.env_steps + 1
