@@ -48,7 +48,7 @@ HPARAMS = {
     "vae": {"kl.prior.weight": 1.0, "kl.prior.schedule": "LinearWarmup", "kl.prior.schedule.steps": 20,
             "task.latent_dim": 8, "task.optimizer.lr": 1e-3},
     "bayes": {"kl.weights.shaping": "PerExample", "task.prior": "gaussian", "task.hidden": "[200, 200]"},
-    "ppo": {"task.optimizer.lr": 2.5e-4, "task.clip_coef": 0.2, "task.hidden": "[64, 64]",
+    "ppo": {"task.optimizer.lr": 2.5e-4, "task.clip_coef": 0.2, "task.actor.hidden": "[64, 64]",
             "task.env.id": "CartPole-v1", "task.total_timesteps": 768},
     "ppo_tokens": {"kl.reference_kl.weight": 0.1, "kl.reference_kl.placement": "loss",
                    "kl.reference_kl.estimator": "analytic"},

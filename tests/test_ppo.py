@@ -19,10 +19,15 @@ from klexp.core.estimate import OnSamples
 from klexp.data.step_indices import StepIndices
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning import KLTerm, TargetKL
+from klexp.tasks.ppo.actor import Actor, NumpyMLP, orthogonal_mlp, policy_spec
+from klexp.tasks.ppo.distributions import (
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    make_proba_distribution,
+)
 from klexp.tasks.ppo.envs import ACTION_STREAM, EVAL_STREAM, TRAIN_STREAM, VectorEnvFactory
-from klexp.tasks.ppo.policies import Actor, CategoricalPolicy, GaussianPolicy, NumpyMLP, policy_for
-from klexp.tasks.ppo.rollout import Batch, explained_variance, gae
-from klexp.tasks.ppo.task import PPOTask
+from klexp.tasks.ppo.rollout import Batch, RolloutState, explained_variance, gae
+from klexp.tasks.ppo.task import CHECKPOINT_PROGRESS_KEY, PPOTask
 
 # ---------------------------------------------------------------------------------------- GAE
 
@@ -84,7 +89,7 @@ def test_k1_and_k3_estimate_the_exact_kl_of_old_and_new_policy():
     old_logits = torch.randn(4000, 3)
     new_logits = old_logits + 0.3 * torch.randn(4000, 3)
     actions = Categorical(logits=old_logits).sample()  # the rollout's actions: draws from π_old
-    policy = CategoricalPolicy(3)
+    policy = CategoricalDistribution(3)
     logratio = policy.log_prob(new_logits, actions) - policy.log_prob(old_logits, actions)
     exact = policy.kl(old_logits, new_logits).mean()
     k1 = divergences.monte_carlo_terms(logratio, "k1").mean()
@@ -101,7 +106,7 @@ def test_categorical_policy_agrees_with_torch_distributions():
     torch.manual_seed(0)
     logits, other = torch.randn(8, 4), torch.randn(8, 4)
     actions = torch.randint(0, 4, (8,))
-    policy = CategoricalPolicy(4)
+    policy = CategoricalDistribution(4)
     reference = Categorical(logits=logits)
     torch.testing.assert_close(policy.log_prob(logits, actions), reference.log_prob(actions))
     torch.testing.assert_close(policy.entropy(logits), reference.entropy())
@@ -111,14 +116,14 @@ def test_categorical_policy_agrees_with_torch_distributions():
 
 def test_gumbel_max_sampling_draws_from_the_softmax():
     logits = np.array([[0.0, 1.0, -1.0, 2.0]] * 20_000)
-    draws = CategoricalPolicy(4).sample(logits, np.random.default_rng(0))
+    draws = CategoricalDistribution(4).sample(logits, np.random.default_rng(0))
     frequencies = np.bincount(draws, minlength=4) / len(draws)
     np.testing.assert_allclose(frequencies, torch.softmax(torch.tensor(logits[0]), 0).numpy(), atol=0.01)
 
 
 def test_gaussian_policy_agrees_with_torch_distributions():
     torch.manual_seed(0)
-    policy = GaussianPolicy(2)
+    policy = DiagGaussianDistribution(2)
     params, other = torch.randn(8, 4), torch.randn(8, 4)
     actions = torch.randn(8, 2)
     reference = Independent(Normal(params[:, :2], params[:, 2:].exp()), 1)
@@ -135,20 +140,20 @@ def test_gaussian_policy_agrees_with_torch_distributions():
 
 def test_gaussian_policy_has_no_uniform_counterpart():
     with pytest.raises(KlexpError, match="no uniform"):
-        GaussianPolicy(1).uniform(torch.zeros(()))
+        DiagGaussianDistribution(1).uniform(torch.zeros(()))
 
 
-def test_policy_family_follows_the_action_space():
-    assert isinstance(policy_for(gym.spaces.Discrete(3)), CategoricalPolicy)
-    assert isinstance(policy_for(gym.spaces.Box(-2, 2, (1,))), GaussianPolicy)
+def test_action_distribution_follows_the_action_space():
+    assert isinstance(make_proba_distribution(gym.spaces.Discrete(3)), CategoricalDistribution)
+    assert isinstance(make_proba_distribution(gym.spaces.Box(-2, 2, (1,))), DiagGaussianDistribution)
     with pytest.raises(KlexpError, match="action spaces"):
-        policy_for(gym.spaces.MultiBinary(3))
+        make_proba_distribution(gym.spaces.MultiBinary(3))
 
 
 def test_the_numpy_snapshot_computes_what_the_actor_computes():
     torch.manual_seed(0)
-    for policy in (CategoricalPolicy(2), GaussianPolicy(1)):
-        actor = Actor(4, [64, 64], "tanh", policy, init_log_std=-0.5)
+    for policy in (CategoricalDistribution(2), DiagGaussianDistribution(1)):
+        actor = Actor(4, policy, [64, 64], "tanh", init_log_std=-0.5)
         obs = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
         expected = actor(torch.from_numpy(obs)).detach().numpy()
         np.testing.assert_allclose(actor.snapshot()(obs), expected, atol=1e-5)
@@ -159,7 +164,7 @@ def test_the_numpy_snapshot_computes_what_the_actor_computes():
 def test_entropy_bonus_as_kl_to_uniform_has_the_gradient_of_minus_entropy():
     # KL(π ‖ uniform) = log K − H(π): weight · KL and −weight · H have the same gradient
     torch.manual_seed(0)
-    policy = CategoricalPolicy(3)
+    policy = CategoricalDistribution(3)
     logits = torch.randn(16, 3, requires_grad=True)
     term = KLTerm("uniform_kl", p="policy", q="uniform", weight=0.01)
     loss_kl = term({"policy": policy.distribution(logits), "uniform": policy.uniform(logits)}, "train", 0)
@@ -260,7 +265,7 @@ def rollout_task(**overrides) -> PPOTask:
 def test_rollout_leaves_out_the_autoreset_step_and_keeps_final_observations():
     task = rollout_task()
     episodes = task.collect_rollout()
-    buffer = task.buffer
+    buffer = task.rollout_state.buffer
     done = buffer.terminated | buffer.truncated
     assert buffer.truncated.any() and buffer.terminated.any()  # 30-step limit; CartPole falls
     # the step after an episode ends is the autoreset step: reward 0, never itself an end
@@ -275,8 +280,9 @@ def test_rollout_leaves_out_the_autoreset_step_and_keeps_final_observations():
     kept = ~buffer.autoreset.reshape(-1)
     assert len(batch.obs) == kept.sum()
     assert torch.equal(batch.obs, torch.from_numpy(buffer.obs.reshape(-1, 4)[kept]))
-    torch.testing.assert_close(batch.logprobs, task.policy.log_prob(task.actor(batch.obs), batch.actions))
-    task.envs.close()
+    logprobs = task.action_dist.log_prob(task.actor(batch.obs), batch.actions)
+    torch.testing.assert_close(batch.logprobs, logprobs)
+    task.rollout_state.envs.close()
 
 
 def unfinished_steps(buffer) -> int:
@@ -293,7 +299,7 @@ def unfinished_steps(buffer) -> int:
 def test_truncated_steps_bootstrap_from_the_final_observation():
     task = rollout_task()
     task.collect_rollout()
-    buffer = task.buffer
+    buffer = task.rollout_state.buffer
     with torch.no_grad():
         obs = torch.from_numpy(buffer.obs.reshape(-1, 4))
         values = task.critic(torch.cat([obs, torch.from_numpy(buffer.next_obs)])).view(101, 3).numpy()
@@ -304,7 +310,7 @@ def test_truncated_steps_bootstrap_from_the_final_observation():
     expected = buffer.rewards[step, env] + task.gamma * values[step + 1, env] - values[step, env]
     assert advantages[step, env] == pytest.approx(expected, rel=1e-5)
     assert buffer.autoreset[step + 1, env]
-    task.envs.close()
+    task.rollout_state.envs.close()
 
 
 def test_iteration_indices_resume_after_the_last_iteration_handed_out():
@@ -342,3 +348,96 @@ def test_task_rejects_inconsistent_sizes():
         PPOTask(env, total_timesteps=100, num_steps=128)
     with pytest.raises(ConfigValueError, match="gamma"):
         PPOTask(env, gamma=1.5)
+
+
+# ------------------------------------------------------------------- networks and experiments
+
+
+PPO_EXPERIMENTS = ("ppo", "ppo_kl_adaptive", "ppo_kl_fixed", "ppo_pendulum", "ppo_ref_kl", "ppo_target_kl",
+                   "ppo_tokens")
+
+
+def test_every_ppo_experiment_inherits_ppo_and_keeps_its_shared_settings():
+    from helpers import REPO, compose_config
+    from omegaconf import OmegaConf
+
+    base = compose_config(["experiment=ppo"])
+    for name in PPO_EXPERIMENTS[1:]:
+        assert OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml").defaults[0] == "ppo"
+        cfg = compose_config([f"experiment={name}"])
+        assert cfg.experiment_name == name
+        for key in ("threads", "callbacks.lr_monitor", "trainer.max_epochs", "data", "task._target_",
+                    "task.actor", "task.critic", "task.max_grad_norm"):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(base, key), (name, key)
+
+
+def test_actor_and_critic_come_from_config_with_the_envs_shapes():
+    from helpers import compose_config
+    from hydra.utils import instantiate
+
+    cfg = compose_config(["experiment=ppo_pendulum", "task.actor.hidden=[32]", "task.critic.hidden=[16, 8]",
+                          "task.actor.init_log_std=-1.0"])
+    task = instantiate(cfg.task)
+    task.configure_model()
+    assert [m.out_features for m in task.actor.net if isinstance(m, torch.nn.Linear)] == [32, 1]
+    assert task.actor.net[0].in_features == 3  # Pendulum's observation
+    torch.testing.assert_close(task.actor.log_std.detach(), torch.tensor([-1.0]))
+    assert [m.out_features for m in task.critic if isinstance(m, torch.nn.Linear)] == [16, 8, 1]
+
+
+def test_the_default_networks_draw_the_parameters_they_always_drew():
+    # the actor (out gain 0.01) then the critic (out gain 1), from the global torch generator
+    torch.manual_seed(0)
+    expected = [orthogonal_mlp(4, [64, 64], 2, "tanh", out_std=0.01),
+                orthogonal_mlp(4, [64, 64], 1, "tanh", out_std=1.0)]
+    torch.manual_seed(0)
+    task = PPOTask(VectorEnvFactory("CartPole-v1"))
+    task.configure_model()
+    for net, built in zip(expected, (task.actor.net, task.critic), strict=True):
+        for p, q in zip(net.parameters(), built.parameters(), strict=True):
+            assert torch.equal(p, q)
+
+
+def linear_actor(obs_dim: int, action_dist) -> torch.nn.Module:
+    return torch.nn.Linear(obs_dim, action_dist.net_outputs)
+
+
+def test_any_module_factory_can_be_the_actor_and_acts_through_torch():
+    task = rollout_task(actor=linear_actor, critic=lambda obs_dim: torch.nn.Linear(obs_dim, 1))
+    task.collect_rollout()
+    batch = task.process_rollout()
+    logprobs = task.action_dist.log_prob(task.actor(batch.obs), batch.actions)
+    torch.testing.assert_close(batch.logprobs, logprobs)
+    assert "hidden" not in policy_spec("CartPole-v1", task.obs_dim, task.action_dist, task.actor)
+    task.rollout_state.envs.close()
+
+
+def test_checking_terms_changes_nothing():
+    task = PPOTask(VectorEnvFactory("CartPole-v1"))
+    before = dict(vars(task))
+    task.check_terms([KLTerm("uniform_kl", p="policy", q="uniform", weight=0.01)])
+    assert dict(vars(task)) == before
+    with pytest.raises(KlexpError, match=r"needs task\.reference_checkpoint"):
+        task.check_terms([KLTerm("reference_kl", p="policy", q="reference")])
+
+
+def test_the_rollout_state_round_trips_through_its_state_dict():
+    task = rollout_task()
+    state = task.rollout_state
+    task.collect_rollout()
+    state.solved_at = 42
+    saved = state.state_dict()
+    draws = state.rng.random(3)
+    resumed = RolloutState.start(task.env, 0, task.num_steps, task.obs_dim, task.action_dist, saved)
+    assert (resumed.env_steps, resumed.solved_at) == (300, 42)
+    np.testing.assert_array_equal(resumed.rng.random(3), draws)
+    for envs in (state.envs, resumed.envs):
+        envs.close()
+
+
+def test_a_resumed_run_with_nothing_left_to_train_logs_its_test_at_the_checkpoints_env_steps():
+    # (it used to fail in test_step: the step count was born only when training started)
+    task = PPOTask(VectorEnvFactory("CartPole-v1"))
+    assert task.log_step() == 0
+    task.on_load_checkpoint({CHECKPOINT_PROGRESS_KEY: {"env_steps": 1024, "solved_at": None}})
+    assert task.log_step() == 1024

@@ -14,6 +14,7 @@ from klexp import KlexpError, KLPenalty, KLTerm, OnSamples
 from klexp.app.config_checks import ConfigError
 from klexp.errors import ConfigValueError
 from klexp.tasks.ppo import PPOTask, VectorEnvFactory
+from klexp.tasks.ppo.checks import check_minibatch
 from klexp.tasks.ppo.rollout import gae
 
 TOKENS = [*QUIET, "experiment=ppo_tokens", "task.total_timesteps=1024", "env.num_envs=4",
@@ -61,7 +62,7 @@ def test_a_kl_term_in_the_reward_lowers_each_step_reward_by_beta_k_before_gae():
     batch = task.process_rollout()
     assert term.calls == 1
 
-    buffer, steps, envs = task.buffer, task.num_steps, task.env.num_envs
+    buffer, steps, envs = task.rollout_state.buffer, task.num_steps, task.env.num_envs
     valid = ~buffer.autoreset.reshape(-1)
     reference = torch.distributions.Categorical(logits=batch.reference_params)
     policy = torch.distributions.Categorical(logits=batch.old_params)
@@ -102,7 +103,7 @@ def test_minibatches_too_small_to_normalise_are_refused_at_start_and_in_flight()
     task = PPOTask(env, num_steps=8, num_minibatches=8, total_timesteps=16)
     with pytest.raises(KlexpError, match=r"task\.num_minibatches: 8 minibatches of the 15 states left "
                                          r"once autoreset steps were dropped give one of 1"):
-        task.check_minibatch(1, 15)
+        check_minibatch(1, 15, task.num_minibatches, task.loss_settings.norm_adv)
 
 
 def test_token_run_logs_exact_metrics_against_env_steps(tmp_path):

@@ -35,7 +35,8 @@ from fixed_points import Tree
 from omegaconf import OmegaConf
 
 from klexp.report import Metric, Run, Stat, find_runs, values_by_step
-from klexp.tasks.ppo.policies import CategoricalPolicy, load_policy
+from klexp.tasks.ppo.actor import load_policy
+from klexp.tasks.ppo.distributions import CategoricalDistribution
 from klexp.tasks.ppo.token_env import TokenSequenceProblem
 
 ESTIMATOR, PLACEMENT = "kl.reference_kl.estimator", "kl.reference_kl.placement"
@@ -161,7 +162,7 @@ def kl_by_half(run: Run) -> tuple[float, float]:
     (``Tree.kl_paid_by_half``), from the run's last checkpoint and its env's config."""
     problem = problem_of(run)
     actor = load_policy(str(run.directory / "checkpoints" / "last.ckpt"),
-                        problem.length * problem.vocab_size, CategoricalPolicy(problem.vocab_size))
+                        problem.length * problem.vocab_size, CategoricalDistribution(problem.vocab_size))
     with torch.no_grad():
         return Tree(problem).kl_paid_by_half(actor(problem.prefix_observations()))
 

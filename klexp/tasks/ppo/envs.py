@@ -168,3 +168,29 @@ def episode_statistics(envs: gym.vector.VectorEnv) -> RecordEpisodeStatistics:
             raise TypeError(f"{envs} has no RecordEpisodeStatistics wrapper")
         layer = layer.env
     return layer
+
+
+def within_bounds(action: np.ndarray, space: gym.Space) -> np.ndarray:
+    """What the env receives: continuous draws clipped to a ``Box``'s bounds (their
+    log-probability stays that of the unclipped draw, which is what the policy chose)."""
+    if isinstance(space, gym.spaces.Box):
+        return np.clip(action, space.low, space.high)
+    return action
+
+
+def greedy_episodes(env: VectorEnvFactory, act: Callable[[np.ndarray], np.ndarray], rank: int,
+                    episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return and length of ``episodes`` episodes of the deterministic policy ``act`` (observations
+    → env actions), one per env copy, on the env's raw rewards (no extra wrappers), seeded from
+    the evaluation stream of ``rank``."""
+    envs = env.make(num_envs=episodes, vectorization_mode="sync", wrap=False)
+    obs, _ = envs.reset(seed=env.env_seeds(rank, EVAL_STREAM, episodes))
+    returns, lengths = np.zeros(episodes), np.zeros(episodes, int)
+    running = np.ones(episodes, bool)
+    while running.any():
+        obs, reward, terminated, truncated, _ = envs.step(act(obs))
+        returns += reward * running
+        lengths += running
+        running &= ~(terminated | truncated)
+    envs.close()
+    return returns, lengths

@@ -95,20 +95,35 @@ class MinibatchStats:
     @classmethod
     def measure(cls, loss: PPOLoss, total: Tensor, logratio: Tensor, kl_exact: Tensor,
                 clip_coef: float) -> MinibatchStats:
+        """CleanRL's ``old_approx_kl`` is ``kl_k1``, its ``approx_kl`` ``kl_k3``, its ``clipfracs``
+        entry ``clipfrac``."""
         with torch.no_grad():
+            ratio = logratio.exp()
             return cls(policy_loss=loss.policy.detach(), value_loss=loss.value.detach(),
                        entropy=loss.entropy.detach(), task_loss=loss.task.detach(),
                        total_loss=total.detach(),
                        kl_k1=monte_carlo_terms(logratio, "k1").mean(),
                        kl_k3=monte_carlo_terms(logratio, "k3").mean(),
                        kl_exact=kl_exact.mean(),
-                       clipfrac=((logratio.exp() - 1.0).abs() > clip_coef).float().mean())
+                       clipfrac=((ratio - 1.0).abs() > clip_coef).float().mean())
 
 
-def phase_summary(stats: list[MinibatchStats]) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean and maximum of each statistic over an update phase's minibatches, as floats (one
-    device-to-host copy for all of them)."""
+def phase_metrics(stats: list[MinibatchStats], ent_coef: float, with_total: bool) -> dict[str, float]:
+    """The update phase's scalars: the mean of each statistic over its minibatches (and the
+    maximum of each KL estimate), as floats with one device-to-host copy for all of them;
+    ``loss/total`` only ``with_total`` (when a KL term adds to the loss, else it repeats
+    ``loss/task``)."""
     table = torch.stack([torch.stack(astuple(s)) for s in stats])
     names = [f.name for f in fields(MinibatchStats)]
-    means, maxima = table.mean(0).tolist(), table.amax(0).tolist()
-    return dict(zip(names, means, strict=True)), dict(zip(names, maxima, strict=True))
+    means = dict(zip(names, table.mean(0).tolist(), strict=True))
+    maxima = dict(zip(names, table.amax(0).tolist(), strict=True))
+    total = {"loss/total": means["total_loss"]} if with_total else {}
+    return {
+        "loss/policy": means["policy_loss"], "loss/value": means["value_loss"],
+        "loss/entropy": -ent_coef * means["entropy"], "loss/task": means["task_loss"], **total,
+        "ppo/entropy": means["entropy"],
+        "ppo/kl_k1": means["kl_k1"], "ppo/kl_k1_max": maxima["kl_k1"],
+        "ppo/kl_k3": means["kl_k3"], "ppo/kl_k3_max": maxima["kl_k3"],
+        "ppo/kl_exact": means["kl_exact"], "ppo/kl_exact_max": maxima["kl_exact"],
+        "ppo/clipfrac": means["clipfrac"],
+    }

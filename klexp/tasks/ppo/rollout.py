@@ -1,4 +1,5 @@
-"""On-policy rollouts: preallocated buffers, GAE, and the rollout as a batch of tensors.
+"""On-policy rollouts: the state carried from one rollout to the next, preallocated buffers, GAE,
+and the rollout as a batch of tensors.
 
 Layout of a rollout of ``T`` steps in ``N`` envs (Gymnasium 1.x, next-step autoreset): at step ``t``
 the agent sees ``obs[t]``, takes ``actions[t]`` and the env answers ``rewards[t]``,
@@ -12,10 +13,17 @@ what a truncated episode must bootstrap from, so truncation needs no extra bookk
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from torch import Tensor
+
+from klexp.tasks.ppo.distributions import ActionDistribution
+from klexp.tasks.ppo.envs import ACTION_STREAM, TRAIN_STREAM, VectorEnvFactory, episode_statistics
 
 
 @dataclass
@@ -42,6 +50,73 @@ class Rollout:
             autoreset=np.zeros((num_steps, num_envs), bool),
             next_obs=np.zeros((num_envs, *obs_shape), np.float32),
         )
+
+
+@dataclass
+class RolloutState:
+    """What one PPO iteration hands to the next: the envs where they stopped, the action sampler,
+    the buffers, and the run's progress. Created once when training starts (``start``); its
+    ``state_dict`` is what a checkpoint keeps of it (a resumed run's envs restart from a fresh
+    reset, its step count, solved-at step and action noise continue)."""
+
+    envs: gym.vector.VectorEnv
+    rng: np.random.Generator  # the action sampler (and the minibatch shuffles)
+    buffer: Rollout
+    next_obs: np.ndarray  # what the envs show now
+    next_autoreset: np.ndarray  # which envs reset on their next step
+    env_steps: int = 0  # over all ranks
+    solved_at: int | None = None  # env step at which the recent mean return reached the threshold
+    unlogged_episodes: list[tuple[float, int]] = field(default_factory=list)  # (return, length)
+    start_time: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, env: VectorEnvFactory, rank: int, num_steps: int, obs_dim: int,
+              action_dist: ActionDistribution, resumed: dict[str, Any] | None = None) -> RolloutState:
+        """Make and reset this rank's envs, seed its sampler, allocate the buffers; continue the
+        progress of a checkpoint's ``state_dict`` when resuming."""
+        envs = env.make()
+        rng = np.random.default_rng(env.seed_sequence(rank, ACTION_STREAM))
+        next_obs, _ = envs.reset(seed=env.env_seeds(rank, TRAIN_STREAM))
+        buffer = Rollout.allocate(num_steps, env.num_envs, (obs_dim,), action_dist.action_shape,
+                                  action_dist.action_dtype)
+        state = cls(envs, rng, buffer, next_obs, np.zeros(env.num_envs, bool))
+        if resumed is not None:
+            state.env_steps, state.solved_at = resumed["env_steps"], resumed["solved_at"]
+            if "action_rng" in resumed:
+                rng.bit_generator.state = json.loads(resumed["action_rng"])
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The progress a checkpoint keeps; the sampler's state as text (``weights_only`` loading
+        takes no 128-bit integers), so a resumed run does not replay the first rollouts' noise."""
+        return {"env_steps": self.env_steps, "solved_at": self.solved_at,
+                "action_rng": json.dumps(self.rng.bit_generator.state)}
+
+    def note_if_solved(self, threshold: float | None) -> None:
+        """Note when the mean return of the recent episodes first reached the env's reward
+        threshold (Gymnasium's spec: 475 for CartPole-v1)."""
+        recent = episode_statistics(self.envs).return_queue
+        if (self.solved_at is None and threshold is not None and len(recent) == recent.maxlen
+                and np.mean(recent) >= threshold):
+            self.solved_at = self.env_steps
+
+    def episode_metrics(self) -> dict[str, float]:
+        """Mean return and length of the episodes finished since the last log (then forgotten),
+        the mean return of the recent ones (env.stats_window of them), and the env step at which
+        that mean first reached the reward threshold."""
+        metrics: dict[str, float] = {}
+        if self.unlogged_episodes:
+            returns, lengths = zip(*self.unlogged_episodes, strict=True)
+            metrics["episode/return"] = float(np.mean(returns))
+            if returns != lengths:  # on CartPole (1 a step) the length would repeat the return
+                metrics["episode/length"] = float(np.mean(lengths))
+        recent = episode_statistics(self.envs).return_queue
+        if recent:
+            metrics["episode/return_recent"] = float(np.mean(recent))
+        if self.solved_at is not None:
+            metrics["episode/solved_at_step"] = float(self.solved_at)
+        self.unlogged_episodes = []
+        return metrics
 
 
 def gae(

@@ -4,15 +4,17 @@ on Gymnasium vector environments, run by the Lightning Trainer.
 One ``training_step`` is one PPO iteration, read top to bottom:
 
 1. ``collect_rollout``: ``num_steps`` steps in each of the ``num_envs`` envs with the actor frozen
-   as a numpy snapshot (acting at batch 4 is dominated by per-call dispatch), into preallocated
-   numpy buffers. Gymnasium 1.x next-step autoreset: the step on which an env resets is no
-   transition and is left out (``Rollout.autoreset``); truncated episodes bootstrap from the value
-   of their final observation.
+   as a numpy snapshot (acting at batch 4 is dominated by per-call dispatch), into the preallocated
+   numpy buffers of the ``RolloutState`` (what one iteration hands to the next, created when
+   training starts and checkpointed as one value). Gymnasium 1.x next-step autoreset: the step on
+   which an env resets is no transition and is left out (``Rollout.autoreset``); truncated episodes
+   bootstrap from the value of their final observation.
 2. ``process_rollout``: one batched torch pass for the values, the old policy's parameters and
    log-probabilities (and the reference policy's); KL terms placed in the reward subtract
    ``β·k(s_t, a_t)`` from the rewards (``klexp.reward_penalty``); then GAE (``rollout.gae``).
 3. ``update``: ``update_epochs`` epochs over ``num_minibatches`` shuffled minibatches of PPO's loss
-   (``loss.ppo_loss``) plus the KL terms placed in the loss (``klexp.total_loss``); manual
+   (``loss.ppo_loss``, on ``evaluate_actions(obs, actions) → (log_prob, entropy, value)`` as in
+   Stable-Baselines3) plus the KL terms placed in the loss (``klexp.total_loss``); manual
    optimisation with gradient-norm clipping; the learning rate anneals linearly per iteration. The
    phase talks to its KL terms through ``klexp.UpdatePhase``: they measure themselves on the whole
    batch before and after it (controllers adapt to one of these), and a ``TargetKL`` term can stop
@@ -21,6 +23,9 @@ One ``training_step`` is one PPO iteration, read top to bottom:
 Lightning carries the loop (the task's own train dataloader yields iteration indices), logging,
 checkpoints, callbacks and strategies. Training scalars are written against environment steps
 (``log_step``), every ``trainer.log_every_n_steps`` iterations and on the last.
+
+The networks come from config (``task.actor``, ``task.critic``, see ``klexp.tasks.ppo.actor``);
+the action distribution (``klexp.tasks.ppo.distributions``) from the env's action space.
 
 Outputs for KL terms (``conf/kl/*.yaml``), on the minibatch states (in the reward: on the rollout):
 
@@ -46,49 +51,67 @@ to the optimum and its KL to the optimum and to the reference, by enumeration.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from klexp.core.estimate import OnSamples
 from klexp.data.step_indices import StepIndices
 from klexp.errors import (
     ConfigValueError,
     KlexpError,
-    require,
-    require_finite,
-    require_finite_non_negative,
-    require_finite_positive,
-    require_non_negative,
-    require_positive_int,
 )
+from klexp.lightning.internals import trainer_of
 from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
 from klexp.lightning.loss import reward_penalty, terms_in_loss, total_loss
 from klexp.lightning.phase import UpdatePhase
 from klexp.lightning.term import KLMeasure, kl_terms_of
 from klexp.nets.frozen import first_mismatch
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
-from klexp.tasks.ppo.envs import (
-    ACTION_STREAM,
-    EVAL_STREAM,
-    TRAIN_STREAM,
-    VectorEnvFactory,
-    episode_statistics,
+from klexp.tasks.ppo.actor import (
+    CHECKPOINT_POLICY_KEY,
+    Actor,
+    ActorFactory,
+    CriticFactory,
+    acting_function,
+    critic_mlp,
+    load_policy,
+    policy_spec,
 )
-from klexp.tasks.ppo.loss import LossSettings, MinibatchStats, phase_summary, ppo_loss
-from klexp.tasks.ppo.policies import CHECKPOINT_POLICY_KEY, Actor, load_policy, orthogonal_mlp, policy_for
-from klexp.tasks.ppo.rollout import Batch, Rollout, explained_variance, gae
+from klexp.tasks.ppo.checks import SAMPLE_SOURCES, check_arguments, check_minibatch, check_terms
+from klexp.tasks.ppo.distributions import make_proba_distribution
+from klexp.tasks.ppo.envs import VectorEnvFactory, greedy_episodes, within_bounds
+from klexp.tasks.ppo.loss import LossSettings, MinibatchStats, phase_metrics, ppo_loss
+from klexp.tasks.ppo.rollout import Batch, RolloutState, explained_variance, gae
 
 CHECKPOINT_PROGRESS_KEY = "klexp_ppo_progress"
 PPO_OUTPUTS = frozenset({"policy", "old_policy", "reference", "uniform", "actions"})
-#: where the rollout's actions come from, for KL terms that use them as Monte-Carlo draws
-SAMPLE_SOURCES = {"actions": "old_policy"}
+#: one chart a quantity (``klexp.Dashboards`` leaves out those the run does not write): the return
+#: first, then each loss on its own scale (the value loss is ~100× the others)
+PPO_CHARTS = {"PPO": {
+    "episodic return": [r"^episode/return$", r"^episode/return_recent$"],
+    "policy loss (clipped surrogate)": [r"^loss/policy$"],
+    "value loss": [r"^loss/value$"],
+    "entropy bonus": [r"^loss/entropy$"],
+    "KL(π_old ‖ π_θ)": [r"^ppo/kl_(k1|k3|exact)$", r"^ppo/kl_after_update$"],
+    "KL(π_θ ‖ π_ref), exact": [r"^ppo/kl_reference$"],
+    "exact: gap to the optimum J* − J": [r"^exact/gap$"],
+    "exact: KL(π ‖ π*)": [r"^exact/kl_optimum$"],
+    "exact: objective J and its optimum J*": [r"^exact/(objective|optimal_objective)$"],
+}}
+
+
+class ActionEvaluation(NamedTuple):
+    """``evaluate_actions``' answer: Stable-Baselines3's three, and π_θ's parameters for KL terms."""
+
+    log_prob: Tensor  # log π_θ(a|s)
+    entropy: Tensor  # H(π_θ(·|s))
+    value: Tensor  # V(s)
+    params: Tensor  # π_θ's distribution parameters on the states
 
 
 class PPOTask(Task):
@@ -110,8 +133,9 @@ class PPOTask(Task):
         clip_vloss: clip the value update around the rollout's values by ``clip_coef``.
         ent_coef, vf_coef: weights of the entropy bonus and the value loss.
         max_grad_norm: clip the global gradient norm (null: no clipping).
-        hidden, activation, init_log_std: separate actor and critic MLPs (orthogonal init) and the
-            initial log-σ of a Gaussian policy.
+        actor, critic: network factories called as ``actor(obs_dim, action_dist)`` and
+            ``critic(obs_dim)`` (Hydra ``_partial_: true``); by default separate 64-64 tanh MLPs
+            with orthogonal init (``Actor``, ``critic_mlp``).
         reference_checkpoint: a PPO checkpoint whose actor becomes the frozen ``reference`` policy.
         reference_from_env: take the frozen ``reference`` policy from an exactly solvable env
             (its ``problem.reference_logits``) instead.
@@ -142,9 +166,8 @@ class PPOTask(Task):
         ent_coef: float = 0.01,
         vf_coef: float = 0.5,
         max_grad_norm: float | None = 0.5,
-        hidden: Sequence[int] = (64, 64),
-        activation: Literal["tanh", "relu"] = "tanh",
-        init_log_std: float = 0.0,
+        actor: ActorFactory = Actor,
+        critic: CriticFactory = critic_mlp,
         reference_checkpoint: str | None = None,
         reference_from_env: bool = False,
         init_from_reference: bool = False,
@@ -154,102 +177,75 @@ class PPOTask(Task):
         lr_scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
-        for key, value in (("total_timesteps", total_timesteps), ("num_steps", num_steps),
-                           ("num_minibatches", num_minibatches), ("update_epochs", update_epochs),
-                           ("eval_episodes", eval_episodes)):
-            require_positive_int(key, value)
-        require(isinstance(gamma, (int, float)) and 0 < gamma <= 1, "gamma", "a number in (0, 1]", gamma)
-        require(isinstance(gae_lambda, (int, float)) and 0 <= gae_lambda <= 1, "gae_lambda",
-                "a number in [0, 1]", gae_lambda)
-        for key, value in (("clip_coef", clip_coef), ("ent_coef", ent_coef), ("vf_coef", vf_coef)):
-            require_finite_non_negative(key, value)
-        if max_grad_norm is not None:
-            require_non_negative("max_grad_norm", max_grad_norm)
-        require_finite("init_log_std", init_log_std)
-        if exact_beta is not None:
-            require_finite_positive("exact_beta", exact_beta)
-        require(all(isinstance(h, int) and h > 0 for h in hidden), "hidden",
-                "a list of positive layer widths", list(hidden))
-        batch_size = env.num_envs * num_steps
-        if total_timesteps < batch_size:
-            raise ConfigValueError("total_timesteps", f"must be at least one rollout "
-                                   f"(num_envs · num_steps = {batch_size}), got {total_timesteps}")
-        if num_minibatches > batch_size // (2 if norm_adv else 1):
-            raise ConfigValueError("num_minibatches", _minibatch_limit(batch_size, norm_adv, num_minibatches))
-        if reference_from_env and (reference_checkpoint is not None or init_from_reference):
-            raise ConfigValueError("reference_from_env", "the reference comes from the env or from "
-                                   "task.reference_checkpoint (with init_from_reference), not both")
+        check_arguments(env.num_envs, total_timesteps=total_timesteps, num_steps=num_steps,
+                        num_minibatches=num_minibatches, update_epochs=update_epochs,
+                        eval_episodes=eval_episodes, gamma=gamma, gae_lambda=gae_lambda, norm_adv=norm_adv,
+                        clip_coef=clip_coef, ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
+                        exact_beta=exact_beta, reference_checkpoint=reference_checkpoint,
+                        reference_from_env=reference_from_env, init_from_reference=init_from_reference)
         self.env = env
         self.total_timesteps, self.num_steps = total_timesteps, num_steps
-        self.rollout_size = batch_size
+        self.rollout_size = env.num_envs * num_steps
         self.num_minibatches, self.update_epochs = num_minibatches, update_epochs
         self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
         self.loss_settings = LossSettings(clip=clip, clip_coef=float(clip_coef), clip_vloss=clip_vloss,
                                           ent_coef=float(ent_coef), vf_coef=float(vf_coef),
                                           norm_adv=norm_adv)
         self.max_grad_norm = max_grad_norm
-        self.hidden, self.activation, self.init_log_std = list(hidden), activation, float(init_log_std)
+        self.make_actor, self.make_critic = actor, critic
         self.reference_checkpoint, self.init_from_reference = reference_checkpoint, init_from_reference
         self.reference_from_env, self.exact_beta = reference_from_env, exact_beta
         self.eval_episodes = eval_episodes
         self.automatic_optimization = False
-        self.actor: Actor | None = None
+        observation_space, self.action_space = env.spaces()
+        if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
+            raise KlexpError(f"env: PPO needs a flat Box observation space, got {observation_space}")
+        self.obs_dim = int(observation_space.shape[0])
+        self.action_dist = make_proba_distribution(self.action_space)
+        # the env's exactly solvable problem, when one is used
+        needs_problem = reference_from_env or exact_beta is not None
+        self.problem = env.problem() if needs_problem else None
+        if needs_problem and self.problem is None:
+            raise ConfigValueError("reference_from_env" if reference_from_env else "exact_beta",
+                                   f"env {env.id} has no exactly solvable problem "
+                                   "(klexp/TokenSequence-v0 has one)")
+        self.actor: nn.Module | None = None
         self.critic: nn.Module | None = None
-        self.reference: Any = None
-        self.problem: Any = None
-        self._uniform_needed = False
+        # π_ref's parameters per state: the env's logits, or a frozen actor (built with the networks)
+        self.reference: Any = self.problem.reference_logits if reference_from_env else None
+        self.reads_uniform = False  # whether a KL term reads the `uniform` output (set at fit start)
+        self.rollout_state: RolloutState | None = None  # created when training starts
+        self.resumed_progress: dict[str, Any] | None = None  # a checkpoint's RolloutState.state_dict
 
     # ------------------------------------------------------------------ building
 
     def configure_model(self) -> None:
         if self.actor is not None:
             return
-        observation_space, action_space = self.env.spaces()
-        if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
-            raise KlexpError(f"env: PPO needs a flat Box observation space, got {observation_space}")
-        self.obs_size = int(observation_space.shape[0])
-        self.action_space = action_space
-        self.policy = policy_for(action_space)
-        self.actor = Actor(self.obs_size, self.hidden, self.activation, self.policy, self.init_log_std)
-        self.critic = orthogonal_mlp(self.obs_size, self.hidden, 1, self.activation, out_std=1.0)
-        if self.reference_from_env or self.exact_beta is not None:
-            self.problem = self.env.problem()
-            if self.problem is None:
-                key = "reference_from_env" if self.reference_from_env else "exact_beta"
-                raise KlexpError(f"task.{key}: env {self.env.id} has no exactly solvable problem "
-                                 "(klexp/TokenSequence-v0 has one)")
-        if self.reference_from_env:
-            self.reference = self.problem.reference_logits
-        elif self.reference_checkpoint is not None:
-            self.reference = load_policy(self.reference_checkpoint, self.obs_size, self.policy)
-            if self.init_from_reference:
-                problem = first_mismatch(self.actor.state_dict(), self.reference.state_dict(),
-                                         where="the reference")
-                if problem is not None:
-                    raise KlexpError("task.init_from_reference: the reference network differs from "
-                                     f"this task's (task.hidden, task.activation): {problem}")
-                self.actor.load_state_dict(self.reference.state_dict())
-        elif self.init_from_reference:
+        self.actor = self.make_actor(self.obs_dim, self.action_dist)
+        self.critic = self.make_critic(self.obs_dim)
+        if self.reference_checkpoint is not None:
+            self.reference = load_policy(self.reference_checkpoint, self.obs_dim, self.action_dist,
+                                         self.make_actor)
+        elif self.init_from_reference:  # (a stage may fill in the checkpoint: checked only now)
             raise KlexpError("task.init_from_reference needs task.reference_checkpoint")
-
-    def policy_spec(self) -> dict[str, Any]:
-        """What a checkpoint needs to rebuild the actor (``load_policy``)."""
-        return {"env_id": self.env.id, "obs_size": self.obs_size,
-                "family": type(self.policy).__name__, "net_outputs": self.policy.net_outputs,
-                "hidden": self.hidden, "activation": self.activation}
+        if self.init_from_reference:
+            problem = first_mismatch(self.actor.state_dict(), self.reference.state_dict(),
+                                     where="the reference")
+            if problem is not None:
+                raise KlexpError("task.init_from_reference: the reference network differs from "
+                                 f"this task's (task.actor): {problem}")
+            self.actor.load_state_dict(self.reference.state_dict())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_POLICY_KEY] = self.policy_spec()
-        if hasattr(self, "env_steps"):
-            # the action sampler's state travels too (as text: weights_only loading takes no
-            # 128-bit integers), so a resumed run does not replay the first rollouts' noise
-            checkpoint[CHECKPOINT_PROGRESS_KEY] = {
-                "env_steps": self.env_steps, "solved_at": self.solved_at,
-                "action_rng": json.dumps(self.rng.bit_generator.state)}
-            checkpoint[LOG_STEP_KEY] = self.env_steps + 1
+        checkpoint[CHECKPOINT_POLICY_KEY] = policy_spec(self.env.id, self.obs_dim, self.action_dist,
+                                                        self.actor)
+        if self.rollout_state is not None:
+            checkpoint[CHECKPOINT_PROGRESS_KEY] = self.rollout_state.state_dict()
+            checkpoint[LOG_STEP_KEY] = self.rollout_state.env_steps + 1
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._progress = checkpoint.get(CHECKPOINT_PROGRESS_KEY)
+        self.resumed_progress = checkpoint.get(CHECKPOINT_PROGRESS_KEY)
 
     def train_dataloader(self) -> StepIndices:
         """One index per iteration; under DDP every rank collects its own rollout, so the run's
@@ -259,40 +255,35 @@ class PPOTask(Task):
     @property
     def ranks(self) -> int:
         """Processes collecting rollouts side by side (DDP world size; 1 outside a trainer)."""
-        return self._trainer.world_size if self._trainer is not None else 1
+        trainer = trainer_of(self)
+        return trainer.world_size if trainer is not None else 1
 
     def test_dataloader(self) -> StepIndices:
         return StepIndices(1)
 
     def log_step(self) -> int:
-        """The x-axis of every training scalar: environment steps over all ranks."""
-        return self.env_steps
+        """The x-axis of every scalar: environment steps over all ranks (a resumed run that has
+        nothing left to train tests at its checkpoint's)."""
+        if self.rollout_state is not None:
+            return self.rollout_state.env_steps
+        return self.resumed_progress["env_steps"] if self.resumed_progress is not None else 0
 
     def on_fit_start(self) -> None:
-        self.check_terms(kl_terms_of(self.trainer))
+        terms = kl_terms_of(self.trainer)
+        self.check_terms(terms)
+        self.reads_uniform = any("uniform" in (term.p, term.q) for term in terms)
 
     def on_train_start(self) -> None:
-        rank = self.global_rank
-        self.envs = self.env.make()
-        self.rng = np.random.default_rng(self.env.seed_sequence(rank, ACTION_STREAM))
-        self.next_obs, _ = self.envs.reset(seed=self.env.env_seeds(rank, TRAIN_STREAM))
-        self.next_autoreset = np.zeros(self.env.num_envs, bool)
-        self.buffer = Rollout.allocate(self.num_steps, self.env.num_envs, (self.obs_size,),
-                                       self.policy.action_shape, self.policy.action_dtype)
-        # a resumed run continues its step count (its envs restart from a fresh reset)
-        progress = getattr(self, "_progress", None) or {"env_steps": 0, "solved_at": None}
-        self.env_steps, self.solved_at = progress["env_steps"], progress["solved_at"]
-        if "action_rng" in progress:
-            self.rng.bit_generator.state = json.loads(progress["action_rng"])
-        self.unlogged_episodes: list[tuple[float, int]] = []
-        self.start_time = time.perf_counter()
+        self.rollout_state = RolloutState.start(self.env, self.global_rank, self.num_steps, self.obs_dim,
+                                                self.action_dist, self.resumed_progress)
 
     def on_train_end(self) -> None:
-        self.envs.close()
+        self.rollout_state.envs.close()
 
     # ------------------------------------------------------------------ one PPO iteration
 
     def training_step(self, iteration: int, batch_idx: int) -> None:
+        state = self.rollout_state
         phase = UpdatePhase(self)
         episodes = self.collect_rollout()
         batch = self.process_rollout()
@@ -306,145 +297,133 @@ class PPOTask(Task):
         # to this (the PPO paper computes d = Ê[KL[π_old, π_θ]] after the epochs of updates).
         with torch.no_grad():
             params = self.actor(batch.obs)
-            stats["ppo/kl_after_update"] = self.policy.kl(batch.old_params, params).mean().item()
+            stats["ppo/kl_after_update"] = self.action_dist.kl(batch.old_params, params).mean().item()
             if batch.reference_params is not None:
-                stats["ppo/kl_reference"] = self.policy.kl(params, batch.reference_params).mean().item()
+                stats["ppo/kl_reference"] = self.action_dist.kl(params, batch.reference_params).mean().item()
             if phase.terms:
                 phase.end(self.outputs(params, batch))
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
 
-        self.note_if_solved()
-        self.unlogged_episodes += episodes
+        state.note_if_solved(self.env.reward_threshold)
+        state.unlogged_episodes += episodes
         if logs_now(self) or batch_idx + 1 == self.trainer.num_training_batches:
-            elapsed = time.perf_counter() - self.start_time
+            elapsed = time.perf_counter() - state.start_time
             metrics = {**stats, "ppo/learning_rate": learning_rate,
                        "ppo/explained_variance": explained_variance(batch.values, batch.returns),
-                       "time/env_steps": float(self.env_steps), "time/sps": self.env_steps / elapsed,
-                       **self.episode_metrics(self.unlogged_episodes), **self.exact_metrics("exact")}
+                       "time/env_steps": float(state.env_steps), "time/sps": state.env_steps / elapsed,
+                       **state.episode_metrics(), **self.exact_metrics("exact")}
             log_metrics(self, metrics, stage="train")
-            self.unlogged_episodes = []
 
     def collect_rollout(self) -> list[tuple[float, int]]:
         """Act ``num_steps`` times in every env; returns (return, length) of finished episodes."""
-        act = self.actor.snapshot()
-        buffer, episodes = self.buffer, []
+        state, act = self.rollout_state, acting_function(self.actor)
+        buffer, episodes = state.buffer, []
         for step in range(self.num_steps):
-            buffer.obs[step] = self.next_obs
-            buffer.autoreset[step] = self.next_autoreset
-            action = self.policy.sample(act(self.next_obs), self.rng)
+            buffer.obs[step] = state.next_obs
+            buffer.autoreset[step] = state.next_autoreset
+            action = self.action_dist.sample(act(state.next_obs), state.rng)
             buffer.actions[step] = action
-            self.next_obs, reward, terminated, truncated, info = self.envs.step(self.env_action(action))
+            state.next_obs, reward, terminated, truncated, info = state.envs.step(
+                within_bounds(action, self.action_space))
             buffer.rewards[step], buffer.terminated[step], buffer.truncated[step] = (
                 reward, terminated, truncated)
-            self.next_autoreset = terminated | truncated
+            state.next_autoreset = terminated | truncated
             if "episode" in info:  # RecordEpisodeStatistics, at the step an episode ends
                 finished = info["_episode"]
                 episodes += zip(info["episode"]["r"][finished].tolist(),
                                 info["episode"]["l"][finished].tolist(), strict=True)
-        buffer.next_obs[:] = self.next_obs
-        self.env_steps += self.num_steps * self.env.num_envs * self.ranks
+        buffer.next_obs[:] = state.next_obs
+        state.env_steps += self.num_steps * self.env.num_envs * self.ranks
         return episodes
 
     @torch.no_grad()
     def process_rollout(self) -> Batch:
         """Values, the old (and reference) policy and GAE for the rollout, in one batched pass;
         KL terms placed in the reward lower the rewards first; autoreset steps are dropped."""
-        buffer, steps, envs = self.buffer, self.num_steps, self.env.num_envs
+        buffer, steps, envs = self.rollout_state.buffer, self.num_steps, self.env.num_envs
         # the rollout lives in numpy (float32) on the host; learning, on the module's device and dtype
         device, floats = self.device, {"device": self.device, "dtype": self.dtype}
-        obs = torch.from_numpy(buffer.obs.reshape(steps * envs, -1)).to(**floats)
+        b_obs = torch.from_numpy(buffer.obs.reshape(steps * envs, -1)).to(**floats)
         next_obs = torch.from_numpy(buffer.next_obs).to(**floats)
-        values = self.critic(torch.cat([obs, next_obs])).view(steps + 1, envs).cpu().numpy()
+        values = self.critic(torch.cat([b_obs, next_obs])).view(steps + 1, envs).cpu().numpy()
         valid = torch.from_numpy(~buffer.autoreset.reshape(-1)).to(device)
-        obs = obs[valid]
-        actions = torch.from_numpy(buffer.actions.reshape(steps * envs, *self.policy.action_shape))
-        actions = actions.to(**floats if actions.is_floating_point() else {"device": device})[valid]
-        old_params = self.actor(obs)
-        batch = Batch(obs=obs, actions=actions, logprobs=self.policy.log_prob(old_params, actions),
-                      old_params=old_params, advantages=obs.new_empty(0), returns=obs.new_empty(0),
-                      values=torch.from_numpy(values[:-1].reshape(-1)).to(**floats)[valid],
-                      reference_params=self.reference(obs) if self.reference is not None else None)
+        b_obs = b_obs[valid]
+        b_actions = torch.from_numpy(buffer.actions.reshape(steps * envs, *self.action_dist.action_shape))
+        b_actions = b_actions.to(**floats if b_actions.is_floating_point() else {"device": device})[valid]
+        old_params = self.actor(b_obs)
+        b = Batch(obs=b_obs, actions=b_actions, logprobs=self.action_dist.log_prob(old_params, b_actions),
+                  old_params=old_params, advantages=b_obs.new_empty(0), returns=b_obs.new_empty(0),
+                  values=torch.from_numpy(values[:-1].reshape(-1)).to(**floats)[valid],
+                  reference_params=self.reference(b_obs) if self.reference is not None else None)
         rewards = buffer.rewards
-        penalty = reward_penalty(self, self.outputs(old_params, batch))
+        penalty = reward_penalty(self, self.outputs(old_params, b))
         if penalty is not None:
             per_step = torch.zeros(steps * envs, dtype=penalty.dtype, device=device)
             per_step[valid] = penalty.to(per_step.dtype)
             rewards = rewards - per_step.view(steps, envs).cpu().numpy().astype(rewards.dtype)
         advantages, returns = gae(rewards, values, buffer.terminated, buffer.truncated,
                                   self.gamma, self.gae_lambda)
-        batch.advantages = torch.from_numpy(advantages.reshape(-1)).to(**floats)[valid]
-        batch.returns = torch.from_numpy(returns.reshape(-1)).to(**floats)[valid]
-        return batch
+        b.advantages = torch.from_numpy(advantages.reshape(-1)).to(**floats)[valid]
+        b.returns = torch.from_numpy(returns.reshape(-1)).to(**floats)[valid]
+        return b
 
     def update(self, b: Batch, phase: UpdatePhase) -> dict[str, float]:
         """The update phase: epochs of minibatch steps on PPO's loss plus the KL terms."""
-        optimizer = self.optimizers()
+        optimizer, rng = self.optimizers(), self.rollout_state.rng
         stats: list[MinibatchStats] = []
-        steps, stopped = 0, False
+        update_steps, stopped = 0, False
         for epoch in range(self.update_epochs):
-            minibatches = np.array_split(self.rng.permutation(len(b.obs)), self.num_minibatches)
-            for index, indices in enumerate(minibatches):
-                self.check_minibatch(len(indices), len(b.obs))
-                mb = b.select(torch.from_numpy(indices).to(self.device))
-                params = self.actor(mb.obs)
-                logratio = self.policy.log_prob(params, mb.actions) - mb.logprobs
-                loss_parts = ppo_loss(logratio, self.policy.entropy(params), self.critic(mb.obs).view(-1),
-                                      mb.advantages, mb.returns, mb.values, self.loss_settings)
+            minibatches = np.array_split(rng.permutation(len(b.obs)), self.num_minibatches)
+            for index, mb_inds in enumerate(minibatches):
+                check_minibatch(len(mb_inds), len(b.obs), self.num_minibatches, self.loss_settings.norm_adv)
+                mb = b.select(torch.from_numpy(mb_inds).to(self.device))
+                newlogprob, entropy, newvalue, params = self.evaluate_actions(mb.obs, mb.actions)
+                logratio = newlogprob - mb.logprobs
+                loss_parts = ppo_loss(logratio, entropy, newvalue, mb.advantages, mb.returns, mb.values,
+                                      self.loss_settings)
                 outputs = self.outputs(params, mb) if phase.terms else {}
                 loss = total_loss(self, {"loss": loss_parts.task, **outputs}, log=False)
                 with torch.no_grad():
                     stats.append(MinibatchStats.measure(loss_parts, loss, logratio,
-                                                        self.policy.kl(mb.old_params, params),
+                                                        self.action_dist.kl(mb.old_params, params),
                                                         self.loss_settings.clip_coef))
 
                 # A TargetKL term measured this minibatch: stop before stepping past its target
-                if phase.should_stop(epoch, index, "minibatch"):
-                    stopped = True
+                stopped = phase.should_stop(epoch, index, "minibatch")
+                if stopped:
                     break
                 optimizer.zero_grad()
                 self.manual_backward(loss)
                 if self.max_grad_norm is not None:
                     self.clip_gradients(optimizer, self.max_grad_norm, "norm")
                 optimizer.step()
-                steps += 1
-            if stopped or phase.should_stop(epoch, index, "epoch"):
+                update_steps += 1
+            if stopped or phase.should_stop(epoch, self.num_minibatches - 1, "epoch"):
                 break
 
-        means, maxima = phase_summary(stats)
-        # loss/total only when a KL term adds to the loss (else it repeats loss/task)
-        total = {"loss/total": means["total_loss"]} if terms_in_loss(self.trainer) else {}
-        return {
-            "loss/policy": means["policy_loss"], "loss/value": means["value_loss"],
-            "loss/entropy": -self.loss_settings.ent_coef * means["entropy"],
-            "loss/task": means["task_loss"], **total,
-            "ppo/entropy": means["entropy"],
-            "ppo/kl_k1": means["kl_k1"], "ppo/kl_k1_max": maxima["kl_k1"],
-            "ppo/kl_k3": means["kl_k3"], "ppo/kl_k3_max": maxima["kl_k3"],
-            "ppo/kl_exact": means["kl_exact"], "ppo/kl_exact_max": maxima["kl_exact"],
-            "ppo/clipfrac": means["clipfrac"], "ppo/update_steps": float(steps),
-        }
+        return {**phase_metrics(stats, self.loss_settings.ent_coef, terms_in_loss(self.trainer)),
+                "ppo/update_steps": float(update_steps)}
 
-    def check_minibatch(self, size: int, states: int) -> None:
-        """Autoreset steps are dropped from the rollout, which can leave a minibatch too small for
-        advantage normalisation (its standard deviation needs two states)."""
-        if size < (2 if self.loss_settings.norm_adv else 1):
-            raise KlexpError(f"task.num_minibatches: {self.num_minibatches} minibatches of the "
-                             f"{states} states left once autoreset steps were dropped give one of "
-                             f"{size}; use fewer minibatches or longer rollouts (task.num_steps)")
+    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> ActionEvaluation:
+        """``log π_θ(a|s)``, ``H(π_θ(·|s))`` and ``V(s)`` for the states and actions of a minibatch
+        (Stable-Baselines3's ``evaluate_actions``), and π_θ's parameters for the KL terms."""
+        params = self.actor(obs)
+        return ActionEvaluation(self.action_dist.log_prob(params, actions), self.action_dist.entropy(params),
+                                self.critic(obs).view(-1), params)
 
     def outputs(self, params: Tensor, b: Batch) -> dict[str, Any]:
         """The distributions KL terms read, on the states ``b.obs`` (π_θ's parameters ``params``)."""
         outputs: dict[str, Any] = {
-            "policy": self.policy.distribution(params),
-            "old_policy": self.policy.distribution(b.old_params),
+            "policy": self.action_dist.distribution(params),
+            "old_policy": self.action_dist.distribution(b.old_params),
             "actions": b.actions,
         }
-        if self._uniform_needed:
-            outputs["uniform"] = self.policy.uniform(params)
+        if self.reads_uniform:
+            outputs["uniform"] = self.action_dist.uniform(params)
         if b.reference_params is not None:
-            outputs["reference"] = self.policy.distribution(b.reference_params)
+            outputs["reference"] = self.action_dist.distribution(b.reference_params)
         return outputs
 
     @torch.no_grad()
@@ -455,45 +434,9 @@ class PPOTask(Task):
         if self.problem is None or self.exact_beta is None:
             return {}
         observations = self.problem.prefix_observations(dtype=self.dtype, device=self.device)
-        values = self.problem.metrics(self.actor(observations), self.exact_beta)
-        names = {"reward": "reward", "kl_reference": "kl_reference", "objective": "objective",
-                 "optimal_objective": "optimal_objective", "gap": "gap", "kl_optimum": "kl_optimum"}
-        return {f"{prefix}/{tag}": float(getattr(values, field)) for field, tag in names.items()}
+        return self.problem.metrics(self.actor(observations), self.exact_beta).scalars(prefix)
 
     # ------------------------------------------------------------------ acting and evaluating
-
-    def env_action(self, action: np.ndarray) -> np.ndarray:
-        """What the env receives: Gaussian draws are clipped to the action bounds (their
-        log-probability stays that of the unclipped draw, which is what the policy chose)."""
-        if isinstance(self.action_space, gym.spaces.Box):
-            return np.clip(action, self.action_space.low, self.action_space.high)
-        return action
-
-    def note_if_solved(self) -> None:
-        """Note when the mean return of the recent episodes first reached the env's reward
-        threshold (Gymnasium's spec: 475 for CartPole-v1)."""
-        recent = episode_statistics(self.envs).return_queue
-        threshold = self.env.reward_threshold
-        if (self.solved_at is None and threshold is not None and len(recent) == recent.maxlen
-                and np.mean(recent) >= threshold):
-            self.solved_at = self.env_steps
-
-    def episode_metrics(self, episodes: list[tuple[float, int]]) -> dict[str, float]:
-        """Mean return and length of the episodes finished since the last log, the mean return of
-        the recent ones (env.stats_window of them), and the env step at which that mean first
-        reached the reward threshold."""
-        metrics: dict[str, float] = {}
-        if episodes:
-            returns, lengths = zip(*episodes, strict=True)
-            metrics["episode/return"] = float(np.mean(returns))
-            if returns != lengths:  # on CartPole (1 a step) the length would repeat the return
-                metrics["episode/length"] = float(np.mean(lengths))
-        recent = episode_statistics(self.envs).return_queue
-        if recent:
-            metrics["episode/return_recent"] = float(np.mean(recent))
-        if self.solved_at is not None:
-            metrics["episode/solved_at_step"] = float(self.solved_at)
-        return metrics
 
     def test_step(self, batch: int, batch_idx: int) -> None:
         returns, lengths = self.evaluate(self.eval_episodes)
@@ -506,66 +449,20 @@ class PPOTask(Task):
     def evaluate(self, episodes: int) -> tuple[np.ndarray, np.ndarray]:
         """Return and length of ``episodes`` greedy episodes (argmax action, or the Gaussian's
         mean), one per env copy, on the env's raw rewards."""
-        envs = self.env.make(num_envs=episodes, vectorization_mode="sync", wrap=False)
-        act = self.actor.snapshot()
-        obs, _ = envs.reset(seed=self.env.env_seeds(self.global_rank, EVAL_STREAM, episodes))
-        returns, lengths = np.zeros(episodes), np.zeros(episodes, int)
-        running = np.ones(episodes, bool)
-        while running.any():
-            obs, reward, terminated, truncated, _ = envs.step(self.env_action(self.policy.mode(act(obs))))
-            returns += reward * running
-            lengths += running
-            running &= ~(terminated | truncated)
-        envs.close()
-        return returns, lengths
+        act = acting_function(self.actor)
+
+        def greedy(obs: np.ndarray) -> np.ndarray:
+            return within_bounds(self.action_dist.mode(act(obs)), self.action_space)
+        return greedy_episodes(self.env, greedy, self.global_rank, episodes)
 
     # ------------------------------------------------------------------ config checks and charts
 
     def check_terms(self, terms: Sequence[KLMeasure]) -> None:
-        """The outputs a KL term reads must exist for this env and config: ``uniform`` only for
-        discrete actions, ``reference`` only with a reference policy; the rollout's ``actions``
-        are draws from ``old_policy``. klexp's runner calls this before building anything;
-        fitting calls it again."""
-        policy = policy_for(self.env.spaces()[1])
-        has_reference = self.reference_checkpoint is not None or self.reference_from_env
-        self._uniform_needed = False
-        for term in terms:
-            for role in ("p", "q"):
-                key = getattr(term, role)
-                if key == "uniform":
-                    try:
-                        policy.uniform(torch.zeros(()))
-                    except KlexpError as error:
-                        raise KlexpError(f"kl.{term.name}.{role}: {error}") from None
-                    self._uniform_needed = True
-                if key == "reference" and not has_reference:
-                    raise KlexpError(f"kl.{term.name}.{role}: the term reads 'reference', which needs "
-                                     "task.reference_checkpoint (or a stage that trains it) or "
-                                     "task.reference_from_env")
-            drawn = term.estimator if isinstance(term.estimator, OnSamples) else None
-            source = SAMPLE_SOURCES.get(drawn.samples) if drawn is not None else None
-            if drawn is not None and source is not None and drawn.samples_from != source:
-                raise KlexpError(f"kl.{term.name}.samples_from: '{drawn.samples}' are draws from "
-                                 f"'{source}'; set samples_from: {source} (got {drawn.samples_from!r})")
+        """The outputs each KL term reads exist for this env and config (``checks.check_terms``).
+        klexp's runner calls this before building anything; fitting calls it again."""
+        check_terms(terms, self.action_dist, self.reference_checkpoint is not None or self.reference_from_env)
 
     def custom_scalars(self) -> dict[str, dict[str, list[str]]]:
-        """One chart a quantity (``klexp.Dashboards`` leaves out those the run does not write):
-        the return first, then each loss on its own scale (the value loss is ~100× the others)."""
-        return {"PPO": {
-            "episodic return": [r"^episode/return$", r"^episode/return_recent$"],
-            "policy loss (clipped surrogate)": [r"^loss/policy$"],
-            "value loss": [r"^loss/value$"],
-            "entropy bonus": [r"^loss/entropy$"],
-            "KL(π_old ‖ π_θ)": [r"^ppo/kl_(k1|k3|exact)$", r"^ppo/kl_after_update$"],
-            "KL(π_θ ‖ π_ref), exact": [r"^ppo/kl_reference$"],
-            "exact: gap to the optimum J* − J": [r"^exact/gap$"],
-            "exact: KL(π ‖ π*)": [r"^exact/kl_optimum$"],
-            "exact: objective J and its optimum J*": [r"^exact/(objective|optimal_objective)$"],
-        }}
+        """The PPO charts (``PPO_CHARTS``)."""
+        return PPO_CHARTS
 
-
-def _minibatch_limit(rollout: int, norm_adv: bool, asked: int) -> str:
-    if norm_adv:
-        return (f"must be ≤ {rollout // 2}: advantage normalisation needs ≥ 2 states a minibatch and "
-                f"a rollout has {rollout} (num_envs · num_steps), got {asked}")
-    return f"must be ≤ the rollout size {rollout}, got {asked}"

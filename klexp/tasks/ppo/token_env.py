@@ -47,7 +47,7 @@ KL values are in nats, rewards and objectives in reward units.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
@@ -166,6 +166,10 @@ class ExactMetrics:
     optimal_objective: Tensor
     gap: Tensor
     kl_optimum: Tensor
+
+    def scalars(self, prefix: str) -> dict[str, float]:
+        """Every value as a float, tagged ``<prefix>/<name>``."""
+        return {f"{prefix}/{field.name}": float(getattr(self, field.name)) for field in fields(self)}
 
 
 def exact_metrics(prefix_logits: Tensor, reference_log_probs: Tensor, rewards: Tensor,
