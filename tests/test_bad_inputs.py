@@ -235,9 +235,9 @@ DECIDED_BEFORE_BUILDING = [
      "task.teacher_checkpoint: {ckpt} was trained for 16 inputs and 3 classes; the data has 64 inputs and "
      "10 classes"),
     # a run with stages: its network against what its stages will write, before the first trains
-    (["experiment=ppo_ref_kl", "task.hidden=[32]"],
-     "task.init_from_reference: the reference network differs from this task's (task.hidden, "
-     "task.activation): net.0.weight is 64×4 in the reference, expected 32×4"),
+    (["experiment=ppo_ref_kl", "task.actor.hidden=[32]"],
+     "task.init_from_reference: the reference network differs from this task's (task.actor): "
+     "net.0.weight is 64×4 in the reference, expected 32×4"),
     (["experiment=bayes", "data=synthetic"], "data.holdout_class: expected a class in 0..2, got 9"),
     (["experiment=distill", "data=synthetic", "stages.teacher.overrides=['experiment=classification','data.holdout_class=7']"],
      "stages.teacher: data.holdout_class: expected a class in 0..2, got 7"),
