@@ -10,7 +10,8 @@ run; it moves faster while the objective ``J`` is falling quickly. After each tr
     m_n = β m_{n−1} + (1 − β) δ_n                   its momentum (β = 0.99)
     t_{n+1} = min(t_end, max(t_start + (t_end − t_start)·n/N, t_n + α·σ(m_n)·(1 − t_n)))
 
-with ``α = 5e-4`` and ``N`` the run's training steps. The released code measures ``J`` as the
+with ``α = 5e-4``, ``N`` the run's training steps and ``n`` counted from 0; the first step only
+records ``J_0``. The released code measures ``J`` as the
 cross-entropy ``−Σ p_t log S``; klexp passes the value its term measures, ``KL(p_t ‖ S)``.
 """
 
@@ -54,7 +55,7 @@ class TaidSchedule(Controller):
             return
         change = (self.previous - measured_kl) / (self.previous + _EPS)
         self.average_change = self.momentum * self.average_change + (1 - self.momentum) * change
-        ramp = self.t_start + (self.t_end - self.t_start) * min(1.0, self.steps / self.total_steps)
+        ramp = self.t_start + (self.t_end - self.t_start) * min(1.0, (self.steps - 1) / self.total_steps)
         step = self.alpha / (1 + math.exp(-self.average_change)) * (1 - self.beta)
         self.beta = min(self.t_end, max(ramp, self.beta + step))
         self.previous = measured_kl
