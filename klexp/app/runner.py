@@ -33,8 +33,8 @@ from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.internals import checkpoint_logging_step
 from klexp.lightning.logging import LOG_STEP_KEY
+from klexp.lightning.loss import LossTerm
 from klexp.lightning.run_summary import RunSummary
-from klexp.lightning.term import KLTerm
 from klexp.nets.frozen import load_checkpoint
 
 console = Console(stderr=True)
@@ -64,21 +64,23 @@ def _innermost(error: BaseException, path: str) -> tuple[BaseException, str]:
     return error, full_key
 
 
-def build_terms(kl: Mapping[str, Any] | None) -> list[KLTerm]:
-    """One ``KLTerm`` per entry of ``cfg.kl``; the entry's key is the term's name (null drops it)."""
+def build_terms(kl: Mapping[str, Any] | None) -> list[LossTerm]:
+    """One term per entry of ``cfg.kl`` (a ``KLTerm``, or any ``LossTerm`` such as
+    ``DistillTerm``); the entry's key is the term's name (null drops it)."""
     terms = []
     for name, node in (kl or {}).items():
         if node is None:
             continue
         term = instantiate_node(node, f"kl.{name}", name=name)
-        if not isinstance(term, KLTerm):
-            raise ConfigError(f"kl.{name}: expected a KLTerm (_target_: klexp.KLTerm), "
+        if not isinstance(term, LossTerm):
+            raise ConfigError(f"kl.{name}: expected a loss term (_target_: klexp.KLTerm, "
+                              f"klexp.DistillTerm or another klexp.LossTerm), "
                               f"got {type(term).__name__}")
         terms.append(term)
     return terms
 
 
-def check_terms_against_task(terms: Sequence[KLTerm], task: pl.LightningModule) -> None:
+def check_terms_against_task(terms: Sequence[LossTerm], task: pl.LightningModule) -> None:
     """Before anything is built: every output a term reads is one the task declares
     (``output_names``), and the task's own checks of its terms (``check_terms``) pass."""
     names = getattr(task, "output_names", None)
