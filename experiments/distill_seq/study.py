@@ -86,15 +86,19 @@ def summarise(rows: list[dict], out: Path) -> None:
                                   + "\n".join(lines) + "\n")
     figure, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for axis, gap in zip(axes, GAPS, strict=True):
-        for name in OBJECTIVES:
+        for index, name in enumerate(OBJECTIVES):
             part = [r for r in rows if r["objective"] == name and r["gap"] == gap]
             if part:
                 axis.scatter([float(r["val/seq_kl_forward"]) for r in part],
-                             [float(r["val/seq_kl_reverse"]) for r in part], label=name, s=18)
+                             [float(r["val/seq_kl_reverse"]) for r in part], label=name, s=22,
+                             marker="o" if index < 10 else "s", color=f"C{index % 10}",
+                             edgecolors="black" if index >= 10 else "none")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
         axis.set_title(f"student {gap} smaller than the teacher")
-        axis.set_xlabel("exact KL(T ‖ S), nats")
+        axis.set_xlabel("exact KL(T ‖ S), nats (log scale)")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("exact KL(S ‖ T), nats")
+    axes[0].set_ylabel("exact KL(S ‖ T), nats (log scale)")
     axes[1].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out / "exact_kl.png", dpi=110)
@@ -106,8 +110,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=512, help="a multiple of 128 (one epoch)")
     parser.add_argument("--objectives", nargs="*", default=list(OBJECTIVES))
+    parser.add_argument("--replot", action="store_true", help="rewrite table and plot from runs.csv")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        with open(args.out / "runs.csv", newline="") as file:
+            summarise(list(csv.DictReader(file)), args.out)
+        return
     steps = [f"trainer.max_steps={args.steps}"]
     with tempfile.TemporaryDirectory() as scratch:
         teacher_dir = Path(scratch) / "teacher"
