@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=512, help="a multiple of 128 (one epoch)")
+    parser.add_argument("--teacher-steps", type=int, default=None, help="default: the teacher experiment's")
     parser.add_argument("--objectives", nargs="*", default=list(OBJECTIVES))
     parser.add_argument("--replot", action="store_true", help="rewrite table and plot from runs.csv")
     args = parser.parse_args()
@@ -120,7 +121,8 @@ def main() -> None:
     steps = [f"trainer.max_steps={args.steps}"]
     with tempfile.TemporaryDirectory() as scratch:
         teacher_dir = Path(scratch) / "teacher"
-        run_one(["experiment=distill_seq_teacher", *QUIET], teacher_dir)
+        teacher_steps = [f"trainer.max_steps={args.teacher_steps}"] if args.teacher_steps else []
+        run_one(["experiment=distill_seq_teacher", *QUIET, *teacher_steps], teacher_dir)
         checkpoint = teacher_dir / "checkpoints" / "last.ckpt"
         rows = []
         for gap, hidden in GAPS.items():
