@@ -28,6 +28,17 @@ _EXPORTS: dict[str, str] = {
         "klexp.core"),
     **dict.fromkeys(["Shaping", "FreeBits", "Capacity", "PerExample"], "klexp.core.shaping"),
     **dict.fromkeys(["Estimator", "ClosedForm", "MonteCarlo", "OnSamples"], "klexp.core.estimate"),
+    # distillation of sequence models: token-level objectives, reductions, exact sequence metrics
+    **dict.fromkeys(["gkd_generalised_jsd", "generalised_jsd", "skew_kl", "taid_target", "taid_kl",
+                     "top_k_truncated_kl", "top_k_tail_kl", "sampled_kl_terms", "reward_surrogate"],
+                    "klexp.core.distill"),
+    **dict.fromkeys(["TokenObjective", "ForwardKL", "ReverseKL", "GeneralisedJS", "SkewKL", "TAID",
+                     "TopK", "SampledReverseKL"], "klexp.core.distill_objectives"),
+    "TaidSchedule": "klexp.core.taid",
+    "reduce_tokens": "klexp.core.reduction",
+    **dict.fromkeys(["sequence_divergences", "SequenceDivergences", "prefix_tree", "sample_sequences",
+                     "all_sequences"], "klexp.core.sequences"),
+    "DistillTerm": "klexp.lightning.distill_term",
     # the Lightning integration (klexp.lightning)
     **dict.fromkeys(
         ["KLTerm", "KLPenalty", "TargetKL", "KLMeasure", "kl_term", "kl_stop", "LossTerm", "RewardTerm",

@@ -11,8 +11,8 @@ from pytorch_lightning.profilers import SimpleProfiler
 from klexp.app.cli import CONFIG_DIR
 from klexp.app.config_checks import check_config
 from klexp.app.runner import build_callbacks, build_terms, check_terms_against_task, instantiate_node
+from klexp.lightning.loss import Term
 from klexp.lightning.profiler import NoProfiler
-from klexp.lightning.term import KLMeasure
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -32,7 +32,7 @@ def test_every_experiment_composes_validates_and_instantiates(experiment, tmp_pa
     check_config(cfg)
     assert cfg.experiment_name
     terms = build_terms(cfg.kl)
-    assert all(isinstance(term, KLMeasure) for term in terms)
+    assert all(isinstance(term, Term) for term in terms)
     assert [t.name for t in terms] == [k for k, v in (cfg.kl or {}).items() if v is not None]
     instantiate_node(cfg.task, "task")
     if cfg.get("data") is not None:

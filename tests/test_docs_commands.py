@@ -45,9 +45,12 @@ SMOKE: dict[str, list[str]] = {
     "gan": ["trainer.max_epochs=1", "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=1",
             "++trainer.limit_test_batches=1"],
     "fit_gaussian": ["trainer.max_epochs=1", "task.steps_per_epoch=5"],
+    # the teacher stage inherits these: a few steps each, one validation with the exact metrics
+    "distill_seq": ["trainer.max_steps=8", "data.num_train=512", "trainer.check_val_every_n_epoch=1"],
 }
 SCRIPT_SMOKE = {
     "experiments/news_coding/coding.py": ["--messages", "2000", "--blocks", "1", "2"],
+    "experiments/distill_seq/gkd_beta.py": [],
     "experiments/benchmarks/bench_kl.py": ["--rows", "64", "--classes", "10", "--repeats", "2"],
     "experiments/benchmarks/bench_vae.py": ["--steps", "5", "--rounds", "1"],
     "experiments/benchmarks/bench_ppo.py": ["--total-timesteps", "2048", "--repeats", "1"],

@@ -11,6 +11,9 @@ from helpers import FAST, QUIET, run_experiment
 EXPERIMENTS = {
     "classification": [*FAST, "data=synthetic"],
     "distill": [*FAST, "data=synthetic", "experiment=distill"],
+    # the teacher stage inherits the data and trainer overrides
+    "distill_seq": [*QUIET, "experiment=distill_seq", "data.num_train=256", "trainer.max_steps=4",
+                    "task.student_fraction=0.5", "task.source=teacher"],
     "vae": [*QUIET, "experiment=vae", "data=synthetic", "trainer.max_steps=3",
             "trainer.check_val_every_n_epoch=1", "+trainer.limit_val_batches=1",
             "+trainer.limit_test_batches=1", "task.iw_samples=3"],

@@ -38,8 +38,8 @@ from klexp.lightning.checkpoint_io import AtomicCheckpointIO
 from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.internals import checkpoint_logging_step
 from klexp.lightning.logging import LOG_STEP_KEY
+from klexp.lightning.loss import Term
 from klexp.lightning.run_summary import RunSummary, recorded_metrics, stop_signal
-from klexp.lightning.term import KLMeasure
 from klexp.nets.frozen import load_checkpoint
 
 console = Console(stderr=True, soft_wrap=True)  # a line in a pipe is never cut at 80 columns
@@ -69,21 +69,23 @@ def _innermost(error: BaseException, path: str) -> tuple[BaseException, str]:
     return error, full_key
 
 
-def build_terms(kl: Mapping[str, Any] | None) -> list[KLMeasure]:
-    """One KL term per entry of ``cfg.kl``; the entry's key is the term's name (null drops it)."""
+def build_terms(kl: Mapping[str, Any] | None) -> list[Term]:
+    """One term per entry of ``cfg.kl`` (a KL term, or any other ``klexp.Term`` such as
+    ``DistillTerm``); the entry's key is the term's name (null drops it)."""
     terms = []
     for name, node in (kl or {}).items():
         if node is None:
             continue
         term = instantiate_node(node, f"kl.{name}", name=name)
-        if not isinstance(term, KLMeasure):
-            raise ConfigError(f"kl.{name}: expected a KL term (_target_: klexp.kl_term), "
+        if not isinstance(term, Term):
+            raise ConfigError(f"kl.{name}: expected a term (_target_: klexp.kl_term, "
+                              f"klexp.DistillTerm or another klexp.Term), "
                               f"got {type(term).__name__}")
         terms.append(term)
     return terms
 
 
-def check_terms_against_task(terms: Sequence[KLMeasure], task: pl.LightningModule) -> None:
+def check_terms_against_task(terms: Sequence[Term], task: pl.LightningModule) -> None:
     """Before anything is built: every output a term reads is one the task declares
     (``output_names``), and the task's own checks of its terms (``check_terms``) pass."""
     names = getattr(task, "output_names", None)

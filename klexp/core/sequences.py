@@ -1,160 +1,176 @@
-"""Exact sequence-level divergences between two autoregressive models, by enumerating every
-sequence: the truth a distillation objective is scored against.
+"""Exact sequence-level quantities of autoregressive models, by enumerating every sequence.
 
-A model is a function of token ids ``(B, L)`` returning next-token logits ``(B, L, V)`` (any
-normalisation; ``log_softmax`` is applied), where position ``t`` holds the distribution of token
-``t`` given tokens ``0 … t − 1`` — what a causal model returns under teacher forcing. It must not
-look at token ``t`` or later; if it does, the probabilities of all sequences do not sum to 1, and
-``sequence_divergences`` says so. A sequence's log-probability is the chain rule,
-``log T(x) = Σ_t log T(x_t | x_<t)``.
+An autoregressive model over a vocabulary of ``V`` tokens and sequences of length ``L`` is given
+here as a **next-token function**: ``prefixes (N, t) → logits (N, V)`` of the token that follows
+each prefix (``t = 0`` is the empty prefix; log-probabilities are logits too). Its sequence
+probability is the chain ``P(x) = Π_t P(x_t | x_<t)``.
 
-With T the teacher and S the student over all ``V^L`` sequences of length L, in nats, float64:
+Where ``V^L`` is small (8 tokens × length 6 = 262,144 sequences), everything a distillation
+objective stands for is computed exactly, in float64 by default:
 
-* ``kl`` = ``KL(T ‖ S) = Σ_x T(x) log(T(x)/S(x))`` (forward, mass covering);
-* ``reverse_kl`` = ``KL(S ‖ T)`` (mode seeking);
-* ``total_variation`` = ``½ Σ_x |T(x) − S(x)|``, in [0, 1];
-* ``teacher_entropy``, ``student_entropy`` = ``H(T)``, ``H(S)``;
-* the teacher-forced token averages that token-level objectives optimise, with
-  ``KL_t(A ‖ B)(x) = KL(A(·|x_<t) ‖ B(·|x_<t))``:
-  ``token_kl_on_teacher`` = ``E_{x~T}[(1/L) Σ_t KL_t(T ‖ S)]`` (forward KL on teacher or data
-  sequences), ``token_reverse_kl_on_student`` = ``E_{x~S}[(1/L) Σ_t KL_t(S ‖ T)]`` (reverse KL on
-  the student's own sequences, on-policy), ``token_reverse_kl_on_teacher`` and
-  ``token_kl_on_student`` (the two directions on the other side's sequences), and
-  ``cross_entropy_on_teacher`` = ``E_{x~T}[−(1/L) log S(x)]`` (the student's negative
-  log-likelihood per token of teacher sequences).
+* the **prefix tree** (``prefix_tree``): level ``t`` holds the next-token log-probabilities after
+  each of the ``V^t`` prefixes of length ``t``, in lexicographic order, computed in batches of at
+  most ``chunk_size`` prefixes: ``(V^L − 1)/(V − 1)`` rows in all, 37,449 for 8 × 6, never
+  ``V^L · L``;
+* **sequence log-probabilities** ``log P(x)`` of all ``V^L`` sequences (``sequence_log_probs``);
+* **sequence divergences** (``sequence_divergences``): ``KL(T ‖ S) = Σ_x T(x) log(T(x)/S(x))``,
+  ``KL(S ‖ T)``, total variation ``½ Σ_x |T(x) − S(x)|`` and the entropies, each a sum over all
+  sequences;
+* the **teacher-forced token averages** the objectives optimise: ``E_{x~W}[(1/L) Σ_t
+  KL(T(·|x_<t) ‖ S(·|x_<t))]`` and the reverse, with the sequences ``x`` drawn from the teacher
+  or the student ``W`` — sums over the prefix tree weighted by ``W(x_<t)``.
 
-By the chain rule ``L · token_kl_on_teacher = kl`` and ``L · token_reverse_kl_on_student =
-reverse_kl`` exactly; the other two token averages are no sequence-level divergence. Every value is
-a differentiable function of the models' outputs when gradients are enabled (the exact gradient of
-a divergence, for testing an objective's), otherwise evaluated batch by batch without a graph.
+The chain rule ties the two: ``KL(T ‖ S) = E_{x~T}[Σ_t KL(T_t ‖ S_t)]`` (the first argument
+samples), ``L ×`` the token average on the teacher's sequences; ``tests/test_sequences.py``
+checks it, and every quantity against brute force over ``itertools.product``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from klexp.core.categorical import categorical_kl
-from klexp.errors import ConfigValueError, require, require_positive_int
 
-#: next-token logits ``(B, L, V)`` of token ids ``(B, L)``, position t given tokens before t
-SequenceModel = Callable[[Tensor], Tensor]
+#: ``prefixes (N, t) → next-token logits (N, V)``
+NextToken = Callable[[Tensor], Tensor]
 
-#: Up to this many sequences (``V^L``) are enumerated: 8 tokens × length 7, or 4 × 11.
-MAX_ENUMERATED_SEQUENCES = 2**21
+#: the largest sequence space enumerated (a guard against a typo costing the machine's memory)
+MAX_SEQUENCES = 1 << 22
 
-_INF = float("inf")
 
-#: the sums that are averaged over the L positions
-_PER_TOKEN = frozenset({"token_kl_on_teacher", "token_reverse_kl_on_student",
-                        "token_reverse_kl_on_teacher", "token_kl_on_student",
-                        "cross_entropy_on_teacher"})
+def check_enumerable(vocab_size: int, length: int) -> int:
+    """``V^L``, or ``ValueError`` naming both when it is over ``MAX_SEQUENCES``."""
+    if vocab_size < 1 or length < 1:
+        raise ValueError(f"vocab_size and length must be ≥ 1, got {vocab_size} and {length}")
+    count = vocab_size ** length
+    if count > MAX_SEQUENCES:
+        raise ValueError(f"vocab_size {vocab_size} and length {length} make {count:,} sequences; "
+                         f"exact enumeration takes at most {MAX_SEQUENCES:,}")
+    return count
+
+
+def all_sequences(vocab_size: int, length: int, device: torch.device | str | None = None) -> Tensor:
+    """Every sequence of ``length`` tokens in ``range(vocab_size)``, ``(V^L, L)``, in
+    lexicographic order (row ``i`` is ``i`` written in base ``V``)."""
+    check_enumerable(vocab_size, length)
+    index = torch.arange(vocab_size ** length, device=device)
+    powers = vocab_size ** torch.arange(length - 1, -1, -1, device=device)
+    return (index.unsqueeze(1) // powers) % vocab_size
+
+
+def prefix_tree(next_token: NextToken, vocab_size: int, length: int, *, chunk_size: int = 65536,
+                dtype: torch.dtype = torch.float64) -> list[Tensor]:
+    """The next-token log-probabilities after every prefix: level ``t`` (``t = 0 … L−1``) is
+    ``(V^t, V)``, rows in the lexicographic order of the prefixes. ``next_token`` is called on
+    batches of at most ``chunk_size`` prefixes; its logits are normalised here, in ``dtype``."""
+    check_enumerable(vocab_size, length)
+    levels = []
+    for t in range(length):
+        prefixes = all_sequences(vocab_size, t) if t else torch.zeros(1, 0, dtype=torch.long)
+        rows = [torch.log_softmax(next_token(chunk).to(dtype), dim=-1)
+                for chunk in prefixes.split(chunk_size)]
+        level = torch.cat(rows)
+        if level.shape != (vocab_size ** t, vocab_size):
+            raise ValueError(f"next_token must return ({vocab_size ** t}, {vocab_size}) logits for "
+                             f"the prefixes of length {t}, got {tuple(level.shape)}")
+        levels.append(level)
+    return levels
+
+
+def prefix_log_probs(tree: list[Tensor]) -> list[Tensor]:
+    """``log P(prefix)`` of every prefix of length ``t = 0 … L``: level ``t`` is ``(V^t,)``,
+    lexicographic. The last level holds the whole sequences."""
+    levels = [tree[0].new_zeros(1)]
+    for next_log_probs in tree:
+        # the prefixes of length t+1, lexicographic, are (prefix, token) with the token fastest
+        levels.append((levels[-1].unsqueeze(1) + next_log_probs).flatten())
+    return levels
+
+
+def sequence_log_probs(tree: list[Tensor]) -> Tensor:
+    """``log P(x)`` of all ``V^L`` sequences, in the order of ``all_sequences``."""
+    return prefix_log_probs(tree)[-1]
+
+
+def token_average(weights: list[Tensor], values: list[Tensor]) -> Tensor:
+    """``E_{x~W}[(1/L) Σ_t v_t(x_<t)]``: per-prefix values ``v_t`` (level ``t``, ``(V^t,)``)
+    averaged over the ``L`` positions of sequences drawn from ``W`` (``weights``: the levels
+    ``0 … L−1`` of ``prefix_log_probs`` of ``W``)."""
+    total = sum((w.exp() * v).sum() for w, v in zip(weights, values, strict=True))
+    return total / len(values)
 
 
 @dataclass(frozen=True)
 class SequenceDivergences:
-    """Exact sequence-level values (nats, float64, 0-dim tensors); see the module docstring."""
+    """What ``sequence_divergences`` measures, in nats; ``token_*`` are per-token averages (the
+    sum over positions divided by ``L``), ``on_teacher`` / ``on_student`` naming whose sequences
+    they are taken over."""
 
-    kl: Tensor
-    reverse_kl: Tensor
-    total_variation: Tensor
+    kl_forward: Tensor
+    kl_reverse: Tensor
+    tv: Tensor
     teacher_entropy: Tensor
     student_entropy: Tensor
-    token_kl_on_teacher: Tensor
-    token_reverse_kl_on_student: Tensor
-    token_reverse_kl_on_teacher: Tensor
-    token_kl_on_student: Tensor
-    cross_entropy_on_teacher: Tensor
+    token_kl_forward_on_teacher: Tensor
+    token_kl_reverse_on_teacher: Tensor
+    token_kl_forward_on_student: Tensor
+    token_kl_reverse_on_student: Tensor
 
     def as_dict(self) -> dict[str, Tensor]:
-        """The values by name, in field order."""
-        return asdict(self)
+        return dict(vars(self))
 
 
-def all_sequences(vocab_size: int, length: int, start: int = 0, stop: int | None = None) -> Tensor:
-    """Sequences ``start … stop − 1`` of all ``V^L``, in lexicographic order (the last position
-    varies fastest), as token ids ``(stop − start, L)``."""
-    stop = vocab_size**length if stop is None else stop
-    index = torch.arange(start, stop, dtype=torch.long)
-    powers = vocab_size ** torch.arange(length - 1, -1, -1, dtype=torch.long)
-    return (index.unsqueeze(-1) // powers) % vocab_size
+def sequence_divergences(teacher: NextToken | list[Tensor], student: NextToken | list[Tensor],
+                         vocab_size: int, length: int, *, chunk_size: int = 65536,
+                         dtype: torch.dtype = torch.float64) -> SequenceDivergences:
+    """Exact sequence-level divergences between a teacher ``T`` and a student ``S`` (next-token
+    functions, or prefix trees already computed), by enumeration:
+
+    * ``kl_forward = KL(T ‖ S) = Σ_x T(x)(log T(x) − log S(x))``, ``kl_reverse = KL(S ‖ T)``;
+    * ``tv = ½ Σ_x |T(x) − S(x)| ∈ [0, 1]``;
+    * ``teacher_entropy = −Σ_x T(x) log T(x)``, ``student_entropy`` likewise (≤ ``L log V``);
+    * ``token_kl_forward_on_W = E_{x~W}[(1/L) Σ_t KL(T(·|x_<t) ‖ S(·|x_<t))]`` and
+      ``token_kl_reverse_on_W`` with ``KL(S_t ‖ T_t)``, for ``W`` the teacher or the student.
+
+    Differentiable: gradients flow to whichever model carries them."""
+    trees = [m if isinstance(m, list) else prefix_tree(m, vocab_size, length, chunk_size=chunk_size,
+                                                       dtype=dtype)
+             for m in (teacher, student)]
+    teacher_prefixes, student_prefixes = (prefix_log_probs(tree) for tree in trees)
+    log_t, log_s = teacher_prefixes[-1], student_prefixes[-1]
+    p_t, p_s = log_t.exp(), log_s.exp()
+    forward_tokens = [categorical_kl(t, s) for t, s in zip(*trees, strict=True)]
+    reverse_tokens = [categorical_kl(s, t) for t, s in zip(*trees, strict=True)]
+    return SequenceDivergences(
+        kl_forward=_plogp_ratio(p_t, log_t, log_s),
+        kl_reverse=_plogp_ratio(p_s, log_s, log_t),
+        tv=0.5 * (p_t - p_s).abs().sum(),
+        teacher_entropy=-_plogp_ratio(p_t, log_t, torch.zeros_like(log_t)),
+        student_entropy=-_plogp_ratio(p_s, log_s, torch.zeros_like(log_s)),
+        token_kl_forward_on_teacher=token_average(teacher_prefixes[:-1], forward_tokens),
+        token_kl_reverse_on_teacher=token_average(teacher_prefixes[:-1], reverse_tokens),
+        token_kl_forward_on_student=token_average(student_prefixes[:-1], forward_tokens),
+        token_kl_reverse_on_student=token_average(student_prefixes[:-1], reverse_tokens),
+    )
 
 
-def _mass_weighted(log_weight: Tensor, value: Tensor) -> Tensor:
-    """``Σ exp(log w) · value`` with ``0 · value = 0`` where ``w = 0`` (also for an infinite value)."""
-    zero_weight = log_weight == -_INF
-    safe_value = torch.where(zero_weight, torch.zeros_like(value), value)
-    return (log_weight.exp() * safe_value).sum()
+def _plogp_ratio(p: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``Σ p (log p − log q)`` with ``0 · log 0 = 0``."""
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros((), dtype=p.dtype)).sum()
 
 
-def sequence_divergences(teacher: SequenceModel, student: SequenceModel, *, vocab_size: int,
-                         length: int, batch_size: int = 16_384, tolerance: float = 1e-6,
-                         device: torch.device | str | None = None) -> SequenceDivergences:
-    """Every value of ``SequenceDivergences`` for ``teacher`` T and ``student`` S over all
-    ``vocab_size ** length`` sequences, enumerated ``batch_size`` at a time (token ids on
-    ``device``, the CPU when None), in float64.
-
-    Raises ``ConfigValueError`` when there are more than ``MAX_ENUMERATED_SEQUENCES`` sequences,
-    when a model's logits do not have the shape ``(B, length, vocab_size)``, or when its sequence
-    probabilities do not sum to 1 within ``tolerance`` (its position t reads token t or later).
-    """
-    require_positive_int("vocab_size", vocab_size)
-    require_positive_int("length", length)
-    require_positive_int("batch_size", batch_size)
-    count = vocab_size**length
-    require(count <= MAX_ENUMERATED_SEQUENCES, "length",
-            f"at most {MAX_ENUMERATED_SEQUENCES} sequences to enumerate (vocab_size ** length)",
-            f"{vocab_size} ** {length} = {count}")
-    sums: dict[str, Tensor] = {}
-    for start in range(0, count, batch_size):
-        tokens = all_sequences(vocab_size, length, start, min(start + batch_size, count)).to(device)
-        log_t = _token_log_probs(teacher, tokens, "teacher", vocab_size)
-        log_s = _token_log_probs(student, tokens, "student", vocab_size)
-        for name, value in _batch_sums(tokens, log_t, log_s).items():
-            sums[name] = value if name not in sums else sums[name] + value
-    for name in ("teacher", "student"):
-        mass = sums.pop(f"{name}_mass")
-        if abs(mass.item() - 1.0) > tolerance:
-            raise ConfigValueError(name, f"the probabilities of all {count} sequences sum to "
-                                   f"{mass.item():.9g}, not 1: the logits at position t must depend "
-                                   "on the tokens before t only")
-    return SequenceDivergences(**{name: value / length if name in _PER_TOKEN else value
-                                  for name, value in sums.items()})
-
-
-def _token_log_probs(model: SequenceModel, tokens: Tensor, role: str, vocab_size: int) -> Tensor:
-    logits = model(tokens)
-    expected = (*tokens.shape, vocab_size)
-    if tuple(logits.shape) != expected:
-        raise ConfigValueError(role, f"next-token logits of shape (batch, length, vocab_size) = "
-                               f"{expected} expected, got {tuple(logits.shape)}")
-    return torch.log_softmax(logits.to(torch.float64), dim=-1)
-
-
-def _batch_sums(tokens: Tensor, log_t: Tensor, log_s: Tensor) -> dict[str, Tensor]:
-    """This batch's share of every sum, in ``SequenceDivergences`` field order, then the masses."""
-    index = tokens.unsqueeze(-1)
-    seq_t = log_t.gather(-1, index).squeeze(-1).sum(-1)  # log T(x)
-    seq_s = log_s.gather(-1, index).squeeze(-1).sum(-1)
-    forward_tokens = categorical_kl(log_t, log_s).sum(-1)  # Σ_t KL_t(T ‖ S)
-    reverse_tokens = categorical_kl(log_s, log_t).sum(-1)
-    # log T − log S with 0 where both are 0 (the weight is 0 there anyway)
-    both_zero = (seq_t == -_INF) & (seq_s == -_INF)
-    log_ratio = torch.where(both_zero, torch.zeros_like(seq_t), seq_t - seq_s)
-    return {
-        "kl": _mass_weighted(seq_t, log_ratio),
-        "reverse_kl": _mass_weighted(seq_s, -log_ratio),
-        "total_variation": 0.5 * (seq_t.exp() - seq_s.exp()).abs().sum(),
-        "teacher_entropy": _mass_weighted(seq_t, -seq_t),
-        "student_entropy": _mass_weighted(seq_s, -seq_s),
-        "token_kl_on_teacher": _mass_weighted(seq_t, forward_tokens),
-        "token_reverse_kl_on_student": _mass_weighted(seq_s, reverse_tokens),
-        "token_reverse_kl_on_teacher": _mass_weighted(seq_t, reverse_tokens),
-        "token_kl_on_student": _mass_weighted(seq_s, forward_tokens),
-        "cross_entropy_on_teacher": _mass_weighted(seq_t, -seq_s),
-        "teacher_mass": seq_t.exp().sum(),
-        "student_mass": seq_s.exp().sum(),
-    }
+def sample_sequences(next_token: NextToken, num_sequences: int, length: int, *,
+                     generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> Tensor:
+    """``num_sequences`` sequences ``(N, L)`` drawn from the model token by token (no gradient)."""
+    tokens = torch.zeros(num_sequences, 0, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for _ in range(length):
+            probs = torch.softmax(next_token(tokens).double(), dim=-1)
+            draw = torch.multinomial(probs, 1, generator=generator)
+            tokens = torch.cat([tokens, draw], dim=1)
+    return tokens
