@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from klexp.core.categorical import categorical_kl, check_logits, compute_dtype
-from klexp.core.estimators import Estimator, monte_carlo_terms
+from klexp.core.estimators import EstimatorName, monte_carlo_terms
 
 
 def forward_kl(teacher: Tensor, student: Tensor) -> Tensor:
@@ -181,7 +181,7 @@ def top_k_tail_kl(teacher: Tensor, student: Tensor, k: int) -> Tensor:
 
 
 def sampled_kl_terms(student_log_prob: Tensor, teacher_log_prob: Tensor,
-                     estimator: Estimator) -> Tensor:
+                     estimator: EstimatorName) -> Tensor:
     """``k1``, ``k2`` or ``k3`` of ``KL(S ‖ T)`` at tokens ``y ~ S`` (the student's own
     samples), from their log-probabilities under each model: ``log r = log T(y) − log S(y)``,
     ``k1 = −log r``, ``k2 = ½(log r)²``, ``k3 = (r − 1) − log r``

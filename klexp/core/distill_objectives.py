@@ -16,7 +16,7 @@ from torch import Tensor
 
 from klexp.core import distill
 from klexp.core.controllers import Controller
-from klexp.core.estimators import MONTE_CARLO_ESTIMATORS, Estimator
+from klexp.core.estimators import MONTE_CARLO_ESTIMATORS, EstimatorName
 from klexp.core.taid import TaidSchedule
 from klexp.errors import ConfigValueError, require, require_in, require_positive_int
 
@@ -161,7 +161,7 @@ class SampledReverseKL(TokenObjective):
 
     needs_student_samples = True
 
-    def __init__(self, estimator: Estimator = "k1", placement: Literal["loss", "reward"] = "reward") -> None:
+    def __init__(self, estimator: EstimatorName = "k1", placement: Literal["loss", "reward"] = "reward") -> None:
         require_in("estimator", estimator, MONTE_CARLO_ESTIMATORS)
         require_in("placement", placement, ("loss", "reward"))
         self.estimator, self.placement = estimator, placement
