@@ -161,7 +161,8 @@ class SampledReverseKL(TokenObjective):
 
     needs_student_samples = True
 
-    def __init__(self, estimator: EstimatorName = "k1", placement: Literal["loss", "reward"] = "reward") -> None:
+    def __init__(self, estimator: EstimatorName = "k1",
+                 placement: Literal["loss", "reward"] = "reward") -> None:
         require_in("estimator", estimator, MONTE_CARLO_ESTIMATORS)
         require_in("placement", placement, ("loss", "reward"))
         self.estimator, self.placement = estimator, placement
