@@ -4,6 +4,7 @@ mode metrics (``klexp.tasks.gan_metrics``), the task (``klexp.tasks.gan``) and i
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from klexp.core.fdivergences import GENERATOR_GRADIENTS, VariationalFDivergence
 from klexp.core.wasserstein import WassersteinGP
 from klexp.data.toys2d import GridOfGaussians, RingOfGaussians, grid_means, ring_means
 from klexp.errors import ConfigValueError
+from klexp.nets.mlp import MLP
 from klexp.tasks.gan import GANTask
 from klexp.tasks.gan_metrics import mode_histogram, mode_metrics
 
@@ -275,7 +277,8 @@ def test_a_diverged_gan_stops_training_and_is_still_evaluated(tmp_path):
 
 
 def test_the_task_runs_in_float64_with_every_tensor_in_the_module_dtype():
-    task = GANTask(VariationalFDivergence("hellinger"), generator_hidden=[8], critic_hidden=[8])
+    task = GANTask(VariationalFDivergence("hellinger"), generator=partial(MLP, hidden=[8]),
+                   critic=partial(MLP, hidden=[8]))
     task.build(2)
     task.double()
     task.register_buffer("modes", ring_means(), persistent=False)
