@@ -95,7 +95,7 @@ CASES = [
     # configs: the Trainer's, its callbacks' and the logger's own arguments, and the optimiser's
     (["trainer.max_epochs=abc"], "trainer.max_epochs: expected an integer, got 'abc'"),
     (["trainer.log_every_n_steps=1.5"], "trainer.log_every_n_steps: expected an integer, got 1.5"),
-    (["+trainer.precision=13"], "trainer.precision: expected one of 64, 32, 16, transformer-engine, "),
+    (["trainer.precision=13"], "trainer.precision: expected one of 64, 32, 16, transformer-engine, "),
     (["trainer.deterministic=sometimes"], "trainer.deterministic: expected one of true, false, warn, got 'sometimes'"),
     (["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key for Trainer; did you mean 'max_epochs'?"),
     (["trainer.devices=-3"], "trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),

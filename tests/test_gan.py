@@ -235,8 +235,8 @@ def test_generator_updates_after_every_critic_steps_critic_updates(divergence, b
     """One batch = one critic update; WGAN-GP's 5 critic updates per generator update make 10
     batches 10 + 2 optimiser steps (Lightning's global_step counts both)."""
     summary = run_experiment(["experiment=gan", f"divergence={divergence}", *QUIET,
-                              f"+trainer.max_steps={optimizer_steps}", "trainer.max_epochs=-1",
-                              "+trainer.limit_val_batches=0", "test=false"], tmp_path)
+                              f"trainer.max_steps={optimizer_steps}", "trainer.max_epochs=-1",
+                              "trainer.limit_val_batches=0", "test=false"], tmp_path)
     assert summary["status"] == "completed"
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == optimizer_steps
@@ -253,7 +253,7 @@ def test_generator_schedule_resumes_from_global_step():
 
 
 def test_validation_logs_the_samples_figure_and_the_metrics(tmp_path):
-    run_experiment(["experiment=gan", *QUIET, "+trainer.limit_train_batches=4", "trainer.max_epochs=2",
+    run_experiment(["experiment=gan", *QUIET, "trainer.limit_train_batches=4", "trainer.max_epochs=2",
                     "trainer.log_every_n_steps=1", "task.contour_resolution=20", "test=false"], tmp_path)
     scalars, images = _event_tags(tmp_path)
     assert "val/samples" in images

@@ -52,7 +52,7 @@ from klexp.app.runner import build_callbacks, build_terms, instantiate_node
 from klexp.nets.mlp import mlp
 
 WARMUP_STEPS = 100
-BENCH_OVERRIDES = ["+trainer.limit_val_batches=0", "test=false", "trainer.enable_model_summary=false",
+BENCH_OVERRIDES = ["trainer.limit_val_batches=0", "test=false", "trainer.enable_model_summary=false",
                    "+trainer.enable_checkpointing=false", "+trainer.enable_progress_bar=false"]
 
 
