@@ -21,7 +21,7 @@ INPUT_SHAPE, CLASSES, NUM_TRAIN = (4, 4), 3, 250
 
 
 def weights_term(tmp_path, *overrides):
-    """The KL term exactly as conf/kl/weights.yaml (picked by experiment=bayes) defines it."""
+    """The KL term exactly as klexp/conf/kl/weights.yaml (picked by experiment=bayes) defines it."""
     cfg = compose_config(["experiment=bayes", *overrides], output_dir=tmp_path)
     (term,) = build_terms(cfg.kl)
     return term

@@ -1,4 +1,4 @@
-"""Every config in conf/ composes and instantiates; the runner builds what an experiment names."""
+"""Every config in klexp/conf/ composes and instantiates; the runner builds what an experiment names."""
 
 import inspect
 from pathlib import Path
@@ -105,14 +105,18 @@ def test_every_yaml_file_is_reachable_through_a_group():
 
 
 def test_every_config_folder_ships_in_the_wheel():
-    """pyproject.toml lists conf/ and each of its folders as klexp.conf packages."""
+    """The packages setuptools finds with pyproject.toml's settings hold klexp/conf and each of its
+    folders (tests/test_user_project.py installs a wheel and runs from it)."""
     import tomllib
+    from setuptools import find_namespace_packages
 
-    packages = set(tomllib.loads((CONFIG_DIR.parent / "pyproject.toml").read_text())
-                   ["tool"]["setuptools"]["packages"])
+    repo = CONFIG_DIR.parents[1]
+    find = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find.get("namespaces", True), "the config folders have no __init__.py: namespace packages"
+    packages = set(find_namespace_packages(str(repo), include=find["include"]))
     folders = {"klexp.conf." + ".".join(p.relative_to(CONFIG_DIR).parts)
-               for p in CONFIG_DIR.rglob("*") if p.is_dir()}
-    assert folders | {"klexp.conf"} <= packages
+               for p in CONFIG_DIR.rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    assert folders | {"klexp.conf", "klexp.nets", "hydra_plugins.klexp_search_path"} <= packages
 
 
 def test_the_default_profiler_records_nothing_and_a_chosen_one_replaces_it(tmp_path):

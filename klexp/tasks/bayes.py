@@ -7,7 +7,7 @@ maximises the evidence lower bound; per training example (N of them), the loss i
               = (task loss: data NLL)  +  (KL term ``weights``, divide_by=num_train)
 
 The task computes only the NLL, with weights drawn by the reparameterisation trick; the KL is a
-``KLTerm`` from the config (``conf/kl/weights.yaml``): closed form for the Gaussian prior, Monte
+``KLTerm`` from the config (``klexp/conf/kl/weights.yaml``): closed form for the Gaussian prior, Monte
 Carlo (k1/k3, on the weights drawn for this step) for the scale-mixture prior, weighted and
 annealed like any other term.
 

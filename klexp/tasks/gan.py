@@ -1,7 +1,7 @@
 """A GAN on 2-D toy data: a generator Q, which can only be sampled, trained against data P, which
 are only samples, on a divergence estimated through a critic — the divergence is config.
 
-The divergence object (``conf/divergence/<name>.yaml``, composed into ``task.divergence``) says
+The divergence object (``klexp/conf/divergence/<name>.yaml``, composed into ``task.divergence``) says
 what the critic maximises and what the generator minimises, from the critic's raw outputs ``v``
 on a batch of data (``v_real``) and of generated points (``v_fake``):
 
@@ -72,7 +72,7 @@ class GANTask(Task):
     """A generator and a critic trained against each other on ``divergence``.
 
     Args:
-        divergence: the objective (``conf/divergence/*.yaml``).
+        divergence: the objective (``klexp/conf/divergence/*.yaml``).
         noise_dim: size of the generator's standard normal input z.
         generator: ``NetFactory`` (``klexp.nets.factory``) of the network ``z ↦ x``
             (``in_features = noise_dim``, ``out_features`` = the data's dimension); critic: that of
