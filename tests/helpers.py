@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Overrides that make any experiment a seconds-long smoke run.
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
-FAST = [*QUIET, "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+FAST = [*QUIET, "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 
 
 def _composed(overrides: Sequence[str], output_dir: Path | str) -> DictConfig:

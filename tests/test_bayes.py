@@ -1,5 +1,6 @@
 """Bayes by backprop: the weight posterior, its priors, the ELBO's KL term and the predictive."""
 
+import functools
 import math
 
 import pytest
@@ -20,7 +21,7 @@ INPUT_SHAPE, CLASSES, NUM_TRAIN = (4, 4), 3, 250
 
 
 def weights_term(tmp_path, *overrides):
-    """The KL term exactly as conf/kl/weights.yaml (picked by experiment=bayes) defines it."""
+    """The KL term exactly as klexp/conf/kl/weights.yaml (picked by experiment=bayes) defines it."""
     cfg = compose_config(["experiment=bayes", *overrides], output_dir=tmp_path)
     (term,) = build_terms(cfg.kl)
     return term
@@ -29,7 +30,7 @@ def weights_term(tmp_path, *overrides):
 def built_task(seed=0, **kwargs):
     """A small task with posterior σ spread over [0.05, 1] so no two weights look alike."""
     torch.manual_seed(seed)
-    task = BayesByBackpropTask(hidden=[16, 8], **kwargs)
+    task = BayesByBackpropTask(functools.partial(BayesMLP, hidden=[16, 8]), **kwargs)
     task.build(INPUT_SHAPE, CLASSES, NUM_TRAIN)
     with torch.no_grad():
         for layer in task.net.layers:
@@ -184,7 +185,7 @@ def test_an_unknown_prior_fails_at_start_up_naming_the_key(tmp_path):
 
 @pytest.mark.parametrize(("override", "key"), [
     ("task.mixture_sigma1=0.001", "mixture_sigma1"),
-    ("task.init_sigma=0.0", "init_sigma"),
+    ("task.net.init_sigma=0.0", "net.init_sigma"),
     ("task.prior_sigma=-1.0", "prior_sigma"),
     ("task.eval_samples=0", "eval_samples"),
 ])

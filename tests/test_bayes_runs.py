@@ -22,7 +22,7 @@ def test_predictive_entropy_is_higher_out_of_distribution_than_on_test_digits(tm
     """A small Bayesian MLP on digits (class 9 held out): more uncertain on noise and on the unseen
     class than on test digits, both in total (entropy) and in its epistemic part (mutual information)."""
     summary = run_experiment(["experiment=bayes", "stages=null", *QUIET, "trainer.max_epochs=10",
-                              "task.hidden=[64]", "task.eval_samples=10"], tmp_path)
+                              "task.net.hidden=[64]", "task.eval_samples=10"], tmp_path)
     metrics = summary["metrics"]
 
     assert metrics["test/acc"] > 0.9

@@ -36,7 +36,7 @@ def test_bad_config_fails_fast_naming_the_key(override, message, tmp_path):
 
 
 def test_rerun_repeats_a_finished_run_exactly_in_a_new_directory(tmp_path):
-    first = run_cli([*FAST, "data=synthetic", "task.dropout=0.2"], cwd=tmp_path)
+    first = run_cli([*FAST, "data=synthetic", "task.net.dropout=0.2"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     (original,) = (tmp_path / "outputs" / "classification").iterdir()
     again = run_cli(["rerun", str(original)], cwd=tmp_path)

@@ -1,8 +1,10 @@
-"""Every config in conf/ composes and instantiates; the runner builds what an experiment names."""
+"""Every config in klexp/conf/ composes and instantiates; the runner builds what an experiment names."""
 
+import inspect
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from helpers import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -103,14 +105,18 @@ def test_every_yaml_file_is_reachable_through_a_group():
 
 
 def test_every_config_folder_ships_in_the_wheel():
-    """pyproject.toml lists conf/ and each of its folders as klexp.conf packages."""
+    """The packages setuptools finds with pyproject.toml's settings hold klexp/conf and each of its
+    folders (tests/test_user_project.py installs a wheel and runs from it)."""
     import tomllib
+    from setuptools import find_namespace_packages
 
-    packages = set(tomllib.loads((CONFIG_DIR.parent / "pyproject.toml").read_text())
-                   ["tool"]["setuptools"]["packages"])
+    repo = CONFIG_DIR.parents[1]
+    find = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find.get("namespaces", True), "the config folders have no __init__.py: namespace packages"
+    packages = set(find_namespace_packages(str(repo), include=find["include"]))
     folders = {"klexp.conf." + ".".join(p.relative_to(CONFIG_DIR).parts)
-               for p in CONFIG_DIR.rglob("*") if p.is_dir()}
-    assert folders | {"klexp.conf"} <= packages
+               for p in CONFIG_DIR.rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    assert folders | {"klexp.conf", "klexp.nets", "hydra_plugins.klexp_search_path"} <= packages
 
 
 def test_the_default_profiler_records_nothing_and_a_chosen_one_replaces_it(tmp_path):
@@ -118,3 +124,23 @@ def test_the_default_profiler_records_nothing_and_a_chosen_one_replaces_it(tmp_p
     assert isinstance(trainer.profiler, NoProfiler)
     chosen = instantiate(compose_config(["trainer.profiler=simple"], output_dir=tmp_path).trainer)
     assert isinstance(chosen.profiler, SimpleProfiler)
+
+
+#: the trainer settings runs override most, which the default node lists (so they need no `+`)
+OVERRIDDEN_MOST = ("max_steps", "max_time", "precision", "gradient_clip_val", "gradient_clip_algorithm",
+                   "accumulate_grad_batches", "limit_train_batches", "limit_val_batches",
+                   "limit_test_batches", "val_check_interval", "check_val_every_n_epoch",
+                   "num_sanity_val_steps", "strategy", "num_nodes")
+
+
+def test_the_trainer_node_lists_the_settings_runs_override_at_lightnings_defaults(tmp_path):
+    defaults = {name: p.default for name, p in inspect.signature(pl.Trainer.__init__).parameters.items()}
+    node = compose_config([], output_dir=tmp_path).trainer
+    assert {key: node[key] for key in OVERRIDDEN_MOST} == {key: defaults[key] for key in OVERRIDDEN_MOST}
+    cfg = compose_config(["trainer.max_steps=5", "trainer.precision=64-true", "trainer.gradient_clip_val=0.5",
+                          "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=3"],
+                         output_dir=tmp_path)
+    check_config(cfg)
+    trainer = instantiate(cfg.trainer)
+    assert (trainer.max_steps, trainer.precision, trainer.gradient_clip_val,
+            trainer.accumulate_grad_batches, trainer.limit_train_batches) == (5, "64-true", 0.5, 2, 3)

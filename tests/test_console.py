@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from helpers import run_cli
 
-SMALL = ["data=synthetic", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-         "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+SMALL = ["data=synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 LIGHTNING_CHATTER = ["GPU available", "TPU available", "litlogger", "Total params", "Total FLOPs",
                      "`Trainer.fit` stopped", "treespec"]
 

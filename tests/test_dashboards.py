@@ -42,18 +42,18 @@ RUNS = {
 RL_RUNS = ("ppo", "ppo_tokens")
 #: hparams each experiment's table must show (beside experiment and seed)
 HPARAMS = {
-    "classification": {"task.optimizer": "AdamW", "task.optimizer.lr": 1e-3, "task.hidden": "[512, 512]",
+    "classification": {"task.optimizer": "AdamW", "task.optimizer.lr": 1e-3, "task.net.hidden": "[512, 512]",
                        "kl.ce.weight": 1.0, "kl.ce.direction": "forward", "data.batch_size": 64,
                        "data": "synthetic"},
     "vae": {"kl.prior.weight": 1.0, "kl.prior.schedule": "LinearWarmup", "kl.prior.schedule.steps": 20,
             "task.latent_dim": 8, "task.optimizer.lr": 1e-3},
-    "bayes": {"kl.weights.shaping": "PerExample", "task.prior": "gaussian", "task.hidden": "[200, 200]"},
+    "bayes": {"kl.weights.shaping": "PerExample", "task.prior": "gaussian", "task.net.hidden": "[200, 200]"},
     "ppo": {"task.optimizer.lr": 2.5e-4, "task.clip_coef": 0.2, "task.actor.hidden": "[64, 64]",
             "task.env.id": "CartPole-v1", "task.total_timesteps": 768},
     "ppo_tokens": {"kl.reference_kl.weight": 0.1, "kl.reference_kl.placement": "loss",
                    "kl.reference_kl.estimator": "analytic"},
     "gan": {"task.divergence.divergence": "js", "task.generator_optimizer.lr": 1e-3,
-            "task.critic_optimizer.betas": "[0.5, 0.9]", "task.critic_hidden": "[128, 128, 128]"},
+            "task.critic_optimizer.betas": "[0.5, 0.9]", "task.critic.hidden": "[128, 128, 128]"},
     "gan_wasserstein": {"divergence": "wasserstein", "task.divergence.penalty_weight": 10.0},
     "fit_gaussian": {"kl.fit.direction": "forward", "kl.fit.estimator": "k1"},
 }

@@ -7,7 +7,7 @@ from helpers import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 # 600 examples: 420 to train, 60 to validate, 120 to test — every split divides between 2 ranks
-COMMON = ["data=synthetic", "trainer.max_epochs=2", "task.dropout=0.0", "data.augment=none",
+COMMON = ["data=synthetic", "trainer.max_epochs=2", "task.net.dropout=0.0", "data.augment=none",
           "callbacks.progress_bar=null", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu"]
 
 

@@ -54,7 +54,7 @@ def default_target():
 
 
 #: one validation, at the end, instead of one per epoch: a figure costs ~0.4 s
-FINAL_VALIDATION_ONLY = "+trainer.check_val_every_n_epoch=5"
+FINAL_VALIDATION_ONLY = "trainer.check_val_every_n_epoch=5"
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ mode metrics (``klexp.tasks.gan_metrics``), the task (``klexp.tasks.gan``) and i
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from klexp.core.fdivergences import GENERATOR_GRADIENTS, VariationalFDivergence
 from klexp.core.wasserstein import WassersteinGP
 from klexp.data.toys2d import GridOfGaussians, RingOfGaussians, grid_means, ring_means
 from klexp.errors import ConfigValueError
+from klexp.nets.mlp import MLP
 from klexp.tasks.gan import GANTask
 from klexp.tasks.gan_metrics import mode_histogram, mode_metrics
 
@@ -233,8 +235,8 @@ def test_generator_updates_after_every_critic_steps_critic_updates(divergence, b
     """One batch = one critic update; WGAN-GP's 5 critic updates per generator update make 10
     batches 10 + 2 optimiser steps (Lightning's global_step counts both)."""
     summary = run_experiment(["experiment=gan", f"divergence={divergence}", *QUIET,
-                              f"+trainer.max_steps={optimizer_steps}", "trainer.max_epochs=-1",
-                              "+trainer.limit_val_batches=0", "test=false"], tmp_path)
+                              f"trainer.max_steps={optimizer_steps}", "trainer.max_epochs=-1",
+                              "trainer.limit_val_batches=0", "test=false"], tmp_path)
     assert summary["status"] == "completed"
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == optimizer_steps
@@ -251,7 +253,7 @@ def test_generator_schedule_resumes_from_global_step():
 
 
 def test_validation_logs_the_samples_figure_and_the_metrics(tmp_path):
-    run_experiment(["experiment=gan", *QUIET, "+trainer.limit_train_batches=4", "trainer.max_epochs=2",
+    run_experiment(["experiment=gan", *QUIET, "trainer.limit_train_batches=4", "trainer.max_epochs=2",
                     "trainer.log_every_n_steps=1", "task.contour_resolution=20", "test=false"], tmp_path)
     scalars, images = _event_tags(tmp_path)
     assert "val/samples" in images
@@ -275,7 +277,8 @@ def test_a_diverged_gan_stops_training_and_is_still_evaluated(tmp_path):
 
 
 def test_the_task_runs_in_float64_with_every_tensor_in_the_module_dtype():
-    task = GANTask(VariationalFDivergence("hellinger"), generator_hidden=[8], critic_hidden=[8])
+    task = GANTask(VariationalFDivergence("hellinger"), generator=partial(MLP, hidden=[8]),
+                   critic=partial(MLP, hidden=[8]))
     task.build(2)
     task.double()
     task.register_buffer("modes", ring_means(), persistent=False)

@@ -15,8 +15,8 @@ EXPERIMENTS = {
     "distill_seq": [*QUIET, "experiment=distill_seq", "data.num_train=256", "trainer.max_steps=4",
                     "task.student_fraction=0.5", "task.source=teacher"],
     "vae": [*QUIET, "experiment=vae", "data=synthetic", "trainer.max_steps=3",
-            "trainer.check_val_every_n_epoch=1", "+trainer.limit_val_batches=1",
-            "+trainer.limit_test_batches=1", "task.iw_samples=3"],
+            "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "task.iw_samples=3"],
     "bayes": [*FAST, "experiment=bayes", "data=synthetic", "data.holdout_class=2", "stages=null",
               "task.ood_noise=5", "task.eval_samples=2"],
     "ppo": [*QUIET, "experiment=ppo", "task.total_timesteps=512", "task.eval_episodes=1",
@@ -35,5 +35,5 @@ EXPERIMENTS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
 def test_every_experiment_runs_in_float64(experiment, tmp_path):
-    summary = run_experiment([*EXPERIMENTS[experiment], "+trainer.precision=64-true"], tmp_path)
+    summary = run_experiment([*EXPERIMENTS[experiment], "trainer.precision=64-true"], tmp_path)
     assert summary["status"] == "completed"

@@ -58,7 +58,7 @@ def _metrics(run_dir: Path) -> dict:
 
 # 420 synthetic training examples in batches of 64: 7 batches an epoch, 28 steps in all.
 KILLED_RUNS = {
-    "classification": ["trainer.max_epochs=4", "task.dropout=0.2"],
+    "classification": ["trainer.max_epochs=4", "task.net.dropout=0.2"],
     # sampled latents, dynamic binarisation and a β still annealing when the run is killed
     "vae": ["trainer.max_steps=28", "trainer.check_val_every_n_epoch=1", "task.iw_samples=5",
             "schedule@kl.prior.schedule=linear", "kl.prior.schedule.steps=20"],

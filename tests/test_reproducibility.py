@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import SCALARS, Even
 CLASSIFICATION = [*FAST, "data=synthetic", "data.separation=0.5", "trainer.log_every_n_steps=1",
                   "threads=1", "seed=3"]
 VAE = [*QUIET, "experiment=vae", "trainer.max_steps=12", "trainer.check_val_every_n_epoch=1",
-       "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2", "task.iw_samples=4",
+       "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "task.iw_samples=4",
        "trainer.log_every_n_steps=1", "seed=3"]
 PPO = [*QUIET, "experiment=ppo", "task.total_timesteps=1024", "task.eval_episodes=2", "seed=3"]
 

@@ -132,7 +132,7 @@ def test_launcher_and_search_configs_compose():
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "klexp" / "conf"), version_base="1.3"):
         parallel = compose("config", ["launcher=joblib"], return_hydra_config=True)
         search = compose("config", ["experiment=confidence_penalty", "hparams_search=confidence_optuna"],
                          return_hydra_config=True)

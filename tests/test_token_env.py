@@ -33,7 +33,7 @@ from klexp.tasks.ppo.token_env import (
 )
 
 F64 = torch.float64
-CONFIG = Path(__file__).resolve().parents[1] / "conf" / "env" / "token_sequence.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "klexp" / "conf" / "env" / "token_sequence.yaml"
 PROPERTY = settings(max_examples=40, deadline=None)
 TINY = {"vocab_size": 2, "length": 3}
 

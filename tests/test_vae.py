@@ -7,6 +7,7 @@ few steps. Training behaviour (β ordering, free bits, cyclical β, resume) is i
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from klexp.data.idx import write_idx
 from klexp.errors import ConfigValueError
 from klexp.lightning.images import image_grid
 from klexp.lightning.term import KLTerm
+from klexp.nets.mlp import MLP
 from klexp.tasks.vae import VAETask, active_units
 
 VARIANTS = ["vae", "beta_vae", "vae_annealed", "vae_cyclical", "vae_free_bits", "vae_capacity"]
@@ -27,8 +29,9 @@ VARIANTS = ["vae", "beta_vae", "vae_annealed", "vae_cyclical", "vae_free_bits", 
 SMOKE = [*FAST, "trainer.max_steps=3", "trainer.check_val_every_n_epoch=1"]
 
 
-def built_task(**kwargs) -> VAETask:
-    task = VAETask(**kwargs)
+def built_task(hidden: list[int], **kwargs) -> VAETask:
+    """A VAE on 8×8 images whose encoder and decoder MLPs have the ``hidden`` widths."""
+    task = VAETask(encoder=partial(MLP, hidden=hidden), decoder=partial(MLP, hidden=hidden), **kwargs)
     task.build((8, 8))
     return task
 

@@ -52,7 +52,7 @@ from klexp.app.runner import build_callbacks, build_terms, instantiate_node
 from klexp.nets.mlp import mlp
 
 WARMUP_STEPS = 100
-BENCH_OVERRIDES = ["+trainer.limit_val_batches=0", "test=false", "trainer.enable_model_summary=false",
+BENCH_OVERRIDES = ["trainer.limit_val_batches=0", "test=false", "trainer.enable_model_summary=false",
                    "+trainer.enable_checkpointing=false", "+trainer.enable_progress_bar=false"]
 
 
@@ -111,9 +111,8 @@ def klexp_rates(cfg: DictConfig, steps: int) -> tuple[float, float]:
 
 def _networks(cfg: DictConfig, pixels: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     task = cfg.task
-    decoder_hidden = task.decoder_hidden or list(reversed(task.hidden))
-    return (mlp(pixels, task.hidden, 2 * task.latent_dim, task.activation),
-            mlp(task.latent_dim, decoder_hidden, pixels, task.activation))
+    return (mlp(pixels, task.encoder.hidden, 2 * task.latent_dim, task.encoder.activation),
+            mlp(task.latent_dim, task.decoder.hidden, pixels, task.decoder.activation))
 
 
 def negative_elbo(encoder: torch.nn.Module, decoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ rm -rf "$runs"
 "$KLEXP" -m experiment=classification,label_smoothing,distill,confidence_penalty seed=0,1,2 \
     launcher=joblib callbacks.progress_bar=null 'hydra.sweep.dir='"$runs"'/${experiment_name}'
 # reference for distill: its student network (128 hidden units, no dropout) trained on labels alone
-"$KLEXP" -m experiment=classification 'task.hidden=[128]' task.dropout=0 seed=0,1,2 \
+"$KLEXP" -m experiment=classification 'task.net.hidden=[128]' task.net.dropout=0 seed=0,1,2 \
     launcher=joblib callbacks.progress_bar=null "hydra.sweep.dir=$runs/small_network"
 "$KLEXP" report "$runs" --metrics test/acc test/nll test/ece --tags val/nll val/ece \
     --out experiments/classification_kl/results

@@ -24,17 +24,17 @@ from pathlib import Path
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
 #: seconds-long runs whose charts still have a few points each
 RUNS: dict[str, list[str]] = {
-    "classification": ["experiment=classification", "trainer.max_epochs=3", "+trainer.limit_train_batches=10",
+    "classification": ["experiment=classification", "trainer.max_epochs=3", "trainer.limit_train_batches=10",
                        "trainer.log_every_n_steps=2"],
     "vae": ["experiment=vae", "trainer.max_steps=60", "trainer.check_val_every_n_epoch=2",
             "trainer.log_every_n_steps=5", "task.iw_samples=5", "schedule@kl.prior.schedule=linear",
             "kl.prior.schedule.steps=40"],
-    "bayes": ["experiment=bayes", "stages=null", "trainer.max_epochs=2", "+trainer.limit_train_batches=10",
+    "bayes": ["experiment=bayes", "stages=null", "trainer.max_epochs=2", "trainer.limit_train_batches=10",
               "trainer.log_every_n_steps=2", "task.eval_samples=2"],
     "ppo": ["experiment=ppo", "task.total_timesteps=8192", "trainer.log_every_n_steps=1",
             "task.eval_episodes=2"],
     "ppo_tokens": ["experiment=ppo_tokens", "task.total_timesteps=8192", "trainer.log_every_n_steps=1"],
-    "gan": ["experiment=gan", "trainer.max_epochs=1", "+trainer.limit_train_batches=400",
+    "gan": ["experiment=gan", "trainer.max_epochs=1", "trainer.limit_train_batches=400",
             "trainer.val_check_interval=100", "trainer.log_every_n_steps=20"],
     "fit_gaussian": ["experiment=fit_gaussian", "trainer.max_epochs=2"],
 }

@@ -29,16 +29,8 @@ from klexp.app.resume import rerun_arguments, resume_arguments, saved_overrides,
 from klexp.app.run_dirs import check_sweep_job_directory, guard_overrides, is_first_process
 from klexp.errors import KlexpError
 
-
-def _config_dir() -> Path:
-    """The repository's conf/ in a checkout (editable install); the copy shipped inside the
-    package (klexp/conf) in a regular install."""
-    package = Path(__file__).resolve().parents[1]
-    checkout = package.parent / "conf"
-    return checkout if (checkout / "config.yaml").is_file() else package / "conf"
-
-
-CONFIG_DIR = _config_dir()
+# klexp's configs, inside the package (``pkg://klexp.conf``) in a checkout and an install alike
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 CONFIG_NAME = "config"
 
 

@@ -2,17 +2,20 @@
 defines the run, flattened to dotted keys — the experiment and seed, every key of the task
 (optimiser settings, widths, divergence…), of each KL term (weight, direction, estimator,
 placement, schedule and shaping with their settings) and of the data, the trainer's length and
-precision — and the command line's config-group choices (``divergence=wasserstein``,
-``data=synthetic``: the name the user chose, where the config shows a class name).
+precision where they are not Lightning's defaults — and the command line's config-group choices
+(``divergence=wasserstein``, ``data=synthetic``: the name the user chose, where the config shows
+a class name).
 
 A node built from ``_target_`` shows as its class name under its own key (``task.optimizer:
 AdamW``, ``kl.prior.schedule: LinearWarmup``) beside its settings (``task.optimizer.lr``)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from klexp.lightning.dashboards import as_hparam
@@ -26,6 +29,8 @@ SECTIONS = ("task", "kl", "data")
 TRAINER_KEYS = ("max_epochs", "max_steps", "accumulate_grad_batches", "gradient_clip_val",
                 "gradient_clip_algorithm", "precision", "devices", "num_nodes", "strategy",
                 "limit_train_batches", "val_check_interval")
+#: Lightning's defaults, which the trainer node lists too: a run shows only the settings it changes.
+_TRAINER_DEFAULTS = {name: p.default for name, p in inspect.signature(pl.Trainer.__init__).parameters.items()}
 
 
 def hparams_of(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -39,7 +44,7 @@ def hparams_of(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]
             values.update(_flat(plain, section) if isinstance(plain, Mapping) else {section: plain})
     trainer = cfg.get("trainer") or {}
     for key in TRAINER_KEYS:
-        if trainer.get(key) is not None:
+        if trainer.get(key) is not None and trainer[key] != _TRAINER_DEFAULTS[key]:
             values[f"trainer.{key}"] = trainer[key]
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")

@@ -1,7 +1,7 @@
 """Shaping: what a KL term does to the divergence it measured before weighting it.
 
 A term's loss is ``weight(t) · shaping(D)``; without shaping it is ``weight(t) · D``. Each shaping
-is one small object, chosen in the config like a schedule (``conf/shaping/``):
+is one small object, chosen in the config like a schedule (``klexp/conf/shaping/``):
 
 * ``FreeBits(nats=λ)`` (Kingma et al. 2016, "Improved Variational Inference with Inverse
   Autoregressive Flow", eq. 15): ``Σ_i max(λ, KL_i)`` over the event dimensions ``i``, each

@@ -14,10 +14,13 @@ import torch
 from torch import nn
 
 from klexp.errors import KlexpError
-from klexp.nets.mlp import mlp
+from klexp.nets.factory import build_from_spec
 
-# where a ClassificationTask checkpoint describes its network
+# where a ClassificationTask checkpoint describes its network: {"in_features", "out_features",
+# "net": its config node (klexp.nets.factory.net_spec)}
 CHECKPOINT_NET_KEY = "klexp_net"
+# how checkpoints written before networks came from the config describe theirs: an MLP's arguments
+_LEGACY_MLP_KEYS = ("hidden", "activation", "dropout")
 
 
 def load_checkpoint(path: str, key: str) -> dict[str, Any]:
@@ -96,6 +99,14 @@ def load_classifier(path: str, input_size: int, num_classes: int,
             f"{key}: {Path(path).expanduser()} was trained for {spec['in_features']} inputs and "
             f"{spec['out_features']} classes; the data has {input_size} inputs and {num_classes} classes"
         )
-    net = mlp(spec["in_features"], spec["hidden"], spec["out_features"], spec["activation"],
-              spec["dropout"])
+    net = build_from_spec(net_node(spec), spec["in_features"], spec["out_features"], key,
+                          str(Path(path).expanduser()))
     return load_frozen(net, checkpoint, "net", key, path)
+
+
+def net_node(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The network's config node in a checkpoint's description, also for the flat MLP
+    description of older checkpoints."""
+    if "net" in spec:
+        return spec["net"]
+    return {"_target_": "klexp.nets.mlp.MLP", **{k: spec[k] for k in _LEGACY_MLP_KEYS}}

@@ -1,4 +1,4 @@
-"""Network builders shared by the tasks."""
+"""The multilayer perceptron the tasks use by default."""
 
 from __future__ import annotations
 
@@ -21,21 +21,32 @@ def check_mlp_args(hidden: Sequence[int], activation: str, dropout: float) -> No
     require_unit_interval("dropout", dropout)
 
 
-def mlp(
-    in_features: int,
-    hidden: Sequence[int],
-    out_features: int,
-    activation: Activation = "relu",
-    dropout: float = 0.0,
-) -> nn.Sequential:
-    """``Linear → activation → (dropout)`` for each hidden width, then a final ``Linear``."""
-    check_mlp_args(hidden, activation, dropout)
-    layers: list[nn.Module] = []
-    width = in_features
-    for size in hidden:
-        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = size
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
+class MLP(nn.Sequential):
+    """``Linear → activation → (dropout)`` for each hidden width, then a final ``Linear``.
+
+    A ``nn.Sequential``, so its parameters are named ``0.weight``, ``0.bias``… as before it was a
+    class of its own (checkpoints keep loading).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        out_features: int,
+        activation: Activation = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        check_mlp_args(hidden, activation, dropout)
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, out_features))
+        super().__init__(*layers)
+
+
+#: the name the tasks called it by before networks came from the config
+mlp = MLP

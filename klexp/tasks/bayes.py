@@ -7,7 +7,7 @@ maximises the evidence lower bound; per training example (N of them), the loss i
               = (task loss: data NLL)  +  (KL term ``weights``, divide_by=num_train)
 
 The task computes only the NLL, with weights drawn by the reparameterisation trick; the KL is a
-``KLTerm`` from the config (``conf/kl/weights.yaml``): closed form for the Gaussian prior, Monte
+``KLTerm`` from the config (``klexp/conf/kl/weights.yaml``): closed form for the Gaussian prior, Monte
 Carlo (k1/k3, on the weights drawn for this step) for the scale-mixture prior, weighted and
 annealed like any other term.
 
@@ -29,6 +29,7 @@ same split (``baseline_checkpoint``), the test also reports that deterministic M
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -53,9 +54,9 @@ from klexp.errors import (
 )
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
 from klexp.lightning.term import KLMeasure, kl_terms_of
-from klexp.nets.bayesian import BayesMLP, gaussian_prior, inverse_softplus, scale_mixture_prior
+from klexp.nets.bayesian import BayesMLP, gaussian_prior, scale_mixture_prior
+from klexp.nets.factory import NetFactory, check_net
 from klexp.nets.frozen import load_classifier
-from klexp.nets.mlp import Activation, check_mlp_args
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 
 Prior = Literal["gaussian", "scale_mixture"]
@@ -68,12 +69,13 @@ class BayesByBackpropTask(Task):
     """A classifier with a mean-field Gaussian posterior over its weights.
 
     Args:
-        hidden, activation: the Bayesian MLP (input size and class count come from the data).
+        net: ``NetFactory`` (``klexp.nets.factory``) of the Bayesian network, completed with the
+            data's input size and class count; it provides ``posterior()``, ``num_weights`` and
+            ``forward(x, weights)`` as ``BayesMLP`` does (a 200-200 ReLU one, σ₀ = 0.01, when None).
         prior: ``gaussian`` — ``N(0, prior_sigma²)`` per weight (closed-form KL); or
             ``scale_mixture`` — ``π N(0, σ₁²) + (1 − π) N(0, σ₂²)`` per weight (Monte-Carlo KL).
         prior_sigma: σ_p of the Gaussian prior.
         mixture_pi, mixture_sigma1, mixture_sigma2: π, σ₁, σ₂ of the scale mixture (σ₁ > σ₂).
-        init_sigma: the posterior's σ at initialisation (ρ = log(e^σ − 1)).
         train_samples: weight samples per training step (the NLL is their mean).
         eval_samples: S, weight samples averaged by the predictive distribution.
         ood_noise: how many uniform-noise images (fixed seed) make the noise OOD set; 0 for none.
@@ -84,14 +86,12 @@ class BayesByBackpropTask(Task):
 
     def __init__(
         self,
-        hidden: Sequence[int] = (200, 200),
-        activation: Activation = "relu",
+        net: NetFactory | None = None,
         prior: Prior = "gaussian",
         prior_sigma: float = 1.0,
         mixture_pi: float = 0.5,
         mixture_sigma1: float = 1.0,
         mixture_sigma2: float = math.exp(-6),
-        init_sigma: float = 0.01,
         train_samples: int = 1,
         eval_samples: int = 20,
         ood_noise: int = 500,
@@ -100,7 +100,8 @@ class BayesByBackpropTask(Task):
         lr_scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
-        check_mlp_args(hidden, activation, 0.0)
+        self.net_factory = net or functools.partial(BayesMLP, hidden=[200, 200])
+        check_net(self.net_factory, "net")
         require_in("prior", prior, PRIORS)
         require_finite_positive("prior_sigma", prior_sigma)
         require(isinstance(mixture_pi, (int, float)) and 0 < mixture_pi < 1, "mixture_pi",
@@ -108,15 +109,12 @@ class BayesByBackpropTask(Task):
         require_finite_positive("mixture_sigma2", mixture_sigma2)
         require(isinstance(mixture_sigma1, (int, float)) and mixture_sigma1 > mixture_sigma2,
                 "mixture_sigma1", f"a number > mixture_sigma2 ({mixture_sigma2})", mixture_sigma1)
-        inverse_softplus(init_sigma)
         require_positive_int("train_samples", train_samples)
         require_positive_int("eval_samples", eval_samples)
         require(isinstance(ood_noise, int) and ood_noise >= 0, "ood_noise", "an integer ≥ 0",
                 ood_noise)
-        self.hidden, self.activation = list(hidden), activation
         self.prior_kind, self.prior_sigma = prior, float(prior_sigma)
         self.mixture = (float(mixture_pi), float(mixture_sigma1), float(mixture_sigma2))
-        self.init_sigma = float(init_sigma)
         self.train_samples, self.eval_samples, self.ood_noise = train_samples, eval_samples, ood_noise
         self.baseline_checkpoint = baseline_checkpoint
         self.net: BayesMLP | None = None
@@ -135,7 +133,7 @@ class BayesByBackpropTask(Task):
         """Create the network, the prior's parameters and the noise images for the data's shape."""
         self.input_shape, self.num_classes, self.num_train = tuple(input_shape), num_classes, num_train
         input_size = math.prod(self.input_shape)
-        self.net = BayesMLP(input_size, self.hidden, num_classes, self.activation, self.init_sigma)
+        self.net = self.net_factory(in_features=input_size, out_features=num_classes)
         pi, sigma1, sigma2 = self.mixture
         self.register_buffer("prior_sigma_t", torch.tensor(self.prior_sigma), persistent=False)
         self.register_buffer("mixture_pi_t", torch.tensor(pi), persistent=False)

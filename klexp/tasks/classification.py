@@ -15,7 +15,7 @@ Outputs for KL terms:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
 from typing import Any
 
 import torch
@@ -28,16 +28,18 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from klexp.core.categorical import categorical_cross_entropy, categorical_entropy
 from klexp.errors import require_finite_positive, require_unit_interval
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
+from klexp.nets.factory import NetFactory, check_net, net_spec
 from klexp.nets.frozen import CHECKPOINT_NET_KEY, load_classifier
-from klexp.nets.mlp import Activation, check_mlp_args, mlp
+from klexp.nets.mlp import MLP
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 
 
 class ClassificationTask(Task):
-    """An MLP classifier whose loss is made of KL terms from the config.
+    """A classifier whose loss is made of KL terms from the config.
 
     Args:
-        hidden, activation, dropout: the MLP (input size and class count come from the data).
+        net: the network, a ``NetFactory`` (``klexp.nets.factory``) completed with the data's input
+            size and class count; a 512-512 ReLU ``MLP`` when None.
         label_smoothing: ε of the ``target`` output, in [0, 1).
         temperature: T of ``teacher_T`` and ``model_T``.
         teacher_checkpoint: a checkpoint of a trained ClassificationTask; adds the teacher outputs.
@@ -47,9 +49,7 @@ class ClassificationTask(Task):
 
     def __init__(
         self,
-        hidden: Sequence[int] = (512, 512),
-        activation: Activation = "relu",
-        dropout: float = 0.0,
+        net: NetFactory | None = None,
         label_smoothing: float = 0.0,
         temperature: float = 1.0,
         teacher_checkpoint: str | None = None,
@@ -58,10 +58,10 @@ class ClassificationTask(Task):
         lr_scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
-        check_mlp_args(hidden, activation, dropout)
+        self.net_factory = net or functools.partial(MLP, hidden=[512, 512])
+        check_net(self.net_factory, "net")
         require_unit_interval("label_smoothing", label_smoothing)
         require_finite_positive("temperature", temperature)
-        self.hidden, self.activation, self.dropout = list(hidden), activation, dropout
         self.label_smoothing, self.temperature = label_smoothing, temperature
         self.teacher_checkpoint = teacher_checkpoint
         self.cross_entropy_loss = cross_entropy_loss
@@ -84,7 +84,7 @@ class ClassificationTask(Task):
     def build(self, input_size: int, num_classes: int) -> None:
         """Create the network (and load the teacher) for the data's shape."""
         self.input_size, self.num_classes = input_size, num_classes
-        self.net = mlp(input_size, self.hidden, num_classes, self.activation, self.dropout)
+        self.net = self.net_factory(in_features=input_size, out_features=num_classes)
         self.register_buffer("uniform_logits", torch.zeros(num_classes), persistent=False)
         self.metrics = nn.ModuleDict({
             f"{stage}_metrics": MetricCollection(
@@ -98,9 +98,9 @@ class ClassificationTask(Task):
             self.teacher = load_classifier(self.teacher_checkpoint, input_size, num_classes)
 
     def net_spec(self) -> dict[str, Any]:
-        return {"in_features": self.input_size, "hidden": self.hidden,
-                "out_features": self.num_classes, "activation": self.activation,
-                "dropout": self.dropout}
+        """How a checkpoint describes the network (``klexp.nets.frozen.load_classifier`` reads it)."""
+        return {"in_features": self.input_size, "out_features": self.num_classes,
+                "net": net_spec(self.net_factory)}
 
     def train(self, mode: bool = True) -> ClassificationTask:
         super().train(mode)

@@ -3,7 +3,7 @@ two Gaussians ``p = Σ_k w_k N(μ_k, σ_k²)``, in one dimension.
 
 The task has no loss of its own: its only parameters are ``μ`` and ``log σ``, and its steps return
 ``{"loss": 0, "target": p, "model": q}``. The fit is a KL term from the config
-(``conf/kl/fit.yaml``, ``p: target, q: model``) whose direction chooses the objective:
+(``klexp/conf/kl/fit.yaml``, ``p: target, q: model``) whose direction chooses the objective:
 
 * ``forward``, ``KL(p ‖ q) = E_p[log p − log q]``: estimated with k1 on draws of ``p``, whose
   gradient is ``−E_p[∇ log q]``, that of maximum likelihood. Its minimiser over Gaussians matches

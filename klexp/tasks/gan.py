@@ -1,7 +1,7 @@
 """A GAN on 2-D toy data: a generator Q, which can only be sampled, trained against data P, which
 are only samples, on a divergence estimated through a critic — the divergence is config.
 
-The divergence object (``conf/divergence/<name>.yaml``, composed into ``task.divergence``) says
+The divergence object (``klexp/conf/divergence/<name>.yaml``, composed into ``task.divergence``) says
 what the critic maximises and what the generator minimises, from the critic's raw outputs ``v``
 on a batch of data (``v_real``) and of generated points (``v_fake``):
 
@@ -36,7 +36,7 @@ final evaluation then scores the diverged generator (0 modes, k-NN KL NaN) and l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
 from typing import Any, Protocol
 
 import torch
@@ -47,7 +47,8 @@ from klexp.core.wasserstein import gradient_penalty
 from klexp.errors import require_positive, require_positive_int
 from klexp.lightning.internals import logging_step
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
-from klexp.nets.mlp import Activation, check_mlp_args, mlp
+from klexp.nets.factory import NetFactory, check_net
+from klexp.nets.mlp import MLP
 from klexp.tasks.base import OptimizerFactory, Task
 from klexp.tasks.gan_metrics import mode_metrics
 
@@ -68,13 +69,14 @@ class CriticDivergence(Protocol):
 
 
 class GANTask(Task):
-    """Generator and critic MLPs trained against each other on ``divergence``.
+    """A generator and a critic trained against each other on ``divergence``.
 
     Args:
-        divergence: the objective (``conf/divergence/*.yaml``).
+        divergence: the objective (``klexp/conf/divergence/*.yaml``).
         noise_dim: size of the generator's standard normal input z.
-        generator_hidden, critic_hidden: hidden widths of the two MLPs.
-        activation: their nonlinearity.
+        generator: ``NetFactory`` (``klexp.nets.factory``) of the network ``z ↦ x``
+            (``in_features = noise_dim``, ``out_features`` = the data's dimension); critic: that of
+            ``x ↦ v`` (``out_features = 1``); 128-128-128 ReLU ``MLP``s when None.
         generator_optimizer, critic_optimizer: factories taking the parameters (Hydra
             ``_partial_: true``); Adam(1e-4, β = (0.5, 0.9)) as in WGAN-GP when null.
         mode_threshold: a sample is high quality within this many σ of its nearest mode.
@@ -88,9 +90,8 @@ class GANTask(Task):
         self,
         divergence: CriticDivergence,
         noise_dim: int = 2,
-        generator_hidden: Sequence[int] = (128, 128, 128),
-        critic_hidden: Sequence[int] = (128, 128, 128),
-        activation: Activation = "relu",
+        generator: NetFactory | None = None,
+        critic: NetFactory | None = None,
         generator_optimizer: OptimizerFactory | None = None,
         critic_optimizer: OptimizerFactory | None = None,
         mode_threshold: float = 3.0,
@@ -99,14 +100,15 @@ class GANTask(Task):
     ) -> None:
         super().__init__()
         require_positive_int("noise_dim", noise_dim)
-        check_mlp_args(generator_hidden, activation, 0.0)
-        check_mlp_args(critic_hidden, activation, 0.0)
+        self.generator_factory = generator or functools.partial(MLP, hidden=[128, 128, 128])
+        self.critic_factory = critic or functools.partial(MLP, hidden=[128, 128, 128])
+        check_net(self.generator_factory, "generator")
+        check_net(self.critic_factory, "critic")
         require_positive("mode_threshold", mode_threshold)
         require_positive_int("knn_k", knn_k)
         require_positive_int("contour_resolution", contour_resolution)
         self.divergence = divergence
-        self.noise_dim, self.activation = noise_dim, activation
-        self.generator_hidden, self.critic_hidden = list(generator_hidden), list(critic_hidden)
+        self.noise_dim = noise_dim
         self.generator_optimizer, self.critic_optimizer = generator_optimizer, critic_optimizer
         self.mode_threshold, self.knn_k = float(mode_threshold), knn_k
         self.contour_resolution = contour_resolution
@@ -129,8 +131,8 @@ class GANTask(Task):
     def build(self, data_dim: int) -> None:
         """Create the generator ``z ↦ x`` and the critic ``x ↦ v`` for points of ``data_dim``."""
         self.data_dim = data_dim
-        self.generator = mlp(self.noise_dim, self.generator_hidden, data_dim, self.activation)
-        self.critic = mlp(data_dim, self.critic_hidden, 1, self.activation)
+        self.generator = self.generator_factory(in_features=self.noise_dim, out_features=data_dim)
+        self.critic = self.critic_factory(in_features=data_dim, out_features=1)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         def default(params: Any) -> torch.optim.Optimizer:

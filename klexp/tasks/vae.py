@@ -23,8 +23,8 @@ the highest-KL dimensions. On the test set the reconstruction term averages the 
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -36,7 +36,8 @@ from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 from klexp.errors import require, require_finite_positive, require_in, require_positive_int
 from klexp.lightning.images import image_grid, upscale_factor
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
-from klexp.nets.mlp import Activation, check_mlp_args, mlp
+from klexp.nets.factory import NetFactory, check_net
+from klexp.nets.mlp import MLP
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 
 Likelihood = Literal["bernoulli", "gaussian"]
@@ -49,13 +50,15 @@ _PRIOR_IMAGE_SEED = 0
 
 
 class VAETask(Task):
-    """An MLP VAE: encoder → ``q(z|x)``, decoder → ``p(x|z)``; its KL comes from the config.
+    """A VAE: encoder → ``q(z|x)``, decoder → ``p(x|z)``; its KL comes from the config.
 
     Args:
         latent_dim: size of z.
-        hidden: encoder widths; the decoder mirrors them unless ``decoder_hidden`` is given.
-        decoder_hidden: decoder widths (null: ``hidden`` reversed).
-        activation: the MLPs' nonlinearity.
+        encoder: ``NetFactory`` (``klexp.nets.factory``) of the network from the flattened image
+            (``in_features`` pixels) to ``(μ, log σ²)`` (``out_features = 2 · latent_dim``);
+            a 256-256 ReLU ``MLP`` when None.
+        decoder: ``NetFactory`` of the network from z (``in_features = latent_dim``) to one
+            output per pixel; a 256-256 ReLU ``MLP`` when None.
         likelihood: ``bernoulli`` (logits per pixel; for binary data such as dynamically
             binarised digits) or ``gaussian`` (mean per pixel and one learned scale).
         iw_samples: k of the test-set importance-weighted NLL.
@@ -72,9 +75,8 @@ class VAETask(Task):
     def __init__(
         self,
         latent_dim: int = 8,
-        hidden: Sequence[int] = (256, 256),
-        decoder_hidden: Sequence[int] | None = None,
-        activation: Activation = "relu",
+        encoder: NetFactory | None = None,
+        decoder: NetFactory | None = None,
         likelihood: Likelihood = "bernoulli",
         iw_samples: int = 100,
         active_threshold: float = 0.01,
@@ -87,10 +89,10 @@ class VAETask(Task):
     ) -> None:
         super().__init__(optimizer, lr_scheduler)
         require_positive_int("latent_dim", latent_dim)
-        check_mlp_args(hidden, activation, 0.0)
-        if decoder_hidden is not None:
-            require(all(isinstance(h, int) and h > 0 for h in decoder_hidden), "decoder_hidden",
-                    "a list of positive layer widths (or null)", list(decoder_hidden))
+        self.encoder_factory = encoder or functools.partial(MLP, hidden=[256, 256])
+        self.decoder_factory = decoder or functools.partial(MLP, hidden=[256, 256])
+        check_net(self.encoder_factory, "encoder")
+        check_net(self.decoder_factory, "decoder")
         require_in("likelihood", likelihood, LIKELIHOODS)
         require_positive_int("iw_samples", iw_samples)
         require_finite_positive("active_threshold", active_threshold)
@@ -99,9 +101,7 @@ class VAETask(Task):
         require(isinstance(traversal_steps, int) and traversal_steps >= 2, "traversal_steps",
                 "an integer ≥ 2", traversal_steps)
         require_finite_positive("traversal_range", traversal_range)
-        self.latent_dim, self.activation, self.likelihood = latent_dim, activation, likelihood
-        self.hidden = list(hidden)
-        self.decoder_hidden = list(reversed(self.hidden)) if decoder_hidden is None else list(decoder_hidden)
+        self.latent_dim, self.likelihood = latent_dim, likelihood
         self.iw_samples, self.active_threshold = iw_samples, float(active_threshold)
         self.num_images, self.traversal_dims = num_images, traversal_dims
         self.traversal_steps, self.traversal_range = traversal_steps, float(traversal_range)
@@ -126,8 +126,8 @@ class VAETask(Task):
         """Create encoder and decoder for images of ``input_shape`` (height, width)."""
         self.input_shape = input_shape
         pixels = math.prod(input_shape)
-        self.encoder = mlp(pixels, self.hidden, 2 * self.latent_dim, self.activation)
-        self.decoder = mlp(self.latent_dim, self.decoder_hidden, pixels, self.activation)
+        self.encoder = self.encoder_factory(in_features=pixels, out_features=2 * self.latent_dim)
+        self.decoder = self.decoder_factory(in_features=self.latent_dim, out_features=pixels)
         if self.likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(()))
         self.register_buffer("prior_loc", torch.zeros(self.latent_dim), persistent=False)
