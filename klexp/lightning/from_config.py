@@ -1,6 +1,6 @@
 """The config's vocabulary for KL terms: flat YAML keys, turned into the typed objects.
 
-A term in ``conf/kl/`` reads as a list of choices::
+A term in ``klexp/conf/kl/`` reads as a list of choices::
 
     reference_kl:
       _target_: klexp.kl_term
@@ -17,7 +17,7 @@ keys become one estimator object (``klexp.core.estimate.estimator_from_config``)
 the term's type, and every other key is passed to that type's constructor; a key the chosen type
 does not take is refused naming it (null values aside, so that a config default may stay). In
 Python, construct the types directly; a file whose keys are all its type's own arguments may name
-the type itself (``conf/kl/prior.yaml``: ``_target_: klexp.KLTerm``).
+the type itself (``klexp/conf/kl/prior.yaml``: ``_target_: klexp.KLTerm``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Gymnasium vector environments for the RL tasks, described by config and built per rank.
 
-``VectorEnvFactory`` holds what ``conf/env/*.yaml`` says (the id, how many copies, sync or async)
+``VectorEnvFactory`` holds what ``klexp/conf/env/*.yaml`` says (the id, how many copies, sync or async)
 and makes the vector env when the task needs it, on the rank that needs it:
 ``gymnasium.make_vec(id, num_envs, vectorization_mode)`` wrapped in ``RecordEpisodeStatistics``
 (episodic return and length of every finished episode), then any extra vector wrappers (reward

@@ -27,7 +27,7 @@ checkpoints, callbacks and strategies. Training scalars are written against envi
 The networks come from config (``task.actor``, ``task.critic``, see ``klexp.tasks.ppo.actor``);
 the action distribution (``klexp.tasks.ppo.distributions``) from the env's action space.
 
-Outputs for KL terms (``conf/kl/*.yaml``), on the minibatch states (in the reward: on the rollout):
+Outputs for KL terms (``klexp/conf/kl/*.yaml``), on the minibatch states (in the reward: on the rollout):
 
 * ``policy``     — ``π_θ(·|s)``, with gradient (at rollout time, the policy that acted);
 * ``old_policy`` — ``π_old(·|s)``, the policy that collected the rollout (``KL(old_policy ‖ policy)``
@@ -119,7 +119,7 @@ class PPOTask(Task):
     entropy bonus, gradient-norm clipping and linear learning-rate annealing (via ``lr_scheduler``).
 
     Args:
-        env: the vector-env factory (``conf/env/*.yaml``).
+        env: the vector-env factory (``klexp/conf/env/*.yaml``).
         total_timesteps: env steps to train for, over all ranks: ``total_timesteps //
             (num_envs · num_steps · ranks)`` iterations.
         num_steps: steps per env per rollout.
