@@ -344,3 +344,17 @@ def test_an_error_of_a_single_run_is_one_line_even_with_a_long_path_through_a_pi
     bad_value = run_cli(["kl.ce.weight=-1", "data=synthetic", f"hydra.run.dir={tmp_path / 'run'}"],
                         cwd=tmp_path, timeout=60)
     assert bad_value.stderr.splitlines() == ["klexp: kl.ce.weight: expected a finite number ≥ 0, got -1"]
+
+
+@pytest.mark.slow
+def test_sigterm_before_training_still_ends_the_command_truthfully(tmp_path):
+    """Lightning's handler is in place only inside fit and test; before them (building the data,
+    the task, the Trainer) SIGTERM still ends the command with one line and 143."""
+    process = start([*SLOW_RUN, "hydra.run.dir=run"], tmp_path)
+    wait_for(tmp_path / "run" / LOCK_FILE, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert [line for line in err.splitlines() if line.startswith("klexp:")][0].startswith(
+        "klexp: interrupted by SIGTERM")
+    assert "Traceback" not in err
