@@ -355,6 +355,6 @@ def test_sigterm_before_training_still_ends_the_command_truthfully(tmp_path):
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM
-    assert [line for line in err.splitlines() if line.startswith("klexp:")][0].startswith(
+    assert next(line for line in err.splitlines() if line.startswith("klexp:")).startswith(
         "klexp: interrupted by SIGTERM")
     assert "Traceback" not in err
