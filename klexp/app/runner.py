@@ -29,7 +29,7 @@ from rich.table import Table
 from klexp.app.config_checks import ConfigError, check_config, check_run_settings
 from klexp.app.console import run_output
 from klexp.app.hparams import hparams_of, override_keys
-from klexp.app.lifecycle import RunFailed, RunInterrupted, Terminated
+from klexp.app.lifecycle import RunFailed, RunInterrupted, Terminated, refuse_pending
 from klexp.app.stages import Compose, run_stages
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.checkpoint_io import AtomicCheckpointIO
@@ -166,6 +166,10 @@ def run(
         trainer: pl.Trainer = instantiate_node(
             cfg.trainer, "trainer", logger=logger, callbacks=[*terms, *callbacks, summary, dashboards],
             plugins=with_atomic_checkpoints(cfg.trainer.get("plugins")))
+        # Every check has passed (the Trainer's own too): a resume of a completed run is refused
+        # now, before any file exists (begin_resume put it off so that a mistake in its overrides
+        # is named first)
+        refuse_pending()
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             if will_test:
