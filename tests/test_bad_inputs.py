@@ -135,7 +135,7 @@ CASES = [
     (["task.teacher_checkpoint={garbage}"], "task.teacher_checkpoint: {garbage} is not a readable checkpoint"),
     (["data=digits", "task.teacher_checkpoint={ckpt}"], "was trained for 16 inputs and 3 classes; the data has 64 inputs and 10 classes"),
     (["ckpt_path={nothing}"], "ckpt_path: {nothing} does not exist"),
-    (["task.hidden=[32]"], "ckpt_path: {ckpt} does not fit the task as configured: net.0.weight is 512×16 in "
+    (["task.net.hidden=[32]"], "ckpt_path: {ckpt} does not fit the task as configured: net.0.weight is 512×16 in "
                            "the checkpoint, expected 32×16"),
     (["experiment=ppo_ref_kl", "stages=null", "task.reference_checkpoint={nothing}"], "task.reference_checkpoint: {nothing} does not exist"),
     (["experiment=ppo_ref_kl", "stages=null", "task.reference_checkpoint={ckpt}"], "task.reference_checkpoint: {ckpt} is not a klexp PPO checkpoint"),
@@ -223,7 +223,7 @@ DECIDED_BEFORE_BUILDING = [
      "data.root: t10k-labels-idx1-ubyte holds classes [3, 4] that train-labels-idx1-ubyte does not: "
      "expected test classes among the training classes [0, 1, 2]"),
     # checkpoints against the task as built: the first key that does not fit, with both shapes
-    (["data=synthetic", "task.hidden=[32]", "ckpt_path={ckpt}"],
+    (["data=synthetic", "task.net.hidden=[32]", "ckpt_path={ckpt}"],
      "ckpt_path: {ckpt} does not fit the task as configured: net.0.weight is 512×16 in the checkpoint, "
      "expected 32×16"),
     (["data=digits", "ckpt_path={ckpt}"],
@@ -288,7 +288,7 @@ def test_what_data_checkpoints_and_environments_decide_is_decided_before_anythin
 
 def test_a_refused_checkpoint_is_one_line_of_the_klexp_command_and_the_run_directory_stays_empty(
         workspace, tmp_path):
-    result = run_cli([*FAST, "data=synthetic", "task.hidden=[32]", f"ckpt_path={workspace['ckpt']}"],
+    result = run_cli([*FAST, "data=synthetic", "task.net.hidden=[32]", f"ckpt_path={workspace['ckpt']}"],
                      cwd=tmp_path, timeout=120)
     assert result.returncode != 0
     assert _one_klexp_line(result.stderr) == (

@@ -253,7 +253,7 @@ def test_a_full_disk_records_failed_and_keeps_the_last_good_checkpoint(tmp_path)
 SMALL_DISK = r"""
 mount -t tmpfs -o size=5m tmpfs "$1" && cd "$1" || exit 99
 "$2" -m klexp callbacks.progress_bar=null data=synthetic trainer.max_epochs=1 \
-    +trainer.limit_train_batches=5 callbacks.model_checkpoint.every_n_train_steps=2 \
+    trainer.limit_train_batches=5 callbacks.model_checkpoint.every_n_train_steps=2 \
     hydra.run.dir=run 2> err.txt
 echo "$?" > rc.txt
 "$2" - <<'PY'
@@ -291,7 +291,7 @@ def test_on_a_real_full_file_system_the_run_fails_truthfully_and_its_last_checkp
 # -- a refused resume -----------------------------------------------------------------------------
 
 def test_a_resume_that_stops_before_training_leaves_the_runs_events_and_record_as_they_were(tmp_path):
-    """A checkpoint that does not fit the network (task.hidden=[32]) stops the resume before
+    """A checkpoint that does not fit the network (task.net.hidden=[32]) stops the resume before
     training goes on: no events file (with its purge-step marker, which would hide the run's
     scalars) is left behind, and the record still says how the run ended."""
     from helpers import QUIET, run_experiment
@@ -305,14 +305,14 @@ def test_a_resume_that_stops_before_training_leaves_the_runs_events_and_record_a
     assert status_of(tmp_path)["status"] == "failed"
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     with pytest.raises(Exception):  # noqa: B017 - whichever check names the mismatch first
-        run_experiment([*run, f"ckpt_path={checkpoint}", "task.hidden=[32]"], tmp_path)
+        run_experiment([*run, f"ckpt_path={checkpoint}", "task.net.hidden=[32]"], tmp_path)
     assert files_of(tmp_path) == before
 
 
 @pytest.mark.slow
 def test_a_run_stopped_by_sigterm_while_testing_resumes_to_the_uninterrupted_record(tmp_path):
-    run = [*FAST, "data=synthetic", "data.eval_batch_size=16", "+trainer.limit_test_batches=3"]
-    run = [o for o in run if o != "+trainer.limit_test_batches=1"]
+    run = [*FAST, "data=synthetic", "data.eval_batch_size=16", "trainer.limit_test_batches=3"]
+    run = [o for o in run if o != "trainer.limit_test_batches=1"]
     reference = run_cli([*run, "hydra.run.dir=reference"], cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-2000:]
     stopped = run_cli([*run, "hydra.run.dir=run", "+callbacks.stop._target_=faults.SignalAt",
@@ -344,3 +344,17 @@ def test_an_error_of_a_single_run_is_one_line_even_with_a_long_path_through_a_pi
     bad_value = run_cli(["kl.ce.weight=-1", "data=synthetic", f"hydra.run.dir={tmp_path / 'run'}"],
                         cwd=tmp_path, timeout=60)
     assert bad_value.stderr.splitlines() == ["klexp: kl.ce.weight: expected a finite number ≥ 0, got -1"]
+
+
+@pytest.mark.slow
+def test_sigterm_before_training_still_ends_the_command_truthfully(tmp_path):
+    """Lightning's handler is in place only inside fit and test; before them (building the data,
+    the task, the Trainer) SIGTERM still ends the command with one line and 143."""
+    process = start([*SLOW_RUN, "hydra.run.dir=run"], tmp_path)
+    wait_for(tmp_path / "run" / LOCK_FILE, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert next(line for line in err.splitlines() if line.startswith("klexp:")).startswith(
+        "klexp: interrupted by SIGTERM")
+    assert "Traceback" not in err

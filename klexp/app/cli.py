@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
             if not run_dir.is_dir():
                 raise KlexpError(f"resume: {run_dir} is not a directory")
             saved_overrides(run_dir, command="resume")  # a klexp run directory, before its lock
-            begin_resume(run_dir, split_flags(rest)[1], is_first_process())
-            args = resume_arguments(run_dir, rest)
+            goes_on = begin_resume(run_dir, split_flags(rest)[1], is_first_process())
+            args = resume_arguments(run_dir, rest, record=goes_on)
     except RunEnding as ending:
         sys.exit(end_with(f"klexp: {ending}", ending.exit_status))
     except KlexpError as error:

@@ -315,31 +315,48 @@ def state_of(run_dir: Path) -> str:
     return recorded_status(run_dir) or NEW
 
 
-def check_resume(run_dir: Path, overrides: Sequence[str]) -> None:
-    """Decide, before anything is written, whether ``klexp resume=<run_dir> [overrides]`` may go
-    on: its directory must not be owned by a live process, nor be completed (``NothingToDo``
-    without overrides; a refusal pointing to ``klexp rerun`` with them)."""
+def check_resume(run_dir: Path, overrides: Sequence[str]) -> RunEnding | None:
+    """Whether ``klexp resume=<run_dir> [overrides]`` may go on: a completed run changes nothing;
+    without overrides that is the whole answer (``NothingToDo``, raised), with them it is the
+    refusal returned here, which ``refuse_pending`` raises once the overrides themselves have been
+    checked (a mistake in them is named first)."""
     if state_of(run_dir) != COMPLETED:
-        return
+        return None
     if not overrides:
         raise NothingToDo(f"{run_dir} already completed; nothing to do")
     wanted = " ".join(overrides)
-    raise RunEnding(f"resume: {run_dir} already completed, so nothing is resumed and its record is "
-                    f"kept; to train it with {wanted}, start a new run: `klexp rerun {run_dir} {wanted}`")
+    return RunEnding(f"resume: {run_dir} already completed, so nothing is resumed and its record is "
+                     f"kept; to train it with {wanted}, start a new run: `klexp rerun {run_dir} {wanted}`")
 
 
-def begin_resume(run_dir: Path, overrides: Sequence[str], first_process: bool = True) -> None:
+_PENDING: list[RunEnding] = []
+
+
+def begin_resume(run_dir: Path, overrides: Sequence[str], first_process: bool = True) -> bool:
     """Take ``run_dir`` for a resume: its lock (first process of a launch only), then
-    ``check_resume``; the owner's pid is written once both passed."""
+    ``check_resume``; the owner's pid is written once both passed. Returns False when the resume
+    will be refused by ``refuse_pending`` (a completed run: then nothing may be written, Hydra's
+    record of the command included)."""
     lock = None
     if first_process:
         try:
             lock = claim(run_dir)
         except DirectoryLocked as error:
             raise KlexpError(f"resume: {error}; wait for it to end or stop it first") from None
-    check_resume(run_dir, overrides)
+    refusal = check_resume(run_dir, overrides)
+    if refusal is not None:
+        _PENDING.append(refusal)
+        return False
     if lock is not None:
         lock.announce()
+    return True
+
+
+def refuse_pending() -> None:
+    """Raise the refusal ``begin_resume`` put off (the runner calls this after every check of the
+    config, and before the logger or the Trainer exists)."""
+    if _PENDING:
+        raise _PENDING.pop()
 
 
 STATES = (NEW, RUNNING, COMPLETED, FAILED, INTERRUPTED)

@@ -97,11 +97,11 @@ def finished_stages(run_dir: Path) -> list[str]:
     return overrides
 
 
-def resume_arguments(run_dir: Path, extra: Sequence[str]) -> list[str]:
+def resume_arguments(run_dir: Path, extra: Sequence[str], record: bool = True) -> list[str]:
     """Command-line arguments that continue the run in ``run_dir`` from its last checkpoint: the
     run's own overrides, then ``extra``, writing into the same directory. Hydra's record of this
     invocation goes to ``.hydra/resume-<time>`` so the original config and overrides stay as they
-    were."""
+    were (nowhere, without ``record``)."""
     if not run_dir.is_dir():
         raise KlexpError(f"resume: {run_dir} is not a directory")
     saved = saved_overrides(run_dir, command="resume")
@@ -110,6 +110,7 @@ def resume_arguments(run_dir: Path, extra: Sequence[str]) -> list[str]:
         raise KlexpError(f"resume: {run_dir} has no checkpoints/last.ckpt to resume from")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     flags, overrides = split_flags(extra)
+    subdir = quoted(f".hydra/resume-{stamp}") if record else "null"
     return [*saved_flags(run_dir, flags), *flags, *saved, *finished_stages(run_dir),
             f"ckpt_path={quoted(checkpoint)}", *overrides, f"hydra.run.dir={quoted(run_dir)}",
-            f"hydra.output_subdir={quoted(f'.hydra/resume-{stamp}')}"]
+            f"hydra.output_subdir={subdir}"]

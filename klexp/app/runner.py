@@ -30,7 +30,7 @@ from rich.table import Table
 from klexp.app.config_checks import ConfigError, check_config, check_run_settings
 from klexp.app.console import run_output
 from klexp.app.hparams import hparams_of
-from klexp.app.lifecycle import RunFailed, RunInterrupted
+from klexp.app.lifecycle import RunFailed, RunInterrupted, Terminated, refuse_pending
 from klexp.app.preflight import check_before_fit, naming_stand_ins, stage_stand_ins
 from klexp.app.stages import Compose, run_stages
 from klexp.errors import ConfigValueError, KlexpError
@@ -185,6 +185,10 @@ def run(
         trainer: pl.Trainer = instantiate_node(
             cfg.trainer, "trainer", logger=logger, callbacks=[*terms, *callbacks, summary, dashboards],
             plugins=with_atomic_checkpoints(cfg.trainer.get("plugins")))
+        # Every check has passed (the Trainer's own too): a resume of a completed run is refused
+        # now, before any file exists (begin_resume put it off so that a mistake in its overrides
+        # is named first)
+        refuse_pending()
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             if will_test:
@@ -193,7 +197,13 @@ def run(
             if not summary.training_started:
                 # stopped before the run went on (a refused resume): its events stay as they were
                 _remove_new_events(logger, events_before)
-            raise ending_of(error, summary.data, run_dir, trainer.global_step) from error
+            elif summary.data["status"] == "running" and signal_of(error) is not None:
+                # a signal between Lightning's calls (after fit, before test), which no callback saw
+                summary.finish("interrupted", signal=signal_of(error))
+            ending = ending_of(error, summary.data, run_dir, trainer.global_step)
+            if ending is error:
+                raise
+            raise ending from error
         finally:
             _flush(logger)
     if trainer.is_global_zero:
@@ -215,12 +225,21 @@ def ending_of(error: BaseException, record: Mapping[str, Any], run_dir: Path,
     """What the command raises when fit or test stopped on ``error``: ``RunInterrupted`` for
     SIGTERM or SIGINT (Lightning turns them into ``SystemExit``: 0 for SIGTERM, 1 for SIGINT),
     ``RunFailed`` for an error of the environment (a full disk), else the error itself."""
-    signal_name = stop_signal(error) or stop_signal(error.__context__ or error)
+    signal_name = signal_of(error)
     if signal_name is not None:
         return RunInterrupted(run_dir, signal_name, step if record["status"] == "interrupted" else None)
     if isinstance(error, OSError):
         return RunFailed(run_dir, error)
     return error
+
+
+def signal_of(error: BaseException) -> str | None:
+    """The signal behind ``error``: Lightning's ways of stopping on one (``stop_signal``; its
+    ``SystemExit(1)`` after Ctrl-C carries the ``KeyboardInterrupt`` as context) or klexp's own
+    ``Terminated``."""
+    if isinstance(error, Terminated):
+        return str(error)
+    return stop_signal(error) or (stop_signal(error.__context__) if error.__context__ else None)
 
 
 def _events_files(logger: Any) -> set[Path]:

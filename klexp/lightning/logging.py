@@ -93,7 +93,10 @@ def log_metrics(module: pl.LightningModule, metrics: Mapping[str, Tensor | float
     values = dict(metrics)
     step = own_step(module)
     if step is not None:
-        values["step"] = float(step)
+        # float64: Lightning reads the x-axis back with int(), and float32 would round env steps
+        # above 2**24 (a tensor keeps its dtype through self.log; MPS has no float64)
+        wide = torch.float32 if module.device.type == "mps" else torch.float64
+        values["step"] = torch.tensor(float(step), dtype=wide, device=module.device)
     module.log_dict(values, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
 
 

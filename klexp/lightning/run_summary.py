@@ -177,9 +177,13 @@ def recorded_status(run_dir: str | Path) -> str | None:
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The one-number entries of a metrics mapping (tensors of one element, ints, floats)."""
+    """The one-number entries of a metrics mapping (tensors of one element, ints, floats), except
+    Lightning's ``step``: the x-axis a module with its own logging step hands its epoch metrics
+    (``klexp.lightning.logging.log_metrics``), not a metric of the run."""
     scalars = {}
     for key, value in metrics.items():
+        if key == "step":
+            continue
         if (isinstance(value, torch.Tensor) and value.numel() == 1) or (
                 isinstance(value, (int, float)) and not isinstance(value, bool)):
             scalars[key] = float(value)

@@ -243,7 +243,7 @@ class Harness:
             elif operation == "concurrent":
                 self.concurrent(run_dir)
             elif operation == "refused resume":
-                self.refused(run_dir, [f"resume={run_dir}", "task.hidden=[32]"], operation)
+                self.refused(run_dir, [f"resume={run_dir}", "task.net.hidden=[32]"], operation)
             elif operation == "complete":
                 self.complete(run_dir)
             elif operation == "resume completed":
