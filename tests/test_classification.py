@@ -69,3 +69,22 @@ def test_default_experiment_beats_sklearns_mlp_on_digits(tmp_path):
     same run takes twice as long when others share the machine.)"""
     summary = run_experiment(["callbacks.progress_bar=null"], tmp_path)
     assert summary["metrics"]["test/acc"] >= 0.985
+
+
+def test_metric_states_are_checkpointed_and_a_checkpoint_without_them_still_loads():
+    """Accuracy and calibration accumulate over an epoch: their states are in the state_dict, so
+    a run resumed mid-epoch ends it with every batch's metrics (tests/lifecycle: two kills in one
+    epoch); a checkpoint written before that starts them empty instead of failing to load."""
+    task = built_task()
+    metrics = task.metrics["train_metrics"]
+    metrics.update(torch.randn(6, 4), torch.randint(0, 4, (6,)))
+    state = task.state_dict()
+    assert any(key.startswith("metrics.train_metrics.acc.") for key in state)
+    resumed = built_task()
+    resumed.load_state_dict(state)
+    assert resumed.metrics["train_metrics"].compute() == metrics.compute()
+    old = {k: v for k, v in state.items() if not k.startswith("metrics.")}
+    checkpoint = {"state_dict": old}
+    fresh = built_task()
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])

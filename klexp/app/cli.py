@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
         return sys.exit(report_main(args[1:]))
     handle_sigterm()
+    # a log handler that cannot write (the job log on a full disk) must not print a traceback
+    # over the run's own one-line ending
+    logging.raiseExceptions = False
     try:
         if args and args[0] == "rerun":
             args = rerun_arguments(args[1:])

@@ -6,10 +6,16 @@ whether the tree had uncommitted changes, library versions, start and end time a
 plus whatever the caller adds (klexp's runner: experiment, overrides, stages). It is first written
 when training really starts, so a run that fails while setting up leaves an existing directory as
 it was.
+
+A full disk must not keep the record at ``running``: while a run is under way, the directory
+holds ``.summary.reserve`` (``RESERVE_BYTES`` written when the record first is), and a record
+that cannot be written for want of space frees it and is written into what it leaves. The reserve
+goes once the run has ended.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -154,8 +160,37 @@ class RunSummary(pl.Callback):
 
     @rank_zero_only
     def write(self) -> None:
-        """Write the record atomically; refuse to replace a completed record by a lesser one."""
-        write_record(self.path, self.data)
+        """Write the record atomically; refuse to replace a completed record by a lesser one. The
+        space it needs is kept in reserve while the run is under way (see the module docstring)."""
+        reserve = self.path.parent / RESERVE_FILE
+        if self.data["status"] == RUNNING and not reserve.exists():
+            _reserve(reserve)
+        try:
+            write_record(self.path, self.data)
+        except OSError as error:
+            if error.errno != errno.ENOSPC or not reserve.exists():
+                raise
+            reserve.unlink()
+            write_record(self.path, self.data)
+        if self.data["status"] != RUNNING:
+            reserve.unlink(missing_ok=True)
+
+
+#: where a run keeps the space its record will need (see the module docstring)
+RESERVE_FILE = ".summary.reserve"
+RESERVE_BYTES = 256 * 1024
+
+
+def _reserve(path: Path) -> None:
+    """Take ``RESERVE_BYTES`` of the disk in ``path`` (written, so that every file system really
+    allocates them); on a disk already full, none."""
+    try:
+        with open(path, "wb") as file:
+            file.write(bytes(RESERVE_BYTES))
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError:
+        path.unlink(missing_ok=True)
 
 
 def write_record(path: Path, data: Mapping[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """What klexp's tasks share that is not about KL: optimisers and learning-rate schedules from the
-config, facts about the data, and a cheaper hook dispatch.
+config, facts about the data, classification metrics that resume exactly, and a cheaper hook
+dispatch.
 
 A task reaches its KL terms exactly as a user's module does (``klexp.lightning.loss``): its steps
 return ``{"loss": ..., <named outputs>}`` and the trainer's terms add themselves to the loss.
@@ -14,6 +15,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from klexp.errors import KlexpError
 from klexp.lightning.internals import FastHookName, trainer_of
@@ -23,6 +26,18 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 # Arguments of torch's LR schedulers that mean "length of training"; filled from the trainer.
 _TRAINING_LENGTH_ARGS = ("total_steps", "T_max", "total_iters")
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Accuracy and expected calibration error (15 bins) under ``<prefix>acc``, ``<prefix>ece``,
+    with their states in the module's ``state_dict``: a run resumed mid-epoch (from a checkpoint
+    of a step) then ends the epoch with the metrics of every batch of it, not only of those since
+    the resume (torchmetrics keeps its states out of checkpoints by default)."""
+    metrics = MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro"),
+                                "ece": MulticlassCalibrationError(num_classes, n_bins=15)},
+                               prefix=prefix)
+    metrics.persistent(True)
+    return metrics
 
 
 class Task(FastHookName, pl.LightningModule):
@@ -54,6 +69,17 @@ class Task(FastHookName, pl.LightningModule):
             self.configure_model()
         finally:
             self._datamodule_before_fit = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written before metric states were checkpointed lacks them: the metrics
+        start from their empty states, as they then did, instead of the load failing."""
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        for prefix, module in self.named_modules():
+            if isinstance(module, Metric):
+                for key, value in module.state_dict(prefix=f"{prefix}.").items():
+                    state.setdefault(key, value)
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))

@@ -39,8 +39,6 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 from torchmetrics.functional.classification import binary_auroc
 
 from klexp.core.categorical import categorical_entropy
@@ -57,7 +55,7 @@ from klexp.lightning.term import KLMeasure, kl_terms_of
 from klexp.nets.bayesian import BayesMLP, gaussian_prior, scale_mixture_prior
 from klexp.nets.factory import NetFactory, check_net
 from klexp.nets.frozen import load_classifier
-from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
+from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task, classification_metrics
 
 Prior = Literal["gaussian", "scale_mixture"]
 PRIORS: tuple[str, ...] = ("gaussian", "scale_mixture")
@@ -142,13 +140,13 @@ class BayesByBackpropTask(Task):
                            generator=torch.Generator().manual_seed(NOISE_SEED))
         self.register_buffer("noise_images", noise, persistent=False)
         self.metrics = nn.ModuleDict({
-            f"{stage}_metrics": _classification_metrics(num_classes, f"{stage}/")
+            f"{stage}_metrics": classification_metrics(num_classes, f"{stage}/")
             for stage in ("train", *EVAL_STAGES)
         })
         if self.baseline_checkpoint is not None:
             self.baseline = load_classifier(self.baseline_checkpoint, input_size, num_classes,
                                             key="task.baseline_checkpoint")
-            self.baseline_metrics = _classification_metrics(num_classes, "test/baseline/")
+            self.baseline_metrics = classification_metrics(num_classes, "test/baseline/")
 
     def train(self, mode: bool = True) -> BayesByBackpropTask:
         super().train(mode)
@@ -329,13 +327,6 @@ def entropy_figure(collected: Mapping[str, Tensor], num_classes: int) -> Figure:
         axes.legend(fontsize="small")
     return figure
 
-
-def _classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {"acc": MulticlassAccuracy(num_classes, average="micro"),
-         "ece": MulticlassCalibrationError(num_classes, n_bins=15)},
-        prefix=prefix,
-    )
 
 
 def _log_predictive(logits: Tensor) -> Tensor:

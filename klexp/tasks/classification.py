@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from klexp.core.categorical import categorical_cross_entropy, categorical_entropy
 from klexp.errors import require_finite_positive, require_unit_interval
@@ -31,7 +29,7 @@ from klexp.lightning.logging import current_stage, log_metrics, logs_now
 from klexp.nets.factory import NetFactory, check_net, net_spec
 from klexp.nets.frozen import CHECKPOINT_NET_KEY, load_classifier
 from klexp.nets.mlp import MLP
-from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
+from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task, classification_metrics
 
 
 class ClassificationTask(Task):
@@ -87,11 +85,7 @@ class ClassificationTask(Task):
         self.net = self.net_factory(in_features=input_size, out_features=num_classes)
         self.register_buffer("uniform_logits", torch.zeros(num_classes), persistent=False)
         self.metrics = nn.ModuleDict({
-            f"{stage}_metrics": MetricCollection(
-                {"acc": MulticlassAccuracy(num_classes, average="micro"),
-                 "ece": MulticlassCalibrationError(num_classes, n_bins=15)},
-                prefix=f"{stage}/",
-            )
+            f"{stage}_metrics": classification_metrics(num_classes, prefix=f"{stage}/")
             for stage in ("train", "val", "test")
         })
         if self.teacher_checkpoint is not None:

@@ -34,7 +34,7 @@ from helpers import REPO
 # The cheapest real run: 420 synthetic examples in batches of 64 (7 steps an epoch), two epochs,
 # dropout (so the RNG state matters on resume), a checkpoint after every step, every step logged.
 EXPERIMENT = ["experiment=classification", "data=synthetic", "trainer.max_epochs=2",
-              "task.dropout=0.2", "threads=1", "callbacks.progress_bar=null",
+              "task.net.dropout=0.2", "threads=1", "callbacks.progress_bar=null",
               "trainer.enable_model_summary=false",
               "callbacks.model_checkpoint.every_n_train_steps=1", "trainer.log_every_n_steps=1",
               "+callbacks.faults._target_=lifecycle.faults.Faults"]
