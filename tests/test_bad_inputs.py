@@ -48,7 +48,7 @@ def workspace(tmp_path_factory):
     (files / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
     # a checkpoint whose description of its network (hidden=[32]) does not match its weights
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    checkpoint[CHECKPOINT_NET_KEY]["hidden"] = [32]
+    checkpoint[CHECKPOINT_NET_KEY]["net"]["hidden"] = [32]
     torch.save(checkpoint, files / "misdescribed.ckpt")
     return {"root": root, "run": run_dir, "idx": good_idx, "bad_magic": bad_magic,
             "truncated": truncated, "mismatch": mismatch, "missing_labels": missing_labels,

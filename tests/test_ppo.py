@@ -363,7 +363,7 @@ def test_every_ppo_experiment_inherits_ppo_and_keeps_its_shared_settings():
 
     base = compose_config(["experiment=ppo"])
     for name in PPO_EXPERIMENTS[1:]:
-        assert OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml").defaults[0] == "ppo"
+        assert OmegaConf.load(REPO / "klexp" / "conf" / "experiment" / f"{name}.yaml").defaults[0] == "ppo"
         cfg = compose_config([f"experiment={name}"])
         assert cfg.experiment_name == name
         for key in ("threads", "callbacks.lr_monitor", "trainer.max_epochs", "data", "task._target_",
