@@ -8,7 +8,7 @@ when training really starts, so a run that fails while setting up leaves an exis
 it was.
 
 A full disk must not keep the record at ``running``: while a run is under way, the directory
-holds ``.summary.reserve`` (``RESERVE_BYTES`` written when the record first is), and a record
+holds ``.summary.reserve`` (``RESERVE_BYTES`` written once the record first is), and a record
 that cannot be written for want of space frees it and is written into what it leaves. The reserve
 goes once the run has ended.
 """
@@ -163,8 +163,6 @@ class RunSummary(pl.Callback):
         """Write the record atomically; refuse to replace a completed record by a lesser one. The
         space it needs is kept in reserve while the run is under way (see the module docstring)."""
         reserve = self.path.parent / RESERVE_FILE
-        if self.data["status"] == RUNNING and not reserve.exists():
-            _reserve(reserve)
         try:
             write_record(self.path, self.data)
         except OSError as error:
@@ -174,6 +172,8 @@ class RunSummary(pl.Callback):
             write_record(self.path, self.data)
         if self.data["status"] != RUNNING:
             reserve.unlink(missing_ok=True)
+        elif not reserve.exists():
+            _reserve(reserve)
 
 
 #: where a run keeps the space its record will need (see the module docstring)

@@ -70,16 +70,29 @@ class Task(FastHookName, pl.LightningModule):
         finally:
             self._datamodule_before_fit = None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A metric state kept as a list of tensors (a calibration error's confidences) is saved
+        as their concatenation: a checkpoint's ``state_dict`` holds tensors only."""
+        state = checkpoint.get("state_dict") or {}
+        for key, value in state.items():
+            if isinstance(value, list):
+                state[key] = torch.cat(value) if value else torch.empty(0)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint written before metric states were checkpointed lacks them: the metrics
-        start from their empty states, as they then did, instead of the load failing."""
+        """The list states ``on_save_checkpoint`` concatenated become lists again (of one tensor,
+        which the metric computes with as it would with the original list); a checkpoint written
+        before metric states were checkpointed lacks them, and the metrics start from their empty
+        states, as they then did, instead of the load failing."""
         state = checkpoint.get("state_dict")
         if state is None:
             return
         for prefix, module in self.named_modules():
             if isinstance(module, Metric):
                 for key, value in module.state_dict(prefix=f"{prefix}.").items():
-                    state.setdefault(key, value)
+                    if key not in state:
+                        state[key] = value
+                    elif isinstance(value, list) and isinstance(state[key], torch.Tensor):
+                        state[key] = [state[key]] if state[key].numel() else []
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))

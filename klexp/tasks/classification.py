@@ -103,6 +103,7 @@ class ClassificationTask(Task):
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_NET_KEY] = self.net_spec()
 
     def custom_scalars(self) -> dict[str, dict[str, list[str]]]:

@@ -105,6 +105,7 @@ class SequenceDistillTask(Task):
             self.teacher = load_sequence_model(self.teacher_checkpoint, vocab_size, length)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_NET_KEY] = self.student.spec()
 
     # ------------------------------------------------------------------ the step

@@ -238,6 +238,7 @@ class PPOTask(Task):
             self.actor.load_state_dict(self.reference.state_dict())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_POLICY_KEY] = policy_spec(self.env.id, self.obs_dim, self.action_dist,
                                                         self.actor)
         if self.rollout_state is not None:
@@ -245,6 +246,7 @@ class PPOTask(Task):
             checkpoint[LOG_STEP_KEY] = self.rollout_state.env_steps + 1
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.resumed_progress = checkpoint.get(CHECKPOINT_PROGRESS_KEY)
 
     def train_dataloader(self) -> StepIndices:
