@@ -38,6 +38,8 @@ RUNS = {
     "gan_wasserstein": ["experiment=gan", "divergence=wasserstein", *FAST, "data.num_train=1000",
                         "trainer.log_every_n_steps=1"],
     "fit_gaussian": ["experiment=fit_gaussian", *QUIET, "trainer.max_epochs=1"],
+    "distill_seq_teacher": ["experiment=distill_seq_teacher", *FAST, "trainer.check_val_every_n_epoch=1",
+                            "trainer.log_every_n_steps=1"],
 }
 RL_RUNS = ("ppo", "ppo_tokens")
 #: hparams each experiment's table must show (beside experiment and seed)
@@ -56,6 +58,7 @@ HPARAMS = {
             "task.critic_optimizer.betas": "[0.5, 0.9]", "task.critic.hidden": "[128, 128, 128]"},
     "gan_wasserstein": {"divergence": "wasserstein", "task.divergence.penalty_weight": 10.0},
     "fit_gaussian": {"kl.fit.direction": "forward", "kl.fit.estimator": "k1"},
+    "distill_seq_teacher": {"task.hidden": "[128, 128]", "kl.seq_nll.weight": 1.0, "data": "MarkovSequences"},
 }
 
 
