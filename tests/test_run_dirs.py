@@ -159,3 +159,20 @@ def test_a_run_or_sweep_into_a_directory_a_live_process_owns_is_refused_naming_i
     RunDirectoryGuard().on_multirun_start(config)  # the owner is gone: its lock never blocks
     assert owner_pid(tmp_path) == os.getpid()
     release(tmp_path)
+
+
+def test_an_unresolvable_interpolation_in_the_run_directory_is_one_line_before_anything_exists(
+        tmp_path, monkeypatch, capsys):
+    """``experiment_name`` names the run directory: a value that does not resolve is refused by
+    the guard, which resolves the directory first (it used to end in OmegaConf's traceback)."""
+    from klexp.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["klexp", "experiment_name=${nowhere}"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert str(exit_.value.code) == ("klexp: hydra.run.dir: cannot resolve it: "
+                                     "Interpolation key 'nowhere' not found")
+    assert "Traceback" not in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

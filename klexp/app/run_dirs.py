@@ -29,6 +29,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from klexp.app.lifecycle import DirectoryLocked, artefacts, claim, release
 from klexp.errors import KlexpError
@@ -130,9 +131,15 @@ def take_new_directory(directory: Path, key: str, check: Callable[[Path], None])
 
 
 def _resolved_path(config: DictConfig, key: str) -> Path:
+    """The directory ``key`` names; an interpolation in it that does not resolve (a top-level key
+    such as ``experiment_name=${nowhere}``) ends the command in one line, before anything exists."""
     # ${hydra:...} interpolations read HydraConfig, which run_job sets to this config right after
     HydraConfig.instance().set_config(config)
-    return Path(str(OmegaConf.select(config, key)))
+    try:
+        return Path(str(OmegaConf.select(config, key, throw_on_resolution_failure=True)))
+    except OmegaConfBaseException as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"klexp: {key}: cannot resolve it: {reason}") from None
 
 
 class RunDirectoryGuard(Callback):
