@@ -5,10 +5,11 @@ back (incrementally, ``EventTags``) after each validation, at the end of ``fit``
 an exception, and rewrites what changed.
 
 * **Custom Scalars**: the charts the module asks for (a ``custom_scalars()`` method returning
-  ``{section: {title: [tag regex, ...]}}``) and one section for the trainer's KL terms. A chart
-  whose regexes match no written tag is left out; a chart that matches several tags becomes one
-  chart per tag, titled ``<title> — <tag>``: TensorBoard draws every line of a run in the run's one
-  colour, so two tags on one chart could not be told apart (nor kept on one scale).
+  ``{section: {title: [tag regex, ...]}}``, ``klexp.HasCharts``) and one section for the
+  trainer's KL terms. A chart whose regexes match no written tag is left out; a chart that
+  matches several tags becomes one chart per tag, titled ``<title> — <tag>``: TensorBoard draws
+  every line of a run in the run's one colour, so two tags on one chart could not be told apart
+  (nor kept on one scale).
 * **Non-finite values**: TensorBoard draws no point for ``inf`` or ``NaN``. For each scalar with
   such points the callback writes a companion ``<tag>/nonfinite`` (1 at each of those steps), says
   so in the chart's title, and lists them, with their steps, in a text note (``klexp/non-finite``).
@@ -39,10 +40,10 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torch.utils.tensorboard.summary import scalar as scalar_summary
 
+from klexp.lightning.contract import Charts, module_charts
 from klexp.lightning.run_summary import scalar_metrics
 from klexp.lightning.term import kl_terms_of
 
-Charts = Mapping[str, Mapping[str, Sequence[str]]]
 #: the sub-run (under the logger's directory) that holds the run's HParams session
 HPARAMS_RUN = "hparams"
 #: the prefix of the final metrics' names in the HParams session
@@ -163,9 +164,8 @@ class Dashboards(pl.Callback):
                 if step not in written:
                     writer.add_scalar(tag + NONFINITE_SUFFIX, 1.0, step)
             self._companions[tag] = len(values.nonfinite)
-        charts = dict(pl_module.custom_scalars()) if hasattr(pl_module, "custom_scalars") else {}
         names = [term.name for term in kl_terms_of(trainer)]
-        layout = custom_scalars_layout({**term_charts(names), **charts}, series)
+        layout = custom_scalars_layout({**term_charts(names), **module_charts(pl_module)}, series)
         if layout and layout != self._layout:
             writer.add_custom_scalars(layout)
             self._layout = layout

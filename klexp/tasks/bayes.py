@@ -51,7 +51,8 @@ from klexp.errors import (
     require_positive_int,
 )
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
-from klexp.lightning.term import KLMeasure, kl_terms_of
+from klexp.lightning.loss import Term
+from klexp.lightning.term import kl_measures, kl_terms_of
 from klexp.nets.bayesian import BayesMLP, gaussian_prior, scale_mixture_prior
 from klexp.nets.factory import NetFactory, check_net
 from klexp.nets.frozen import load_classifier
@@ -160,12 +161,13 @@ class BayesByBackpropTask(Task):
             return gaussian_prior(self.net.num_weights, self.prior_sigma_t)
         return scale_mixture_prior(self.net.num_weights, self.mixture_pi_t, self.mixture_sigmas_t)
 
-    def check_terms(self, terms: Sequence[KLMeasure]) -> None:
-        """A closed-form KL needs the Gaussian prior (klexp's runner calls this before building
-        anything; fitting calls it again)."""
+    def check_terms(self, terms: Sequence[Term]) -> None:
+        """Every term is a KL term, and a closed-form KL needs the Gaussian prior (klexp's runner
+        calls this before building anything; fitting calls it again)."""
+        measures = kl_measures(terms, type(self).__name__)
         if self.prior_kind != "scale_mixture":
             return
-        for term in terms:
+        for term in measures:
             if "weights_prior" in (term.p, term.q) and isinstance(term.estimator, ClosedForm):
                 raise KlexpError(
                     f"kl.{term.name}.estimator: KL(q(w) ‖ scale-mixture prior) has no closed form; "
