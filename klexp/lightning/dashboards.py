@@ -52,6 +52,8 @@ FINAL_PREFIX = "final/"
 NONFINITE_SUFFIX = "/nonfinite"
 #: the text note that lists a run's non-finite points
 NONFINITE_NOTE = "klexp/non-finite"
+#: the keys by which Hydra builds a config node, not settings of what it builds
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_"})
 
 
 @dataclass
@@ -267,13 +269,20 @@ def nonfinite_note(series: Mapping[str, Series], shown: int = 10) -> str:
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level with dotted keys."""
+    """Nested mappings as one level with dotted keys, under ``prefix`` when one is given. A node
+    built from ``_target_`` shows as its class name under its own key (``task.optimizer:
+    AdamW``) beside its settings (``task.optimizer.lr``); Hydra's other keys are left out."""
     flat: dict[str, Any] = {}
+    if "_target_" in values:
+        flat[prefix or "_target_"] = str(values["_target_"]).rsplit(".", 1)[-1]
     for key, value in values.items():
+        if key in HYDRA_KEYS:
+            continue
+        name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, name))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[name] = value
     return flat
 
 

@@ -56,7 +56,7 @@ from klexp.lightning.term import kl_measures, kl_terms_of
 from klexp.nets.bayesian import BayesMLP, gaussian_prior, scale_mixture_prior
 from klexp.nets.factory import NetFactory, check_net
 from klexp.nets.frozen import load_classifier
-from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task, classification_metrics
+from klexp.tasks.base import OneStepTask, OptimizerFactory, SchedulerFactory, classification_metrics
 
 Prior = Literal["gaussian", "scale_mixture"]
 PRIORS: tuple[str, ...] = ("gaussian", "scale_mixture")
@@ -64,7 +64,7 @@ EVAL_STAGES: tuple[str, ...] = ("val", "test")
 NOISE_SEED = 0
 
 
-class BayesByBackpropTask(Task):
+class BayesByBackpropTask(OneStepTask):
     """A classifier with a mean-field Gaussian posterior over its weights.
 
     Args:
@@ -188,15 +188,6 @@ class BayesByBackpropTask(Task):
         """Log-probabilities of the predictive ``p(y | x) = (1/S) Σ_s softmax(f(x; w_s))``, (B, K)."""
         logits, _ = self.sample_logits(images, num_samples or self.eval_samples)
         return _log_predictive(logits)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
 
     def step(self, batch: tuple[Tensor, Tensor], stage: str | None = None) -> dict[str, Any]:
         """The expected data NLL (the task's own loss) and the outputs for the KL term."""
