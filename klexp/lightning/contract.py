@@ -27,13 +27,13 @@ member                      read by, and when                      when absent
                             (an RL task's environment steps)
 ==========================  =====================================  ================================
 
-The methods count where the module's class defines them (not an instance attribute).
 ``KlexpModule`` is all of them. A module declares the ones it has, for a static type checker to
 check and for a reader to see, by subclassing (``class MyModule(pl.LightningModule,
 klexp.HasLogStep)``: a declared member left undefined is an error when the module is made), or
-simply defines them (structural typing: klexp's checks are ``isinstance`` against these
-protocols, which need no declaration). klexp reads the members only through the functions of this
-module, so that this page stays the one description of the contract.
+simply defines them (structural typing: ``isinstance(module, klexp.HasLogStep)`` holds without a
+declaration). The methods count where the module's class defines them, not as instance
+attributes. klexp reads the members only through the functions below, so that this page stays
+the one description of the contract.
 
 Terms are the other thing klexp reads, and they are nominal types (``klexp.Term`` and its
 subclasses): a task that reads a KL term's fields says so with ``klexp.lightning.term.kl_measures``.
