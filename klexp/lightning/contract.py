@@ -4,28 +4,28 @@ A module needs none of it: a plain ``LightningModule`` whose steps return ``{"lo
 <named outputs>}`` works with every klexp term and callback. Each member below is optional, and a
 module that has it gets what its line says; without it klexp does what the line's default says.
 
-==========================  =====================================  ================================
-member                      read by, and when                      when absent
-==========================  =====================================  ================================
-``output_names``            the ``klexp`` app, before anything is  a term's outputs are checked on
-(``DeclaresOutputs``)       built: every output a configured term  the first training step instead
-                            reads must be among them
-``check_terms(terms)``      the ``klexp`` app, before anything is  no check of the module's own
-(``ChecksTerms``)           built: raise a ``KlexpError`` (one
-                            line) for terms the module cannot
-                            serve
-``configure_model_for(dm)`` the ``klexp`` app's check before a     a module that builds in
-(``BuildsForData``)         run, on a copy of the module, before   ``configure_model`` is left to
-                            any trainer exists: build what         Lightning; one built in its
-                            ``configure_model`` builds, from the   constructor is checked as built
-                            DataModule given                       there
-``custom_scalars()``        ``klexp.Dashboards`` whenever it       only the ``KL terms`` section
-(``HasCharts``)             rewrites the layout: ``{section:
-                            {title: [tag regex, ...]}}``
-``log_step()``              every scalar klexp writes (terms,      Lightning's logging step, and an
-(``HasLogStep``)            ``klexp.log_metrics``): the x-axis     ``epoch`` scalar
-                            (an RL task's environment steps)
-==========================  =====================================  ================================
+============================  =====================================  ================================
+member                        read by, and when                      when absent
+============================  =====================================  ================================
+``output_names``              the ``klexp`` app, before anything is  a term's outputs are checked on
+(``DeclaresOutputs``)         built: every output a configured term  the first training step instead
+                              reads must be among them
+``check_terms(terms)``        the ``klexp`` app, before anything is  no check of the module's own
+(``ChecksTerms``)             built: raise a ``KlexpError`` (one
+                              line) for terms the module cannot
+                              serve
+``configure_model_for(dm)``   the ``klexp`` app's check before a     a module that builds in
+(``BuildsForData``)           run, on a copy of the module, before   ``configure_model`` is left to
+                              any trainer exists: build what         Lightning; one built in its
+                              ``configure_model`` builds, from the   constructor is checked as built
+                              DataModule given                       there
+``custom_scalars()``          ``klexp.Dashboards`` whenever it       only the ``KL terms`` section
+(``HasCharts``)               rewrites the layout: ``{section:
+                              {title: [tag regex, ...]}}``
+``log_step()``                every scalar klexp writes (terms,      Lightning's logging step, and an
+(``HasLogStep``)              ``klexp.log_metrics``): the x-axis     ``epoch`` scalar
+                              (an RL task's environment steps)
+============================  =====================================  ================================
 
 ``KlexpModule`` is all of them. A module declares the ones it has, for a static type checker to
 check and for a reader to see, by subclassing (``class MyModule(pl.LightningModule,
