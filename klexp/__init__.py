@@ -39,6 +39,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["sequence_divergences", "SequenceDivergences", "prefix_tree", "sample_sequences",
                      "all_sequences"], "klexp.core.sequences"),
     "DistillTerm": "klexp.lightning.distill_term",
+    # what klexp reads from a LightningModule: the module contract (all of it optional)
+    **dict.fromkeys(["KlexpModule", "DeclaresOutputs", "ChecksTerms", "BuildsForData", "HasCharts",
+                     "HasLogStep"], "klexp.lightning.contract"),
     # the Lightning integration (klexp.lightning)
     **dict.fromkeys(
         ["KLTerm", "KLPenalty", "TargetKL", "KLMeasure", "kl_term", "kl_stop", "LossTerm", "RewardTerm",

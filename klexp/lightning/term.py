@@ -14,7 +14,7 @@ controller's state in checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ from klexp.core.shaping import Shaping
 from klexp.core.torch_internals import state_of
 from klexp.errors import (
     ConfigValueError,
+    TermTypeError,
     require,
     require_finite_non_negative,
     require_in,
@@ -421,6 +422,18 @@ class KLPenalty(KLMeasure, RewardTerm):
             penalty = weight * measurement.elementwise
         self.record(stage, measurement, value, self.reduce(penalty), weight)
         return penalty, value
+
+
+def kl_measures(terms: Sequence[Term], reader: str) -> list[KLMeasure]:
+    """``terms``, each a KL term (of any type), for ``reader`` (a task's name) that reads their
+    distributions and estimators; else ``TermTypeError`` naming the first that is not."""
+    measures = []
+    for term in terms:
+        if not isinstance(term, KLMeasure):
+            raise TermTypeError(f"kl.{term.name}: {reader} reads KL terms (klexp.KLTerm, "
+                                f"klexp.KLPenalty, klexp.TargetKL), got a {type(term).__name__}")
+        measures.append(term)
+    return measures
 
 
 def kl_terms_of(trainer: pl.Trainer | None) -> list[KLMeasure]:

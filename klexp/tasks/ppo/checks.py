@@ -17,7 +17,8 @@ from klexp.errors import (
     require_non_negative,
     require_positive_int,
 )
-from klexp.lightning.term import KLMeasure
+from klexp.lightning.loss import Term
+from klexp.lightning.term import kl_measures
 from klexp.tasks.ppo.distributions import ActionDistribution
 
 #: where the rollout's actions come from, for KL terms that use them as Monte-Carlo draws
@@ -55,11 +56,11 @@ def check_arguments(num_envs: int, *, total_timesteps: int, num_steps: int, num_
                                "task.reference_checkpoint (with init_from_reference), not both")
 
 
-def check_terms(terms: Sequence[KLMeasure], action_dist: ActionDistribution, has_reference: bool) -> None:
-    """The outputs a KL term reads must exist for this env and config: ``uniform`` only for
-    discrete actions, ``reference`` only with a reference policy; the rollout's ``actions`` are
-    draws from ``old_policy``."""
-    for term in terms:
+def check_terms(terms: Sequence[Term], action_dist: ActionDistribution, has_reference: bool) -> None:
+    """Every term is a KL term, and the outputs it reads exist for this env and config:
+    ``uniform`` only for discrete actions, ``reference`` only with a reference policy; the
+    rollout's ``actions`` are draws from ``old_policy``."""
+    for term in kl_measures(terms, "PPOTask"):
         for role in ("p", "q"):
             key = getattr(term, role)
             if key == "uniform":
