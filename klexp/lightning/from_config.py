@@ -68,7 +68,7 @@ def kl_stop(name: str, p: str, q: str, *, estimator: Estimator | str = "k3", num
 
 def _build(kind: type[KLMeasure], why: str, name: str, p: str, q: str,
            estimator: Estimator | None, options: dict[str, Any]) -> KLMeasure:
-    accepted = [key for key in inspect.signature(kind.__init__).parameters if key != "self"]
+    accepted = _arguments(kind)
     for key, value in list(options.items()):
         if key in accepted:
             continue
@@ -78,3 +78,16 @@ def _build(kind: type[KLMeasure], why: str, name: str, p: str, q: str,
             raise ConfigValueError(key, f"unknown key for {kind.__name__}{hint}")
         del options[key]
     return kind(name, p, q, estimator=estimator, **options)
+
+
+def _arguments(kind: type[KLMeasure]) -> list[str]:
+    """The keyword arguments ``kind`` takes: its own and, past a ``**options``, its bases'."""
+    accepted: list[str] = []
+    for base in kind.__mro__:
+        if "__init__" not in vars(base):
+            continue
+        parameters = inspect.signature(base.__init__).parameters.values()
+        accepted += [p.name for p in parameters if p.name != "self" and p.kind != p.VAR_KEYWORD]
+        if all(p.kind != p.VAR_KEYWORD for p in parameters):
+            break
+    return accepted

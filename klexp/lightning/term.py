@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import pytorch_lightning as pl
 import torch
@@ -86,6 +86,17 @@ class _Tally:
     def max(tensors: list[Tensor]) -> Tensor:
         wide = torch.float32 if tensors[0].device.type == "mps" else torch.float64
         return torch.stack(tensors).max().to(wide)
+
+
+class MeasureOptions(TypedDict, total=False):
+    """``KLMeasure``'s arguments after ``direction``, for the types that add their own."""
+
+    weight: float
+    schedule: Schedule | Controller | None
+    reduction: Literal["mean", "sum"]
+    check_finite: bool
+    estimator: Estimator | str | None
+    log_dims: bool | None
 
 
 class KLMeasure(Term):
@@ -351,26 +362,12 @@ class KLTerm(KLMeasure, LossTerm):
     Args:
         shaping: what the term weights instead of ``D`` (``klexp.core.shaping``: free bits,
             capacity, per-example share), or None.
-        The others: ``KLMeasure``.
+        The others: ``KLMeasure`` (after ``direction``, by keyword: ``MeasureOptions``).
     """
 
-    def __init__(
-        self,
-        name: str,
-        p: str,
-        q: str,
-        direction: Direction | str = "forward",
-        weight: float = 1.0,
-        schedule: Schedule | Controller | None = None,
-        shaping: Shaping | None = None,
-        reduction: Literal["mean", "sum"] = "mean",
-        check_finite: bool = True,
-        *,
-        estimator: Estimator | str | None = None,
-        log_dims: bool | None = None,
-    ) -> None:
-        super().__init__(name, p, q, direction, weight, schedule, reduction, check_finite,
-                         estimator=estimator, log_dims=log_dims)
+    def __init__(self, name: str, p: str, q: str, direction: Direction | str = "forward", *,
+                 shaping: Shaping | None = None, **options: Unpack[MeasureOptions]) -> None:
+        super().__init__(name, p, q, direction, **options)
         require(shaping is None or isinstance(shaping, Shaping), "shaping", "a shaping", shaping)
         if shaping is not None and shaping.needs_dims and not self.direction.splits:
             raise ConfigValueError("shaping", f"{shaping!r} weights the divergence of each dimension, "
