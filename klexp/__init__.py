@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
         "klexp.core"),
     **dict.fromkeys(["Shaping", "FreeBits", "Capacity", "PerExample"], "klexp.core.shaping"),
     **dict.fromkeys(["Estimator", "ClosedForm", "MonteCarlo", "OnSamples"], "klexp.core.estimate"),
+    **dict.fromkeys(["Direction", "Forward", "Reverse", "JensenShannon"], "klexp.core.directions"),
     # distillation of sequence models: token-level objectives, reductions, exact sequence metrics
     **dict.fromkeys(["gkd_generalised_jsd", "generalised_jsd", "skew_kl", "taid_target", "taid_kl",
                      "top_k_truncated_kl", "top_k_tail_kl", "sampled_kl_terms", "reward_surrogate"],

@@ -36,6 +36,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal
 
+from klexp.core.directions import JensenShannon
 from klexp.core.estimate import ClosedForm
 from klexp.data.step_indices import StepIndices
 from klexp.errors import KlexpError, require, require_finite, require_finite_positive, require_positive_int
@@ -181,7 +182,7 @@ class DensityFitTask(Task):
         calls this before building anything; fitting calls it again)."""
         for term in kl_measures(terms, type(self).__name__):
             if ("target" in (term.p, term.q) and isinstance(term.estimator, ClosedForm)
-                    and term.direction != "js"):
+                    and not isinstance(term.direction, JensenShannon)):
                 raise KlexpError(
                     f"kl.{term.name}.estimator: a KL between a Gaussian mixture and a Gaussian has "
                     "no closed form; use k1 (forward: maximum likelihood) or k1 | k3 (reverse)"
