@@ -199,7 +199,25 @@ def write_record(path: Path, data: Mapping[str, Any]) -> None:
     if data.get("status") != COMPLETED and recorded_status(path.parent) == COMPLETED:
         raise RecordRegression(f"summary.json: {path} records a completed run; it is never replaced "
                                f"by a {data.get('status')!r} one")
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json.dumps(strict_json(data), indent=2, sort_keys=True, default=str,
+                                       allow_nan=False) + "\n")
+
+
+#: how a record writes the numbers JSON has no literal for (Python's own ``float`` reads them back)
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float written as ``"nan"``, ``"inf"`` or ``"-inf"``: a record
+    is standard JSON (``NaN``/``Infinity`` are not, and strict readers such as ``jq`` refuse them),
+    and ``float(text)`` reads them back (``read_summary`` does)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def recorded_status(run_dir: str | Path) -> str | None:
@@ -233,8 +251,14 @@ def final_metrics(metrics: Mapping[str, Any],
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The ``summary.json`` of a run directory."""
-    return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    """The ``summary.json`` of a run directory, its non-finite metrics (written as strings, see
+    ``strict_json``) read back as floats."""
+    summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    metrics = summary.get("metrics") if isinstance(summary, dict) else None
+    if isinstance(metrics, dict):
+        summary["metrics"] = {key: NON_FINITE.get(value, value) if isinstance(value, str) else value
+                              for key, value in metrics.items()}
+    return summary
 
 
 def recorded_metrics(run_dir: str | Path) -> dict[str, float]:
