@@ -66,6 +66,7 @@ from klexp.tasks.ppo.rollout import Batch, RolloutState, gae, penalised
 
 CHECKPOINT_PROGRESS_KEY = "klexp_ppo_progress"
 
+
 class ActionEvaluation(NamedTuple):
     """``evaluate_actions``' answer: Stable-Baselines3's three, and π_θ's parameters for KL terms."""
 
@@ -361,13 +362,16 @@ class PPOTask(Task):
     # ------------------------------------------------------------------ evaluating
 
     def test_step(self, batch: int, batch_idx: int) -> None:
-        """``eval_episodes`` greedy episodes, one per env copy, on the env's raw rewards."""
-        with torch.inference_mode():
-            returns, lengths = greedy_episodes(self.env, greedy_policy(self.actor, self.action_dist,
-                                                                       self.action_space),
-                                               self.global_rank, self.eval_episodes)
+        returns, lengths = self.evaluate(self.eval_episodes)
         log_metrics(self, {**evaluation_metrics(returns, lengths), **self.exact_metrics("test/exact")},
                     batch_size=1, stage="test")
+
+    @torch.inference_mode()
+    def evaluate(self, episodes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return and length of ``episodes`` greedy episodes (argmax action, or the Gaussian's
+        mean), one per env copy, on the env's raw rewards."""
+        act = greedy_policy(self.actor, self.action_dist, self.action_space)
+        return greedy_episodes(self.env, act, self.global_rank, episodes)
 
     # ------------------------------------------------------------------ config checks and charts
 
