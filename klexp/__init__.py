@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
         "klexp.core"),
     **dict.fromkeys(["Shaping", "FreeBits", "Capacity", "PerExample"], "klexp.core.shaping"),
     **dict.fromkeys(["Estimator", "ClosedForm", "MonteCarlo", "OnSamples"], "klexp.core.estimate"),
+    **dict.fromkeys(["Direction", "Forward", "Reverse", "JensenShannon"], "klexp.core.directions"),
     # distillation of sequence models: token-level objectives, reductions, exact sequence metrics
     **dict.fromkeys(["gkd_generalised_jsd", "generalised_jsd", "skew_kl", "taid_target", "taid_kl",
                      "top_k_truncated_kl", "top_k_tail_kl", "sampled_kl_terms", "reward_surrogate"],
@@ -39,6 +40,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["sequence_divergences", "SequenceDivergences", "prefix_tree", "sample_sequences",
                      "all_sequences"], "klexp.core.sequences"),
     "DistillTerm": "klexp.lightning.distill_term",
+    # what klexp reads from a LightningModule: the module contract (all of it optional)
+    **dict.fromkeys(["KlexpModule", "DeclaresOutputs", "ChecksTerms", "BuildsForData", "HasCharts",
+                     "HasLogStep"], "klexp.lightning.contract"),
     # the Lightning integration (klexp.lightning)
     **dict.fromkeys(
         ["KLTerm", "KLPenalty", "TargetKL", "KLMeasure", "kl_term", "kl_stop", "LossTerm", "RewardTerm",

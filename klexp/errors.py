@@ -19,6 +19,10 @@ class ConfigValueError(KlexpError, ValueError):
         self.message = message
 
 
+class TermTypeError(KlexpError, TypeError):
+    """A term of a type its task cannot serve (a distillation term where KL terms are read)."""
+
+
 class NonFiniteError(KlexpError, FloatingPointError):
     """A loss or KL value turned NaN or infinite during training."""
 

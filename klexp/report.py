@@ -49,6 +49,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from klexp.app.lifecycle import is_locked
 from klexp.errors import KlexpError
 
 #: Override keys that do not change what a run computes (a resumed run continues its own).
@@ -159,8 +160,12 @@ class Survey:
     relative: dict[Path, str]
 
     def left_out(self, run: Run, reason: str | None = None) -> LeftOut:
-        """``run`` as a run the table does not count (by default, for its status)."""
-        return LeftOut(run.directory, reason or str(run.summary.get("status") or "no status"),
+        """``run`` as a run the table does not count (by default, for its status; a ``running``
+        record whose directory no live process owns is a run that was killed)."""
+        status = str(run.summary.get("status") or "no status")
+        if status == "running" and not is_locked(run.directory):
+            status = "running, but no process owns it: killed; `klexp resume=RUN_DIR` continues it"
+        return LeftOut(run.directory, reason or status,
                        tuple(str(o) for o in run.summary.get("overrides") or []),
                        self.relative[run.directory])
 

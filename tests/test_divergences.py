@@ -451,6 +451,19 @@ def test_zero_q_where_p_is_positive_gives_inf_never_nan(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_p_underflowing_to_zero_where_q_is_zero_gives_inf_not_nan(dtype):
+    """``p = e^−200`` is 0 in float32 yet positive: where ``q = 0`` the KL and the cross-entropy are
+    ``+inf`` in every dtype (they were NaN in float32, ``0 · inf``)."""
+    p_logits = torch.tensor([[0.0, -200.0], [0.0, -2000.0]], dtype=dtype)
+    q_logits = torch.tensor([0.0, -INF], dtype=dtype)
+    assert D.categorical_kl(p_logits, q_logits).tolist() == [INF, INF]
+    assert D.categorical_cross_entropy(p_logits, q_logits).tolist() == [INF, INF]
+    # where q is positive the same p gives the finite value of the reduced support
+    assert_close(D.categorical_kl(p_logits, torch.zeros(2, dtype=dtype)).double(),
+                 torch.full((2,), math.log(2.0), dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_nan_in_either_distribution_gives_nan_not_a_silent_number(dtype):
     """A diverged network must show up as NaN (KL terms then raise), never as a finite KL."""
     finite = torch.tensor([0.0, 1.0, 2.0], dtype=dtype)

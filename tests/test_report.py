@@ -257,7 +257,7 @@ def test_jobs_that_never_started_or_did_not_complete_are_listed_with_their_overr
     assert [(run.relative, run.reason, run.overrides) for run in report.left_out] == [
         ("data=synthetic,kl.ce.weight=0.5/seed=3", "interrupted",
          ("data=synthetic", "kl.ce.weight=0.5", "seed=3")),
-        ("data=synthetic,kl.ce.weight=0.5/seed=4", "running",
+        ("data=synthetic,kl.ce.weight=0.5/seed=4", KILLED,
          ("data=synthetic", "kl.ce.weight=0.5", "seed=4")),
         ("data=synthetic,kl.ce.weight=2/seed=2", "failed", ("data=synthetic", "kl.ce.weight=2", "seed=2")),
         ("data=synthetic,kl.ce.weight=2/seed=3", "never started",
@@ -310,3 +310,24 @@ def test_a_clean_sweep_has_no_left_out_section(sweep, tmp_path):
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert markdown.endswith("(k/n): only k of the n seeds have a value.\n")
     assert "Left out" not in markdown
+
+
+KILLED = "running, but no process owns it: killed; `klexp resume=RUN_DIR` continues it"
+
+
+def test_a_running_record_is_told_live_while_its_owner_holds_the_lock_and_killed_after(sweep):
+    run_dir = sweep / "data=synthetic,kl.ce.weight=0.5" / "seed=4"
+    write_run(run_dir, ["data=synthetic", "kl.ce.weight=0.5"], 4, {}, status="running")
+    # the owner: another process holding the directory's lock, as a live run does
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from klexp.app.lifecycle import "
+         "claim; claim(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()", str(run_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        reasons = {run.relative: run.reason for run in build_report([sweep], ["test/acc"]).left_out}
+        assert reasons["data=synthetic,kl.ce.weight=0.5/seed=4"] == "running"
+    finally:
+        owner.communicate("")
+    reasons = {run.relative: run.reason for run in build_report([sweep], ["test/acc"]).left_out}
+    assert reasons["data=synthetic,kl.ce.weight=0.5/seed=4"] == KILLED

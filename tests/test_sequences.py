@@ -103,6 +103,30 @@ def test_chain_rule_sequence_kl_is_the_expected_sum_of_token_kls_under_its_first
     assert not torch.isclose(got.kl_forward, LENGTH * got.token_kl_forward_on_student)
 
 
+
+def test_a_teacher_of_finite_support_has_infinite_reverse_kls_not_nan(pair):
+    """A source of finite support (a table of words): the teacher never starts with token 0, and
+    after such a prefix it gives token 2 probability 0 too. KL(S ‖ T) and its token averages are
+    +∞ — the prefixes the teacher never writes weigh 0 even where their token KL is ∞ (0 · ∞ = 0,
+    not NaN) — while the forward ones stay finite."""
+    _, _, student, _ = pair
+
+    def teacher(prefixes):
+        logits = torch.zeros(len(prefixes), VOCAB, dtype=torch.float64)
+        if prefixes.shape[1] == 0:
+            logits[:, 0] = -torch.inf
+        else:
+            logits[prefixes[:, 0] == 0, 2] = -torch.inf
+        return logits
+
+    got = sequence_divergences(teacher, student, VOCAB, LENGTH)
+    for name in ("kl_reverse", "token_kl_reverse_on_teacher", "token_kl_reverse_on_student"):
+        assert getattr(got, name) == math.inf, name
+    assert all(math.isfinite(float(getattr(got, name))) for name in
+               ("kl_forward", "tv", "teacher_entropy", "token_kl_forward_on_teacher",
+                "token_kl_forward_on_student"))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_bounds_hold(seed):
     vocab, length = 4, 3

@@ -18,7 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from klexp.lightning.dashboards import as_hparam
+from klexp.lightning.dashboards import as_hparam, flatten
 
 #: Overrides that change how a run is displayed or launched, not what it computes.
 NOT_HPARAMS = frozenset({"callbacks.progress_bar", "trainer.enable_model_summary",
@@ -41,7 +41,7 @@ def hparams_of(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]
         node = cfg.get(section)
         if node is not None:
             plain = OmegaConf.to_container(node, resolve=True)
-            values.update(_flat(plain, section) if isinstance(plain, Mapping) else {section: plain})
+            values.update(flatten(plain, section) if isinstance(plain, Mapping) else {section: plain})
     trainer = cfg.get("trainer") or {}
     for key in TRAINER_KEYS:
         if trainer.get(key) is not None and trainer[key] != _TRAINER_DEFAULTS[key]:
@@ -51,20 +51,6 @@ def hparams_of(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]
         if key not in NOT_HPARAMS and "." not in key:
             values[key] = value  # a config-group choice (data=synthetic), in the user's words
     return {k: as_hparam(_scalar(v)) for k, v in values.items()}
-
-
-def _flat(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    if "_target_" in node:
-        flat[prefix] = str(node["_target_"]).rsplit(".", 1)[-1]
-    for key, value in node.items():
-        if key in ("_target_", "_partial_", "_recursive_", "_convert_"):
-            continue
-        if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}.{key}"))
-        else:
-            flat[f"{prefix}.{key}"] = value
-    return flat
 
 
 def _scalar(value: Any) -> Any:

@@ -12,8 +12,8 @@ traceback from scikit-learn, Gymnasium or Lightning after the run's files are th
    tests);
 3. a copy of the task builds what it builds lazily — its network for the data's shape, its
    environment with its kwargs, a teacher or reference checkpoint — through the optional
-   ``configure_model_for(datamodule)``, under a saved random state, so the run's own random
-   streams and numbers are untouched;
+   ``configure_model_for(datamodule)`` (``klexp.BuildsForData``), under a saved random state,
+   so the run's own random streams and numbers are untouched;
 4. the checkpoint to resume from is read (``weights_only``) and its ``state_dict`` compared with
    the built copy's, naming the first key that does not fit with both shapes.
 
@@ -40,6 +40,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from klexp.app.config_checks import ConfigError
 from klexp.app.stages import Compose, stage_config
 from klexp.errors import KlexpError
+from klexp.lightning.contract import builds_for_data
 from klexp.nets.frozen import first_mismatch, load_checkpoint
 
 
@@ -99,15 +100,14 @@ def built_copy(task: pl.LightningModule,
     under a saved random state, or as constructed when it builds nothing lazily; None when it
     builds in ``configure_model`` only (what it will hold is then unknown before the Trainer), or
     cannot be copied."""
-    lazy = is_overridden("configure_model", task)
-    build = getattr(task, "configure_model_for", None)
-    if lazy and build is None:
+    builds = builds_for_data(task)
+    if is_overridden("configure_model", task) and not builds:
         return None
     try:
         probe = copy.deepcopy(task)
     except Exception:
         return None  # left to Lightning, which builds the task itself
-    if build is not None:
+    if builds:
         with saved_random_state(), _one_line("task"):
             probe.configure_model_for(datamodule)
     return probe
@@ -125,7 +125,7 @@ def check_checkpoint_fits(path: str, task: pl.LightningModule, key: str = "ckpt_
     with _one_line("task"):
         task.on_load_checkpoint(checkpoint)
     problem = first_mismatch(task.state_dict(), checkpoint["state_dict"],
-                             strict=bool(getattr(task, "strict_loading", True)))
+                             strict=task.strict_loading)
     if problem is not None:
         raise KlexpError(f"{key}: {Path(path).expanduser()} does not fit the task as configured: "
                          f"{problem}")

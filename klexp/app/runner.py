@@ -35,6 +35,7 @@ from klexp.app.preflight import check_before_fit, naming_stand_ins, stage_stand_
 from klexp.app.stages import Compose, run_stages
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.checkpoint_io import AtomicCheckpointIO
+from klexp.lightning.contract import check_module_terms, declared_outputs
 from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.internals import checkpoint_logging_step
 from klexp.lightning.logging import LOG_STEP_KEY
@@ -88,15 +89,14 @@ def build_terms(kl: Mapping[str, Any] | None) -> list[Term]:
 def check_terms_against_task(terms: Sequence[Term], task: pl.LightningModule) -> None:
     """Before anything is built: every output a term reads is one the task declares
     (``output_names``), and the task's own checks of its terms (``check_terms``) pass."""
-    names = getattr(task, "output_names", None)
+    names = declared_outputs(task)
     for term in terms:
         if names is not None:
             try:
                 term.check_outputs(names, f"{type(task).__name__} returns")
             except KlexpError as error:
                 raise ConfigError(f"kl.{term.name}: {error}") from None
-    if hasattr(task, "check_terms"):
-        task.check_terms(terms)
+    check_module_terms(task, terms)
 
 
 def check_before_stages(cfg: DictConfig, overrides: Sequence[str] = (),

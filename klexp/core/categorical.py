@@ -91,6 +91,15 @@ def check_logits(p_logits: Tensor, q_logits: Tensor) -> None:
         ) from None
 
 
+def _support_violation_is_inf(value: Tensor, log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``+inf`` where ``value`` is NaN only because ``p`` underflowed: a class with finite ``log p``
+    has ``p > 0`` even where ``exp`` rounds it to 0 (float32 below ``e^−104``), and where ``q = 0``
+    there its term ``p · (+inf)`` is ``+inf``, not ``0 · inf = NaN``. NaN logits (a NaN row of
+    ``log p`` or ``log q``) stay NaN."""
+    underflow = value.isnan() & ~log_p[..., 0].isnan() & ~log_q[..., 0].isnan()
+    return torch.where(underflow, torch.inf, value)
+
+
 def categorical_kl(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats") -> Tensor:
     """``KL(P ‖ Q) = Σ_k p_k (log p_k − log q_k)`` over the last axis, from (unnormalised) logits.
 
@@ -102,6 +111,7 @@ def categorical_kl(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats")
     log_q = torch.log_softmax(q_logits, dim=-1)
     # softmax(x) is cheaper than exp(log_softmax(x)).
     value = torch.linalg.vecdot(torch.softmax(p_logits, dim=-1), log_ratio(log_p, log_q))
+    value = _support_violation_is_inf(value, log_p, log_q)
     # A NaN (or +inf) among q's logits makes the whole row of log q NaN, which the 0·log 0 rule
     # would turn into a finite KL: keep it NaN, so a diverged model cannot pass unnoticed.
     value = torch.where(log_q[..., 0].isnan(), torch.nan, value)
@@ -121,11 +131,10 @@ def categorical_cross_entropy(p_logits: Tensor, q_logits: Tensor, *, units: Unit
     p_logits, q_logits = _in_compute_dtype(p_logits, q_logits)
     log_p = torch.log_softmax(p_logits, dim=-1)
     log_q = torch.log_softmax(q_logits, dim=-1)
-    p = log_p.exp()
-    # A class with p = 0 contributes nothing even where log q = −inf.
-    log_q = torch.where(p > 0, log_q, torch.zeros((), dtype=log_q.dtype))
-    value = -torch.linalg.vecdot(p, log_q)
-    return to_units(value, units)
+    # A class with p = 0 (log p = −inf) contributes nothing even where log q = −inf.
+    log_q = torch.where(log_p.isneginf(), torch.zeros((), dtype=log_q.dtype), log_q)
+    value = -torch.linalg.vecdot(log_p.exp(), log_q)
+    return to_units(_support_violation_is_inf(value, log_p, log_q), units)
 
 
 def categorical_js(p_logits: Tensor, q_logits: Tensor, *, units: Units = "nats") -> Tensor:

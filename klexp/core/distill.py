@@ -71,6 +71,18 @@ def _gkd_interior(teacher: Tensor, student: Tensor, beta: float) -> Tensor:
     return beta * categorical_kl(log_t, log_m) + (1 - beta) * categorical_kl(log_s, log_m)
 
 
+def _jsd_endpoint(teacher: Tensor, student: Tensor, beta: float) -> Tensor | None:
+    """Both generalised JSDs at their endpoints: ``KL(T ‖ S)`` at β = 0, ``KL(S ‖ T)`` at β = 1;
+    None inside (0, 1)."""
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    if beta == 0:
+        return forward_kl(teacher, student)
+    if beta == 1:
+        return reverse_kl(teacher, student)
+    return None
+
+
 def gkd_generalised_jsd(teacher: Tensor, student: Tensor, beta: float) -> Tensor:
     """The generalised Jensen–Shannon divergence in GKD's convention (Agarwal et al. 2024,
     "On-Policy Distillation of Language Models"; TRL's ``generalized_jsd_loss``)::
@@ -82,13 +94,8 @@ def gkd_generalised_jsd(teacher: Tensor, student: Tensor, beta: float) -> Tensor
     (``JSD(β) ≈ β KL(T ‖ S)`` as β → 0, ``≈ (1−β) KL(S ‖ T)`` as β → 1), so the function jumps
     at β = 0 and β = 1 and near them β scales the loss rather than choosing a direction. Kept
     as GKD writes it to show that; ``generalised_jsd`` is the continuous form."""
-    if not 0 <= beta <= 1:
-        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    if beta == 0:
-        return forward_kl(teacher, student)
-    if beta == 1:
-        return reverse_kl(teacher, student)
-    return _gkd_interior(teacher, student, beta)
+    endpoint = _jsd_endpoint(teacher, student, beta)
+    return _gkd_interior(teacher, student, beta) if endpoint is None else endpoint
 
 
 def generalised_jsd(teacher: Tensor, student: Tensor, beta: float) -> Tensor:
@@ -101,12 +108,9 @@ def generalised_jsd(teacher: Tensor, student: Tensor, beta: float) -> Tensor:
     the limits, not special cases. At β = ½ it is 4 × the ordinary Jensen–Shannon divergence.
     Near the ends the interior is a difference of nearly equal sums: in float64 it is exact to
     ~1e-8 relative for ``1e-6 ≤ β ≤ 1 − 1e-6``."""
-    if not 0 <= beta <= 1:
-        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    if beta == 0:
-        return forward_kl(teacher, student)
-    if beta == 1:
-        return reverse_kl(teacher, student)
+    endpoint = _jsd_endpoint(teacher, student, beta)
+    if endpoint is not None:
+        return endpoint
     return _gkd_interior(teacher, student, beta) / (beta * (1 - beta))
 
 

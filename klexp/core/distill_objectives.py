@@ -10,7 +10,8 @@ them and adds them to the loss; a user's own module may call an objective direct
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
@@ -45,26 +46,29 @@ class TokenObjective(ABC):
         return {}
 
 
-class ForwardKL(TokenObjective):
+class _PerTokenKL(TokenObjective):
+    """A KL per token given by one function of the teacher's and the student's logits."""
+
+    kl: ClassVar[Callable[[Tensor, Tensor], Tensor]]
+
+    def __call__(self, teacher: Tensor, student: Tensor, tokens: Tensor,
+                 mask: Tensor | None = None) -> Tensor:
+        return self.kl(teacher, student)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ForwardKL(_PerTokenKL):
     """``KL(T ‖ S)`` per token (``klexp.core.distill.forward_kl``): mass covering."""
 
-    def __call__(self, teacher: Tensor, student: Tensor, tokens: Tensor,
-                 mask: Tensor | None = None) -> Tensor:
-        return distill.forward_kl(teacher, student)
-
-    def __repr__(self) -> str:
-        return "ForwardKL()"
+    kl = staticmethod(distill.forward_kl)
 
 
-class ReverseKL(TokenObjective):
+class ReverseKL(_PerTokenKL):
     """``KL(S ‖ T)`` per token (``klexp.core.distill.reverse_kl``): mode seeking."""
 
-    def __call__(self, teacher: Tensor, student: Tensor, tokens: Tensor,
-                 mask: Tensor | None = None) -> Tensor:
-        return distill.reverse_kl(teacher, student)
-
-    def __repr__(self) -> str:
-        return "ReverseKL()"
+    kl = staticmethod(distill.reverse_kl)
 
 
 class GeneralisedJS(TokenObjective):

@@ -232,6 +232,16 @@ def joint_outcomes(d: Distribution, logits: Tensor) -> int:
     return logits.shape[-1] ** d.event_shape.numel()
 
 
+def enumerated_joint(p: Distribution, p_logits: Tensor, q_logits: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The ``joint_logits`` of a categorical or Bernoulli pair ``p``, ``q`` (``Independent`` or not,
+    given by their ``logits``) over their joint outcomes, when there are at most
+    ``MAX_ENUMERATED_OUTCOMES`` of them; None beyond."""
+    if joint_outcomes(p, q_logits) > MAX_ENUMERATED_OUTCOMES:
+        return None
+    dims = factor_dims(p)
+    return joint_logits(p_logits, dims), joint_logits(q_logits, dims)
+
+
 def joint_logits(logits: Tensor, dims: int) -> Tensor:
     """Log-probabilities ``(*batch, classes ** n)`` of the joint outcomes of ``n`` independent
     categorical factors given by ``logits`` ``(*batch, *factors, classes)`` (``dims`` factor

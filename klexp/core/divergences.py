@@ -25,6 +25,7 @@ distributions are computed with, and their divergences returned, in float32 (see
 from __future__ import annotations
 
 import math
+from typing import TypedDict, Unpack
 
 import torch
 from torch import Tensor
@@ -40,15 +41,13 @@ from klexp.core.categorical import (
     to_units,
 )
 from klexp.core.distributions import (
-    MAX_ENUMERATED_OUTCOMES,
     as_logits,
     check_compatible,
+    enumerated_joint,
     expand_to,
     factor_dims,
     flat_independent,
     in_compute_dtype,
-    joint_logits,
-    joint_outcomes,
     log_prob,
     pair_logits,
     sum_rightmost,
@@ -89,6 +88,15 @@ def nesting(d: Distribution) -> tuple[int, ...]:
     return tuple(dims)
 
 
+class KLOptions(TypedDict, total=False):
+    """How ``kl`` and ``reverse_kl`` estimate (see ``kl``)."""
+
+    estimator: EstimatorName
+    num_samples: int
+    units: Units
+    samples: Tensor | None
+
+
 def kl(
     p: Distribution,
     q: Distribution,
@@ -117,17 +125,10 @@ def kl(
     return to_units(value, units)
 
 
-def reverse_kl(
-    p: Distribution,
-    q: Distribution,
-    *,
-    estimator: EstimatorName = "analytic",
-    num_samples: int = 1,
-    units: Units = "nats",
-    samples: Tensor | None = None,
-) -> Tensor:
-    """``D_KL(q ‖ p)``: the reverse (mode-seeking) direction; Monte-Carlo samples come from ``q``."""
-    return kl(q, p, estimator=estimator, num_samples=num_samples, units=units, samples=samples)
+def reverse_kl(p: Distribution, q: Distribution, **options: Unpack[KLOptions]) -> Tensor:
+    """``D_KL(q ‖ p)``: the reverse (mode-seeking) direction; Monte-Carlo samples come from ``q``;
+    the options as ``kl``'s."""
+    return kl(q, p, **options)
 
 
 def entropy(p: Distribution, *, units: Units = "nats") -> Tensor:
@@ -173,11 +174,9 @@ def js(p: Distribution, q: Distribution, *, num_samples: int = 256, units: Units
     check_compatible(p, q)
     logits = pair_logits(p, q)
     if logits is not None:
-        p_logits, q_logits = logits
-        if joint_outcomes(p, q_logits) <= MAX_ENUMERATED_OUTCOMES:
-            dims = factor_dims(p)
-            value = categorical_js(joint_logits(p_logits, dims), joint_logits(q_logits, dims))
-            return to_units(value, units)
+        joint = enumerated_joint(p, *logits)
+        if joint is not None:
+            return to_units(categorical_js(*joint), units)
     if num_samples < 1:
         raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
     batch_shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)

@@ -54,10 +54,10 @@ from klexp.core.categorical import Units, at_least_zero, check_logits, compute_d
 from klexp.core.distributions import (
     MAX_ENUMERATED_OUTCOMES,
     check_compatible,
+    enumerated_joint,
     expand_to,
     factor_dims,
     in_compute_dtype,
-    joint_logits,
     joint_outcomes,
     log_prob,
     pair_logits,
@@ -301,14 +301,14 @@ def f_divergence(p: Distribution, q: Distribution, divergence: str | FDivergence
         if dims == 0 or row.name in ADDITIVE_OVER_FACTORS:
             value = categorical_f_divergence(p_logits, q_logits, row)
             return to_units(sum_rightmost(value, dims), units)
-        outcomes = joint_outcomes(p, q_logits)
-        if outcomes <= MAX_ENUMERATED_OUTCOMES:
-            value = categorical_f_divergence(joint_logits(p_logits, dims), joint_logits(q_logits, dims), row)
-            return to_units(value, units)
+        joint = enumerated_joint(p, p_logits, q_logits)
+        if joint is not None:
+            return to_units(categorical_f_divergence(*joint, row), units)
         if not monte_carlo:
             raise ConfigValueError(
                 "monte_carlo", f"the {row.name!r} divergence of independent discrete factors is not "
-                f"their sum and needs the joint distribution, whose {outcomes} outcomes exceed the "
+                f"their sum and needs the joint distribution, whose {joint_outcomes(p, q_logits)} "
+                "outcomes exceed the "
                 f"{MAX_ENUMERATED_OUTCOMES} enumerated exactly; pass monte_carlo=True for an estimate")
     require_positive_int("num_samples", num_samples)
     p, q = (expand_to(d, batch_shape) for d in in_compute_dtype(p, q))

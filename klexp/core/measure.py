@@ -31,12 +31,9 @@ from klexp.core.distributions import flat_independent
 from klexp.core.divergences import js, kl
 from klexp.core.estimators import EstimatorName, kl_samples
 
-Direction = Literal["forward", "reverse", "js"]
-DIRECTIONS: tuple[str, ...] = ("forward", "reverse", "js")
-#: the directions whose divergence is a KL: they take Monte-Carlo ``k`` estimators and split over
-#: the event dimensions of ``Independent`` distributions (Jensen–Shannon does neither: its mixture
-#: of two products is not a product, and its own estimate for continuous pairs is ``js``'s)
-KL_DIRECTIONS: tuple[str, ...] = ("forward", "reverse")
+#: the shorthands of ``klexp.core.directions``' types: only the KL directions take Monte-Carlo
+#: ``k`` estimators and split over the event dimensions of ``Independent`` distributions
+DirectionName = Literal["forward", "reverse", "js"]
 PerDim = Literal["estimate", "report"] | None
 #: Monte-Carlo draws per distribution for a Jensen–Shannon estimate of continuous distributions
 JS_MIN_SAMPLES = 256
@@ -61,7 +58,7 @@ def measure(
     p: Distribution,
     q: Distribution,
     *,
-    direction: Direction = "forward",
+    direction: DirectionName = "forward",
     estimator: EstimatorName = "analytic",
     num_samples: int = 1,
     samples: Tensor | None = None,

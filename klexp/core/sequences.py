@@ -99,8 +99,10 @@ def sequence_log_probs(tree: list[Tensor]) -> Tensor:
 def token_average(weights: list[Tensor], values: list[Tensor]) -> Tensor:
     """``E_{x~W}[(1/L) Σ_t v_t(x_<t)]``: per-prefix values ``v_t`` (level ``t``, ``(V^t,)``)
     averaged over the ``L`` positions of sequences drawn from ``W`` (``weights``: the levels
-    ``0 … L−1`` of ``prefix_log_probs`` of ``W``)."""
-    total = sum((w.exp() * v).sum() for w, v in zip(weights, values, strict=True))
+    ``0 … L−1`` of ``prefix_log_probs`` of ``W``). A prefix ``W`` never writes weighs 0 even where
+    its value is infinite (a reverse KL against a source of finite support)."""
+    total = sum(torch.where(w > -torch.inf, w.exp() * v, 0).sum()
+                for w, v in zip(weights, values, strict=True))
     return total / len(values)
 
 

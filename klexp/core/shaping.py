@@ -25,7 +25,7 @@ from torch import Tensor
 
 from klexp.core.measure import Measurement
 from klexp.core.schedules import Schedule, as_schedule
-from klexp.errors import ConfigValueError, require, require_finite_non_negative
+from klexp.errors import require, require_finite_non_negative
 
 
 class Shaping(ABC):
@@ -37,10 +37,6 @@ class Shaping(ABC):
     def reads(self) -> tuple[str, ...]:
         """Names of task outputs the shaping reads, besides the term's distributions."""
         return ()
-
-    def check_direction(self, direction: str) -> None:
-        """Raise ``ConfigValueError`` if the shaping cannot apply to divergences of ``direction``."""
-        return None
 
     @abstractmethod
     def __call__(self, value: Tensor, measurement: Measurement, *, step: int,
@@ -58,11 +54,6 @@ class FreeBits(Shaping):
     def __init__(self, nats: float) -> None:
         require_finite_non_negative("nats", nats)
         self.nats = float(nats)
-
-    def check_direction(self, direction: str) -> None:
-        if direction == "js":
-            raise ConfigValueError("shaping", "free bits floor the KL of each dimension, and "
-                                   "Jensen–Shannon does not split over dimensions")
 
     def __call__(self, value: Tensor, measurement: Measurement, *, step: int,
                  outputs: Mapping[str, Any], batch_scale: float) -> Tensor:

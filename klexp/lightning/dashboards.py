@@ -5,10 +5,11 @@ back (incrementally, ``EventTags``) after each validation, at the end of ``fit``
 an exception, and rewrites what changed.
 
 * **Custom Scalars**: the charts the module asks for (a ``custom_scalars()`` method returning
-  ``{section: {title: [tag regex, ...]}}``) and one section for the trainer's KL terms. A chart
-  whose regexes match no written tag is left out; a chart that matches several tags becomes one
-  chart per tag, titled ``<title> — <tag>``: TensorBoard draws every line of a run in the run's one
-  colour, so two tags on one chart could not be told apart (nor kept on one scale).
+  ``{section: {title: [tag regex, ...]}}``, ``klexp.HasCharts``) and one section for the
+  trainer's KL terms. A chart whose regexes match no written tag is left out; a chart that
+  matches several tags becomes one chart per tag, titled ``<title> — <tag>``: TensorBoard draws
+  every line of a run in the run's one colour, so two tags on one chart could not be told apart
+  (nor kept on one scale).
 * **Non-finite values**: TensorBoard draws no point for ``inf`` or ``NaN``. For each scalar with
   such points the callback writes a companion ``<tag>/nonfinite`` (1 at each of those steps), says
   so in the chart's title, and lists them, with their steps, in a text note (``klexp/non-finite``).
@@ -39,10 +40,10 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torch.utils.tensorboard.summary import scalar as scalar_summary
 
+from klexp.lightning.contract import Charts, module_charts
 from klexp.lightning.run_summary import scalar_metrics
 from klexp.lightning.term import kl_terms_of
 
-Charts = Mapping[str, Mapping[str, Sequence[str]]]
 #: the sub-run (under the logger's directory) that holds the run's HParams session
 HPARAMS_RUN = "hparams"
 #: the prefix of the final metrics' names in the HParams session
@@ -51,6 +52,8 @@ FINAL_PREFIX = "final/"
 NONFINITE_SUFFIX = "/nonfinite"
 #: the text note that lists a run's non-finite points
 NONFINITE_NOTE = "klexp/non-finite"
+#: the keys by which Hydra builds a config node, not settings of what it builds
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_"})
 
 
 @dataclass
@@ -163,9 +166,8 @@ class Dashboards(pl.Callback):
                 if step not in written:
                     writer.add_scalar(tag + NONFINITE_SUFFIX, 1.0, step)
             self._companions[tag] = len(values.nonfinite)
-        charts = dict(pl_module.custom_scalars()) if hasattr(pl_module, "custom_scalars") else {}
         names = [term.name for term in kl_terms_of(trainer)]
-        layout = custom_scalars_layout({**term_charts(names), **charts}, series)
+        layout = custom_scalars_layout({**term_charts(names), **module_charts(pl_module)}, series)
         if layout and layout != self._layout:
             writer.add_custom_scalars(layout)
             self._layout = layout
@@ -267,13 +269,20 @@ def nonfinite_note(series: Mapping[str, Series], shown: int = 10) -> str:
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level with dotted keys."""
+    """Nested mappings as one level with dotted keys, under ``prefix`` when one is given. A node
+    built from ``_target_`` shows as its class name under its own key (``task.optimizer:
+    AdamW``) beside its settings (``task.optimizer.lr``); Hydra's other keys are left out."""
     flat: dict[str, Any] = {}
+    if "_target_" in values:
+        flat[prefix or "_target_"] = str(values["_target_"]).rsplit(".", 1)[-1]
     for key, value in values.items():
+        if key in HYDRA_KEYS:
+            continue
+        name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, name))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[name] = value
     return flat
 
 

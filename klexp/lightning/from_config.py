@@ -6,6 +6,7 @@ A term in ``klexp/conf/kl/`` reads as a list of choices::
       _target_: klexp.kl_term
       p: policy
       q: reference
+      direction: forward     # forward | reverse | js, or a node (_target_: klexp.Reverse …)
       estimator: k3          # analytic | k1 | k2 | k3, or an estimator node (_target_: klexp.OnSamples …)
       samples: actions       # the draws a Monte-Carlo estimator uses (fresh ones without)
       samples_from: old_policy
@@ -13,8 +14,10 @@ A term in ``klexp/conf/kl/`` reads as a list of choices::
 
 so that each choice is one override (``kl.reference_kl.estimator=analytic``,
 ``kl.reference_kl.placement=loss``). ``kl_term`` and ``kl_stop`` are the converters: the estimator
-keys become one estimator object (``klexp.core.estimate.estimator_from_config``), ``placement``
-the term's type, and every other key is passed to that type's constructor; a key the chosen type
+keys become one estimator object (``klexp.core.estimate.estimator_from_config``), which the
+term's shorthand ``direction`` takes (``klexp.core.directions.as_direction``: ``direction: js``
+takes none, and ``analytic`` is every direction's default), ``placement`` the term's type, and
+every other key is passed to that type's constructor; a key the chosen type
 does not take is refused naming it (null values aside, so that a config default may stay). In
 Python, construct the types directly; a file whose keys are all its type's own arguments may name
 the type itself (``klexp/conf/kl/prior.yaml``: ``_target_: klexp.KLTerm``).
@@ -39,14 +42,17 @@ PLACEMENTS: dict[str, type[KLMeasure]] = {"loss": KLTerm, "reward": KLPenalty}
 
 
 def kl_term(name: str, p: str, q: str, *, placement: Placement = "loss",
-            estimator: Estimator | str = "analytic", num_samples: int = 1, samples: str | None = None,
+            estimator: Estimator | str | None = None, num_samples: int = 1, samples: str | None = None,
             samples_from: str | None = None, importance_weight: bool = True,
             **options: Any) -> KLMeasure:
     """A ``KLTerm`` (``placement: loss``) or ``KLPenalty`` (``placement: reward``) from a config's
-    flat keys (see the module docstring); ``options`` are the type's other arguments."""
+    flat keys (see the module docstring); ``options`` are the type's other arguments. Without an
+    ``estimator`` the direction's own is used (the closed form for a shorthand)."""
     require_in("placement", placement, tuple(PLACEMENTS))
-    chosen = estimator_from_config(estimator, num_samples, samples, samples_from, importance_weight)
-    return _build(PLACEMENTS[placement], f"placement: {placement}", name, p, q, chosen, options)
+    chosen = estimator_from_config(estimator or "analytic", num_samples, samples, samples_from,
+                                   importance_weight)
+    return _build(PLACEMENTS[placement], f"placement: {placement}", name, p, q,
+                  None if estimator is None else chosen, options)
 
 
 def kl_stop(name: str, p: str, q: str, *, estimator: Estimator | str = "k3", num_samples: int = 1,
@@ -60,9 +66,9 @@ def kl_stop(name: str, p: str, q: str, *, estimator: Estimator | str = "k3", num
     return built
 
 
-def _build(kind: type[KLMeasure], why: str, name: str, p: str, q: str, estimator: Estimator,
-           options: dict[str, Any]) -> KLMeasure:
-    accepted = [key for key in inspect.signature(kind.__init__).parameters if key != "self"]
+def _build(kind: type[KLMeasure], why: str, name: str, p: str, q: str,
+           estimator: Estimator | None, options: dict[str, Any]) -> KLMeasure:
+    accepted = _arguments(kind)
     for key, value in list(options.items()):
         if key in accepted:
             continue
@@ -72,3 +78,16 @@ def _build(kind: type[KLMeasure], why: str, name: str, p: str, q: str, estimator
             raise ConfigValueError(key, f"unknown key for {kind.__name__}{hint}")
         del options[key]
     return kind(name, p, q, estimator=estimator, **options)
+
+
+def _arguments(kind: type[KLMeasure]) -> list[str]:
+    """The keyword arguments ``kind`` takes: its own and, past a ``**options``, its bases'."""
+    accepted: list[str] = []
+    for base in kind.__mro__:
+        if "__init__" not in vars(base):
+            continue
+        parameters = inspect.signature(base.__init__).parameters.values()
+        accepted += [p.name for p in parameters if p.name != "self" and p.kind != p.VAR_KEYWORD]
+        if all(p.kind != p.VAR_KEYWORD for p in parameters):
+            break
+    return accepted

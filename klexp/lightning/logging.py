@@ -9,13 +9,14 @@
   means (``on_epoch=True``, ``sync_dist=True``), weighted by ``batch_size``.
 
 The x-axis of training scalars is Lightning's logging step, unless the module defines
-``log_step()``: then every scalar klexp writes (KL terms included, validation and test too) goes
-at the step it returns — an RL task's environment steps, so that curves of runs with different
-numbers of environments line up, and a run has one x-axis. Validation and test values reach that
-step through Lightning's own ``step`` metric (a logged ``step`` is the x-axis of the values logged
-with it), and such a run writes no ``epoch`` scalar (Lightning adds one only to values logged
-without a ``step``). Such a module saves the next step it will log at under ``LOG_STEP_KEY`` in
-its checkpoints, which a resumed run's TensorBoard logger purges from.
+``log_step()`` (``klexp.HasLogStep``): then every scalar klexp writes (KL terms included,
+validation and test too) goes at the step it returns — an RL task's environment steps, so that
+curves of runs with different numbers of environments line up, and a run has one x-axis.
+Validation and test values reach that step through Lightning's own ``step`` metric (a logged
+``step`` is the x-axis of the values logged with it), and such a run writes no ``epoch``
+scalar (Lightning adds one only to values logged without a ``step``). Such a module saves the
+next step it will log at under ``LOG_STEP_KEY`` in its checkpoints, which a resumed run's
+TensorBoard logger purges from.
 
 Why not ``self.log`` in training: in Lightning 2.6 each call costs ~0.2 ms (it moves and
 deep-copies its bookkeeping every time), more than a small network's KL term. Scalars written here
@@ -32,6 +33,7 @@ import torch
 from pytorch_lightning.trainer.states import RunningStage
 from torch import Tensor
 
+from klexp.lightning.contract import module_log_step
 from klexp.lightning.internals import (
     is_accumulating,
     logging_step,
@@ -91,20 +93,13 @@ def log_metrics(module: pl.LightningModule, metrics: Mapping[str, Tensor | float
         write_step_scalars(module, metrics)
         return
     values = dict(metrics)
-    step = own_step(module)
+    step = module_log_step(module)
     if step is not None:
         # float64: Lightning reads the x-axis back with int(), and float32 would round env steps
         # above 2**24 (a tensor keeps its dtype through self.log; MPS has no float64)
         wide = torch.float32 if module.device.type == "mps" else torch.float64
         values["step"] = torch.tensor(float(step), dtype=wide, device=module.device)
     module.log_dict(values, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
-
-
-def own_step(module: pl.LightningModule) -> int | None:
-    """The step the module's ``log_step()`` returns, or None when it has none (Lightning's
-    logging step is then the x-axis)."""
-    log_step = getattr(module, "log_step", None)
-    return int(log_step()) if callable(log_step) else None
 
 
 def write_step_scalars(module: pl.LightningModule, scalars: Mapping[str, Tensor | float]) -> None:
@@ -122,7 +117,7 @@ def write_step_scalars(module: pl.LightningModule, scalars: Mapping[str, Tensor 
     if trainer.world_size > 1:
         stacked = trainer.strategy.reduce(stacked, reduce_op="mean")
     values = dict(zip(scalars, stacked.tolist(), strict=True))  # the one device-to-host copy
-    step = own_step(module)
+    step = module_log_step(module)
     written = values if step is not None else {**values, "epoch": trainer.current_epoch}
     for logger in trainer.loggers:
         logger.log_metrics(written, step=logging_step(trainer) if step is None else step)

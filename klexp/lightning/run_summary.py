@@ -250,8 +250,8 @@ def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
-            module = __import__(name)
-            versions[name] = getattr(module, "__version__", "unknown")
+            package = __import__(name)
+            versions[name] = getattr(package, "__version__", "unknown")
         except ImportError:
             continue
     return versions

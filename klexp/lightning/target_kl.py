@@ -9,8 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from klexp.core.directions import Direction
 from klexp.core.estimate import Estimator
-from klexp.core.measure import Direction
 from klexp.errors import require, require_in, require_positive
 from klexp.lightning.logging import log_metrics, logs_now
 from klexp.lightning.term import KLMeasure
@@ -46,8 +46,9 @@ class TargetKL(KLMeasure):
         target: the KL (nats) the phase should not pass.
         check: ``minibatch`` or ``epoch``.
         tolerance: the phase stops above ``tolerance · target`` (≥ 1).
-        estimator: ``k3`` by default: the log-ratio estimator PPO implementations use (on the
-            rollout's actions: ``OnSamples("actions", "k3", samples_from="old_policy")``).
+        estimator: ``k3`` by default with a shorthand ``direction``: the log-ratio estimator PPO
+            implementations use (on the rollout's actions: ``OnSamples("actions", "k3",
+            samples_from="old_policy")``).
         The others: ``KLMeasure``.
     """
 
@@ -59,13 +60,16 @@ class TargetKL(KLMeasure):
         target: float,
         check: Check = "minibatch",
         tolerance: float = 1.0,
-        direction: Direction = "forward",
-        estimator: Estimator | str = "k3",
+        direction: Direction | str = "forward",
         reduction: Literal["mean", "sum"] = "mean",
         check_finite: bool = True,
+        *,
+        estimator: Estimator | str | None = None,
     ) -> None:
-        super().__init__(name, p, q, direction, estimator, weight=0.0, reduction=reduction,
-                         check_finite=check_finite)
+        if estimator is None and isinstance(direction, str):
+            estimator = "k3"
+        super().__init__(name, p, q, direction, weight=0.0, reduction=reduction,
+                         check_finite=check_finite, estimator=estimator)
         require_positive("target", target)
         require_in("check", check, ("minibatch", "epoch"))
         require(isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)

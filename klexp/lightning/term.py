@@ -14,9 +14,9 @@ controller's state in checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import pytorch_lightning as pl
 import torch
@@ -24,13 +24,15 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from klexp.core.controllers import Controller
-from klexp.core.estimate import Estimator, MonteCarlo, as_estimator
-from klexp.core.measure import DIRECTIONS, KL_DIRECTIONS, Direction, Measurement, PerDim, measure
+from klexp.core.directions import Direction, as_direction
+from klexp.core.estimate import Estimator, MonteCarlo
+from klexp.core.measure import Measurement, PerDim, measure
 from klexp.core.schedules import Constant, Schedule
 from klexp.core.shaping import Shaping
 from klexp.core.torch_internals import state_of
 from klexp.errors import (
     ConfigValueError,
+    TermTypeError,
     require,
     require_finite_non_negative,
     require_in,
@@ -87,30 +89,44 @@ class _Tally:
         return torch.stack(tensors).max().to(wide)
 
 
+class MeasureOptions(TypedDict, total=False):
+    """``KLMeasure``'s arguments after ``direction``, for the types that add their own."""
+
+    weight: float
+    schedule: Schedule | Controller | None
+    reduction: Literal["mean", "sum"]
+    check_finite: bool
+    estimator: Estimator | str | None
+    log_dims: bool | None
+
+
 class KLMeasure(Term):
-    """What every KL term shares: it measures ``D``, the divergence of ``direction`` between two of
-    a step's outputs, ``p`` and ``q``, with ``estimator``, keeps per-batch tallies and logs them,
-    measures itself around a task's update phases, and saves its controller in checkpoints. What
-    is done with ``D`` is its type's: ``KLTerm`` adds it to the loss, ``KLPenalty`` subtracts it
-    from an RL task's rewards, ``TargetKL`` stops an update phase.
+    """What every KL term shares: it measures ``D``, the divergence ``direction`` between two of a
+    step's outputs, ``p`` and ``q``, keeps per-batch tallies and logs them, measures itself around a
+    task's update phases, and saves its controller in checkpoints. What is done with ``D`` is its
+    type's: ``KLTerm`` adds it to the loss, ``KLPenalty`` subtracts it from an RL task's rewards,
+    ``TargetKL`` stops an update phase.
 
     Args:
         name: the term's name in logs and checkpoints.
         p, q: names of two distributions among the step's outputs.
-        direction: ``forward`` → ``KL(p ‖ q)``, ``reverse`` → ``KL(q ‖ p)`` (Monte-Carlo draws then
-            come from ``q``), ``js`` → Jensen–Shannon (closed form only: it has no ``k``).
-        estimator: ``klexp.core.estimate``: ``ClosedForm()``, ``MonteCarlo(k, num_samples)`` or
-            ``OnSamples(samples, k, samples_from, importance_weight)``, or the shorthand
-            ``analytic`` | ``k1`` | ``k2`` | ``k3``.
+        direction: ``klexp.core.directions``: ``Forward(estimator, log_dims)`` → ``KL(p ‖ q)``,
+            ``Reverse(estimator, log_dims)`` → ``KL(q ‖ p)`` (Monte-Carlo draws then come from
+            ``q``), ``JensenShannon()`` (no estimator: it has no ``k``); or the shorthand
+            ``forward`` | ``reverse`` | ``js``, with ``estimator`` and ``log_dims`` beside it.
         weight: β, a finite number ≥ 0: the term's scale.
         schedule: a schedule (``klexp.core.schedules``) or a controller
             (``klexp.core.controllers``); the effective weight is ``weight · schedule`` (constant
             ``weight`` when None).
         reduction: how the values of a batch combine: ``mean`` or ``sum``.
-        log_dims: also log the batch-mean KL of each event dimension as ``kl/<name>/dim_<i>`` (a KL
-            direction only).
         check_finite: stop training with ``NonFiniteError`` naming the term when its value is NaN
             or infinite.
+        estimator: with a shorthand ``direction``, its estimator (``klexp.core.estimate``):
+            ``ClosedForm()``, ``MonteCarlo(k, num_samples)`` or ``OnSamples(samples, k,
+            samples_from, importance_weight)``, or the shorthand ``analytic`` | ``k1`` | ``k2`` |
+            ``k3``; the closed form when None.
+        log_dims: with a shorthand KL ``direction``, also log the batch-mean KL of each event
+            dimension as ``kl/<name>/dim_<i>``.
     """
 
     label = "KL term"
@@ -120,41 +136,44 @@ class KLMeasure(Term):
         name: str,
         p: str,
         q: str,
-        direction: Direction = "forward",
-        estimator: Estimator | str = "analytic",
+        direction: Direction | str = "forward",
         weight: float = 1.0,
         schedule: Schedule | Controller | None = None,
         reduction: Literal["mean", "sum"] = "mean",
-        log_dims: bool = False,
         check_finite: bool = True,
+        *,
+        estimator: Estimator | str | None = None,
+        log_dims: bool | None = None,
     ) -> None:
         super().__init__()
         require(isinstance(name, str) and name.isidentifier(), "name",
                 "an identifier (letters, digits, _)", name)
         for key, value in (("p", p), ("q", q)):
             require(isinstance(value, str) and value != "", key, "the name of an output", value)
-        require_in("direction", direction, DIRECTIONS)
-        estimator = as_estimator(estimator)
-        if estimator.monte_carlo and direction not in KL_DIRECTIONS:
-            raise ConfigValueError("estimator", "Jensen–Shannon has no k1/k2/k3 estimator; "
-                                   f"use estimator=analytic, got {estimator.name!r}")
-        self.check_estimator(estimator)
+        self.direction = as_direction(direction, estimator, log_dims)
+        self.check_estimator(self.direction.estimator)
         require_finite_non_negative("weight", weight)
         require(schedule is None or isinstance(schedule, (Schedule, Controller)), "schedule",
                 "a schedule or a controller", schedule)
         require_in("reduction", reduction, REDUCTIONS)
-        if log_dims and direction not in KL_DIRECTIONS:
-            raise ConfigValueError("log_dims", "Jensen–Shannon does not split over dimensions")
         self.name, self.p, self.q = name, p, q
-        self.direction, self.estimator = direction, estimator
         self.weight = float(weight)
         self.schedule: Schedule | Controller = schedule if schedule is not None else Constant(1.0)
-        self.reduction, self.log_dims, self.check_finite = reduction, log_dims, check_finite
+        self.reduction, self.check_finite = reduction, check_finite
         self.shaping: Shaping | None = None
         self._tallies = {stage: _Tally() for stage in STAGES}
         self._state_key = self._generate_state_key(name=name)
         self._batch_elements = 1
         self._trainer: pl.Trainer | None = None
+
+    @property
+    def estimator(self) -> Estimator:
+        """The direction's estimator (a Jensen–Shannon term's is its own closed form)."""
+        return self.direction.estimator
+
+    @property
+    def log_dims(self) -> bool:
+        return self.direction.log_dims
 
     def check_estimator(self, estimator: Estimator) -> None:
         """Raise ``ConfigValueError`` naming ``estimator`` if this type of term cannot use it."""
@@ -187,7 +206,7 @@ class KLMeasure(Term):
     @property
     def sampled(self) -> str:
         """The output whose distribution Monte-Carlo estimators sample."""
-        return self.q if self.direction == "reverse" else self.p
+        return self.direction.sampled(self.p, self.q)
 
     @property
     def monte_carlo(self) -> bool:
@@ -233,7 +252,7 @@ class KLMeasure(Term):
         how = self.estimator.arguments(outputs, self.sampled,
                                        lambda role, key: self._distribution(outputs, role, key))
         try:
-            measurement = measure(p, q, direction=self.direction, per_dim=per_dim, **how)
+            measurement = measure(p, q, direction=self.direction.name, per_dim=per_dim, **how)
         except ValueError as error:
             key = "shaping" if per_dim == "estimate" else "log_dims" if per_dim else "p"
             raise ConfigValueError(key, f"KL term '{self.name}': {error}") from None
@@ -344,28 +363,16 @@ class KLTerm(KLMeasure, LossTerm):
     Args:
         shaping: what the term weights instead of ``D`` (``klexp.core.shaping``: free bits,
             capacity, per-example share), or None.
-        The others: ``KLMeasure``.
+        The others: ``KLMeasure`` (after ``direction``, by keyword: ``MeasureOptions``).
     """
 
-    def __init__(
-        self,
-        name: str,
-        p: str,
-        q: str,
-        direction: Direction = "forward",
-        estimator: Estimator | str = "analytic",
-        weight: float = 1.0,
-        schedule: Schedule | Controller | None = None,
-        shaping: Shaping | None = None,
-        reduction: Literal["mean", "sum"] = "mean",
-        log_dims: bool = False,
-        check_finite: bool = True,
-    ) -> None:
-        super().__init__(name, p, q, direction, estimator, weight, schedule, reduction, log_dims,
-                         check_finite)
+    def __init__(self, name: str, p: str, q: str, direction: Direction | str = "forward", *,
+                 shaping: Shaping | None = None, **options: Unpack[MeasureOptions]) -> None:
+        super().__init__(name, p, q, direction, **options)
         require(shaping is None or isinstance(shaping, Shaping), "shaping", "a shaping", shaping)
-        if shaping is not None:
-            shaping.check_direction(direction)
+        if shaping is not None and shaping.needs_dims and not self.direction.splits:
+            raise ConfigValueError("shaping", f"{shaping!r} weights the divergence of each dimension, "
+                                   f"and {self.direction!r} does not split over dimensions")
         self.shaping = shaping
 
     def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
@@ -394,15 +401,9 @@ class KLPenalty(KLMeasure, RewardTerm):
     action, and the policy gradient misses its part at each state (docs/ppo.md, KL placement).
     Arguments as ``KLMeasure``."""
 
-    def __init__(self, name: str, p: str, q: str, direction: Direction = "forward",
-                 estimator: Estimator | str = "analytic", weight: float = 1.0,
-                 schedule: Schedule | Controller | None = None,
-                 reduction: Literal["mean", "sum"] = "mean", log_dims: bool = False,
-                 check_finite: bool = True) -> None:
-        super().__init__(name, p, q, direction, estimator, weight, schedule, reduction, log_dims,
-                         check_finite)
+    def _generate_state_key(self, **kwargs: Any) -> str:
         # the key a reward-placed KLTerm saved its controller under: its checkpoints resume here
-        self._state_key = KLTerm.__qualname__ + self._state_key.removeprefix(type(self).__qualname__)
+        return KLTerm.__qualname__ + repr(kwargs)
 
     def check_estimator(self, estimator: Estimator) -> None:
         if isinstance(estimator, MonteCarlo):
@@ -421,6 +422,18 @@ class KLPenalty(KLMeasure, RewardTerm):
             penalty = weight * measurement.elementwise
         self.record(stage, measurement, value, self.reduce(penalty), weight)
         return penalty, value
+
+
+def kl_measures(terms: Sequence[Term], reader: str) -> list[KLMeasure]:
+    """``terms``, each a KL term (of any type), for ``reader`` (a task's name) that reads their
+    distributions and estimators; else ``TermTypeError`` naming the first that is not."""
+    measures = []
+    for term in terms:
+        if not isinstance(term, KLMeasure):
+            raise TermTypeError(f"kl.{term.name}: {reader} reads KL terms (klexp.KLTerm, "
+                                f"klexp.KLPenalty, klexp.TargetKL), got a {type(term).__name__}")
+        measures.append(term)
+    return measures
 
 
 def kl_terms_of(trainer: pl.Trainer | None) -> list[KLMeasure]:

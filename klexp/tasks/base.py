@@ -132,3 +132,22 @@ class Task(FastHookName, pl.LightningModule):
             given = f"; {type(datamodule).__name__} does not" if datamodule is not None else ""
             raise KlexpError(f"data: {type(self).__name__} needs a DataModule that provides {name!r}{given}")
         return getattr(datamodule, name)
+
+
+class OneStepTask(Task):
+    """A task whose training, validation and test steps are its one ``step``, which returns the
+    task's own loss and the outputs for its terms (the stage it is in from the trainer)."""
+
+    def step(self, batch: Any, stage: str | None = None) -> dict[str, Any]:
+        """``{"loss": <the task's own loss>, <named outputs>}`` for ``batch`` in ``stage`` (by
+        default where the trainer is)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self.step(batch)

@@ -51,11 +51,12 @@ from klexp.errors import (
     require_positive_int,
 )
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
-from klexp.lightning.term import KLMeasure, kl_terms_of
+from klexp.lightning.loss import Term
+from klexp.lightning.term import kl_measures, kl_terms_of
 from klexp.nets.bayesian import BayesMLP, gaussian_prior, scale_mixture_prior
 from klexp.nets.factory import NetFactory, check_net
 from klexp.nets.frozen import load_classifier
-from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task, classification_metrics
+from klexp.tasks.base import OneStepTask, OptimizerFactory, SchedulerFactory, classification_metrics
 
 Prior = Literal["gaussian", "scale_mixture"]
 PRIORS: tuple[str, ...] = ("gaussian", "scale_mixture")
@@ -63,7 +64,7 @@ EVAL_STAGES: tuple[str, ...] = ("val", "test")
 NOISE_SEED = 0
 
 
-class BayesByBackpropTask(Task):
+class BayesByBackpropTask(OneStepTask):
     """A classifier with a mean-field Gaussian posterior over its weights.
 
     Args:
@@ -160,12 +161,13 @@ class BayesByBackpropTask(Task):
             return gaussian_prior(self.net.num_weights, self.prior_sigma_t)
         return scale_mixture_prior(self.net.num_weights, self.mixture_pi_t, self.mixture_sigmas_t)
 
-    def check_terms(self, terms: Sequence[KLMeasure]) -> None:
-        """A closed-form KL needs the Gaussian prior (klexp's runner calls this before building
-        anything; fitting calls it again)."""
+    def check_terms(self, terms: Sequence[Term]) -> None:
+        """Every term is a KL term, and a closed-form KL needs the Gaussian prior (klexp's runner
+        calls this before building anything; fitting calls it again)."""
+        measures = kl_measures(terms, type(self).__name__)
         if self.prior_kind != "scale_mixture":
             return
-        for term in terms:
+        for term in measures:
             if "weights_prior" in (term.p, term.q) and isinstance(term.estimator, ClosedForm):
                 raise KlexpError(
                     f"kl.{term.name}.estimator: KL(q(w) ‖ scale-mixture prior) has no closed form; "
@@ -186,15 +188,6 @@ class BayesByBackpropTask(Task):
         """Log-probabilities of the predictive ``p(y | x) = (1/S) Σ_s softmax(f(x; w_s))``, (B, K)."""
         logits, _ = self.sample_logits(images, num_samples or self.eval_samples)
         return _log_predictive(logits)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
 
     def step(self, batch: tuple[Tensor, Tensor], stage: str | None = None) -> dict[str, Any]:
         """The expected data NLL (the task's own loss) and the outputs for the KL term."""

@@ -29,10 +29,10 @@ from klexp.lightning.logging import current_stage, log_metrics, logs_now
 from klexp.nets.factory import NetFactory, check_net, net_spec
 from klexp.nets.frozen import CHECKPOINT_NET_KEY, load_classifier
 from klexp.nets.mlp import MLP
-from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task, classification_metrics
+from klexp.tasks.base import OneStepTask, OptimizerFactory, SchedulerFactory, classification_metrics
 
 
-class ClassificationTask(Task):
+class ClassificationTask(OneStepTask):
     """A classifier whose loss is made of KL terms from the config.
 
     Args:
@@ -129,15 +129,6 @@ class ClassificationTask(Task):
         eps, classes = self.label_smoothing, self.num_classes
         probs = F.one_hot(labels, classes).to(self.uniform_logits.dtype) * (1 - eps) + eps / classes
         return probs.log()
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
 
     def step(self, batch: tuple[Tensor, Tensor], stage: str | None = None) -> dict[str, Any]:
         """The task's own loss (0, or cross-entropy with ``cross_entropy_loss``) and the outputs

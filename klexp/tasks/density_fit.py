@@ -36,11 +36,13 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal
 
+from klexp.core.directions import JensenShannon
 from klexp.core.estimate import ClosedForm
 from klexp.data.step_indices import StepIndices
 from klexp.errors import KlexpError, require, require_finite, require_finite_positive, require_positive_int
 from klexp.lightning.logging import log_metrics, logs_now
-from klexp.lightning.term import KLMeasure, kl_terms_of
+from klexp.lightning.loss import Term
+from klexp.lightning.term import kl_measures, kl_terms_of
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 
 #: half-width of the quadrature grid around each Gaussian, in its standard deviations: the mass
@@ -175,12 +177,12 @@ class DensityFitTask(Task):
         """q = N(μ, σ²) with σ = exp(log σ)."""
         return Normal(self.mean, self.log_scale.exp(), validate_args=False)
 
-    def check_terms(self, terms: Sequence[KLMeasure]) -> None:
-        """A KL with the mixture has no closed form (klexp's runner calls this before building
-        anything; fitting calls it again)."""
-        for term in terms:
+    def check_terms(self, terms: Sequence[Term]) -> None:
+        """Every term is a KL term, and a KL with the mixture has no closed form (klexp's runner
+        calls this before building anything; fitting calls it again)."""
+        for term in kl_measures(terms, type(self).__name__):
             if ("target" in (term.p, term.q) and isinstance(term.estimator, ClosedForm)
-                    and term.direction != "js"):
+                    and not isinstance(term.direction, JensenShannon)):
                 raise KlexpError(
                     f"kl.{term.name}.estimator: a KL between a Gaussian mixture and a Gaussian has "
                     "no closed form; use k1 (forward: maximum likelihood) or k1 | k3 (reverse)"

@@ -35,7 +35,9 @@ from torch.distributions import Categorical
 
 from klexp.core.sequences import prefix_tree, sample_sequences, sequence_divergences
 from klexp.errors import KlexpError, require_in, require_unit_interval
+from klexp.lightning.distill_term import DistillTerm
 from klexp.lightning.logging import log_metrics
+from klexp.lightning.loss import Term
 from klexp.nets.autoregressive import PrefixMLP
 from klexp.nets.frozen import load_frozen, read_checkpoint
 from klexp.nets.mlp import Activation, check_mlp_args
@@ -78,14 +80,14 @@ class SequenceDistillTask(Task):
         teacher = {"teacher"} if self.teacher_checkpoint is not None else set()
         return frozenset({"student", "target", "tokens", *teacher})
 
-    def check_terms(self, terms: Sequence[Any]) -> None:
+    def check_terms(self, terms: Sequence[Term]) -> None:
         """Refuse, before anything is built, teacher samples without a teacher and an objective
         that needs the student's own samples on steps that would not all have them."""
         if self.source == "teacher" and self.teacher_checkpoint is None:
             raise KlexpError("task.source: teacher samples need task.teacher_checkpoint (or a "
                              "teacher stage); got source=teacher without one")
         for term in terms:
-            if getattr(term, "needs_student_samples", False) and self.student_fraction != 1:
+            if isinstance(term, DistillTerm) and term.needs_student_samples and self.student_fraction != 1:
                 raise KlexpError(
                     f"kl.{term.name}: {term.objective!r} estimates KL(S ‖ T) at the student's own "
                     f"tokens; set task.student_fraction=1 (got {self.student_fraction})")

@@ -38,7 +38,7 @@ from klexp.lightning.images import image_grid, upscale_factor
 from klexp.lightning.logging import current_stage, log_metrics, logs_now
 from klexp.nets.factory import NetFactory, check_net
 from klexp.nets.mlp import MLP
-from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
+from klexp.tasks.base import OneStepTask, OptimizerFactory, SchedulerFactory
 
 Likelihood = Literal["bernoulli", "gaussian"]
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian")
@@ -49,7 +49,7 @@ _IW_ROWS = 1 << 16
 _PRIOR_IMAGE_SEED = 0
 
 
-class VAETask(Task):
+class VAETask(OneStepTask):
     """A VAE: encoder → ``q(z|x)``, decoder → ``p(x|z)``; its KL comes from the config.
 
     Args:
@@ -177,15 +177,6 @@ class VAETask(Task):
         return Independent(pixels, 1, validate_args=False)
 
     # ------------------------------------------------------------------ the step
-
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
-
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
-
-    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Any]:
-        return self.step(batch)
 
     def step(self, batch: tuple[Tensor, ...], stage: str | None = None) -> dict[str, Any]:
         """The reconstruction NLL (the task's own loss) and the outputs for the KL terms."""

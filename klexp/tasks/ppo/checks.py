@@ -19,7 +19,8 @@ from klexp.errors import (
     require_non_negative,
     require_positive_int,
 )
-from klexp.lightning.term import KLMeasure
+from klexp.lightning.loss import Term
+from klexp.lightning.term import kl_measures
 from klexp.nets.factory import check_net
 from klexp.tasks.ppo.actor import ActorFactory, CriticFactory
 from klexp.tasks.ppo.distributions import ActionDistribution
@@ -78,11 +79,11 @@ def check_networks(actor: ActorFactory, critic: CriticFactory, obs_dim: int,
     check_net(lambda **_: critic(obs_dim), "critic")
 
 
-def check_terms(terms: Sequence[KLMeasure], action_dist: ActionDistribution, has_reference: bool) -> None:
-    """The outputs a KL term reads must exist for this env and config: ``uniform`` only for
-    discrete actions, ``reference`` only with a reference policy; the rollout's ``actions`` are
-    draws from ``old_policy``."""
-    for term in terms:
+def check_terms(terms: Sequence[Term], action_dist: ActionDistribution, has_reference: bool) -> None:
+    """Every term is a KL term, and the outputs it reads exist for this env and config:
+    ``uniform`` only for discrete actions, ``reference`` only with a reference policy; the
+    rollout's ``actions`` are draws from ``old_policy``."""
+    for term in kl_measures(terms, "PPOTask"):
         for role in ("p", "q"):
             key = getattr(term, role)
             if key == "uniform":

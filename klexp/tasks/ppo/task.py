@@ -40,9 +40,9 @@ from torch import Tensor, nn
 from klexp.data.step_indices import StepIndices
 from klexp.lightning.internals import trainer_of
 from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
-from klexp.lightning.loss import reward_penalty, terms_in_loss, total_loss
+from klexp.lightning.loss import Term, reward_penalty, terms_in_loss, total_loss
 from klexp.lightning.phase import UpdatePhase
-from klexp.lightning.term import KLMeasure, kl_terms_of
+from klexp.lightning.term import kl_terms_of
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 from klexp.tasks.ppo.actor import (
     CHECKPOINT_POLICY_KEY,
@@ -375,7 +375,7 @@ class PPOTask(Task):
 
     # ------------------------------------------------------------------ config checks and charts
 
-    def check_terms(self, terms: Sequence[KLMeasure]) -> None:
+    def check_terms(self, terms: Sequence[Term]) -> None:
         """The outputs each KL term reads exist for this env and config (``checks.check_terms``).
         klexp's runner calls this before building anything; fitting calls it again."""
         check_terms(terms, self.action_dist, self.reference_checkpoint is not None or self.reference_from_env)
