@@ -3,11 +3,13 @@
 Fast tests only; end-to-end runs of every experiment are in test_ppo_runs.py.
 """
 
+import functools
 import math
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -348,6 +350,39 @@ def test_task_rejects_inconsistent_sizes():
         PPOTask(env, total_timesteps=100, num_steps=128)
     with pytest.raises(ConfigValueError, match="gamma"):
         PPOTask(env, gamma=1.5)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("task.actor.hidden=[-1]", "task.actor.hidden: expected a list of positive layer widths, got [-1]"),
+    ("task.critic.hidden=[64,0]",
+     "task.critic.hidden: expected a list of positive layer widths, got [64, 0]"),
+])
+def test_a_bad_network_argument_is_one_line_at_its_full_key_before_anything_is_built(
+        override, message, tmp_path, monkeypatch):
+    # (it used to come from building the networks, as `hidden: …`, naming neither task nor network)
+    from helpers import run_experiment
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__} was built")
+
+    monkeypatch.setattr(pl.Trainer, "__init__", refuse)
+    with pytest.raises(KlexpError) as error:
+        run_experiment(["experiment=ppo", override], tmp_path / "run")
+    assert str(error.value) == message
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_the_task_checks_its_networks_as_it_is_made_and_draws_no_random_numbers_doing_so():
+    env = VectorEnvFactory("CartPole-v1")
+    with pytest.raises(ConfigValueError) as error:
+        PPOTask(env, actor=functools.partial(Actor, hidden=[8, 0]))
+    assert (error.value.key, error.value.message) == (
+        "actor.hidden", "expected a list of positive layer widths, got [8, 0]")
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    task = PPOTask(env)
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
+    assert task.actor is None  # the networks themselves are built by configure_model
 
 
 # ------------------------------------------------------------------- networks and experiments

@@ -1,7 +1,7 @@
 """PPO's networks, injected from config (``task.actor``, ``task.critic``; Hydra ``_partial_: true``
 nodes the task completes with the shapes the env decides): the actor (observation → the action
 distribution's parameters) and its numpy snapshot for acting, the critic (observation → ``V(s)``),
-and loading a frozen (reference) actor from a checkpoint.
+the greedy policy for evaluation, and loading a frozen (reference) actor from a checkpoint.
 
 A factory from config is called as ``actor(obs_dim, action_dist)`` and ``critic(obs_dim)``; any
 ``nn.Module`` they return will do (an actor other than ``Actor`` acts through torch, not numpy).
@@ -13,14 +13,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from klexp.errors import KlexpError
-from klexp.nets.frozen import load_frozen, read_checkpoint
+from klexp.nets.frozen import first_mismatch, load_frozen, read_checkpoint
 from klexp.nets.mlp import mlp
 from klexp.tasks.ppo.distributions import ActionDistribution, DiagGaussianDistribution
+from klexp.tasks.ppo.envs import within_bounds
 
 # where a PPO checkpoint describes its actor
 CHECKPOINT_POLICY_KEY = "klexp_policy"
@@ -121,6 +123,14 @@ def acting_function(actor: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     return act
 
 
+def greedy_policy(actor: nn.Module, action_dist: ActionDistribution,
+                  action_space: gym.Space) -> Callable[[np.ndarray], np.ndarray]:
+    """The actor's most likely action (the argmax, or the Gaussian's mean) within the action
+    space's bounds, numpy in and out, for the greedy evaluation."""
+    act = acting_function(actor)
+    return lambda obs: within_bounds(action_dist.mode(act(obs)), action_space)
+
+
 def policy_spec(env_id: str, obs_dim: int, action_dist: ActionDistribution,
                 actor: nn.Module) -> dict[str, Any]:
     """What a checkpoint says of its actor, for ``load_policy``: the env and action family it acts
@@ -152,3 +162,16 @@ def load_policy(path: str, obs_dim: int, action_dist: ActionDistribution,
         raise KlexpError(f"{key}: {Path(path).expanduser()} holds a custom actor; rebuild it with "
                          "the task.actor of the run that trained it")
     return load_frozen(actor, checkpoint, "actor", key, path)
+
+
+def start_from_reference(actor: nn.Module, reference: nn.Module | None) -> None:
+    """``task.init_from_reference``: the actor starts from the frozen reference's weights, which
+    must be those of the same network (a stage may fill in ``task.reference_checkpoint``: checked
+    only when the networks are built)."""
+    if reference is None:
+        raise KlexpError("task.init_from_reference needs task.reference_checkpoint")
+    problem = first_mismatch(actor.state_dict(), reference.state_dict(), where="the reference")
+    if problem is not None:
+        raise KlexpError("task.init_from_reference: the reference network differs from this task's "
+                         f"(task.actor): {problem}")
+    actor.load_state_dict(reference.state_dict())

@@ -1,10 +1,12 @@
-"""PPO's checks of its arguments, KL terms and minibatches: they raise one-line errors naming the
-key, and change nothing."""
+"""PPO's checks of its arguments, env, networks, KL terms and minibatches: they raise one-line
+errors naming the key, and change nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import gymnasium as gym
 import torch
 
 from klexp.core.estimate import OnSamples
@@ -19,10 +21,10 @@ from klexp.errors import (
 )
 from klexp.lightning.loss import Term
 from klexp.lightning.term import kl_measures
+from klexp.nets.factory import check_net
+from klexp.tasks.ppo.actor import ActorFactory, CriticFactory
 from klexp.tasks.ppo.distributions import ActionDistribution
-
-#: where the rollout's actions come from, for KL terms that use them as Monte-Carlo draws
-SAMPLE_SOURCES = {"actions": "old_policy"}
+from klexp.tasks.ppo.outputs import SAMPLE_SOURCES
 
 
 def check_arguments(num_envs: int, *, total_timesteps: int, num_steps: int, num_minibatches: int,
@@ -54,6 +56,27 @@ def check_arguments(num_envs: int, *, total_timesteps: int, num_steps: int, num_
     if reference_from_env and (reference_checkpoint is not None or init_from_reference):
         raise ConfigValueError("reference_from_env", "the reference comes from the env or from "
                                "task.reference_checkpoint (with init_from_reference), not both")
+
+
+def check_env(env_id: str, observation_space: gym.Space, problem: Any, reference_from_env: bool,
+              exact_beta: float | None) -> None:
+    """PPO's networks take flat observations; an exactly solvable problem is there when the config
+    reads one (``reference_from_env``, ``exact_beta``)."""
+    if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
+        raise KlexpError(f"env: PPO needs a flat Box observation space, got {observation_space}")
+    if problem is None and (reference_from_env or exact_beta is not None):
+        raise ConfigValueError("reference_from_env" if reference_from_env else "exact_beta",
+                               f"env {env_id} has no exactly solvable problem "
+                               "(klexp/TokenSequence-v0 has one)")
+
+
+def check_networks(actor: ActorFactory, critic: CriticFactory, obs_dim: int,
+                   action_dist: ActionDistribution) -> None:
+    """The networks build with the env's shapes: each is built once on the meta device
+    (``klexp.nets.factory.check_net``: no memory, no random numbers drawn), so that a wrong
+    argument is one line ``task.actor.<argument>: …`` as the task is made, not at the real build."""
+    check_net(lambda **_: actor(obs_dim, action_dist), "actor")
+    check_net(lambda **_: critic(obs_dim), "critic")
 
 
 def check_terms(terms: Sequence[Term], action_dist: ActionDistribution, has_reference: bool) -> None:

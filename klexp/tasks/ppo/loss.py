@@ -24,7 +24,16 @@ from klexp.core.estimators import monte_carlo_terms
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The hyperparameters of the loss (see the module docstring)."""
+    """The hyperparameters of the loss (see the module docstring).
+
+    Args:
+        clip: use the clipped surrogate ``min(r·A, clip(r, 1 − ε, 1 + ε)·A)``; false gives ``r·A``
+            (then a KL term is the trust region, as in the paper's KL-penalty variant).
+        clip_coef: ε.
+        clip_vloss: clip the value update around the rollout's values by ``clip_coef``.
+        ent_coef, vf_coef: weights of the entropy bonus and the value loss.
+        norm_adv: normalise advantages per minibatch (each minibatch then needs ≥ 2 states).
+    """
 
     clip: bool = True
     clip_coef: float = 0.2

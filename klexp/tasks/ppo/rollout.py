@@ -1,5 +1,5 @@
-"""On-policy rollouts: the state carried from one rollout to the next, preallocated buffers, GAE,
-and the rollout as a batch of tensors.
+"""On-policy rollouts: the state carried from one rollout to the next, preallocated buffers, the
+rewards lowered by KL terms placed in the reward, GAE, and the rollout as a batch of tensors.
 
 Layout of a rollout of ``T`` steps in ``N`` envs (Gymnasium 1.x, next-step autoreset): at step ``t``
 the agent sees ``obs[t]``, takes ``actions[t]`` and the env answers ``rewards[t]``,
@@ -20,6 +20,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from torch import Tensor
 
 from klexp.tasks.ppo.distributions import ActionDistribution
@@ -147,6 +148,17 @@ def gae(
         last = delta + gamma * gae_lambda * not_done[t] * last
         advantages[t] = last
     return advantages, advantages + values[:-1]
+
+
+def penalised(rewards: np.ndarray, penalty: Tensor | None, valid: Tensor) -> np.ndarray:
+    """``r_t − β·k(s_t, a_t)`` with the penalty of the KL terms placed in the reward
+    (``klexp.reward_penalty``), one value per ``valid`` step of the flattened rollout (autoreset
+    steps keep their rewards); ``rewards`` as they are when no term is placed there."""
+    if penalty is None:
+        return rewards
+    per_step = torch.zeros(rewards.size, dtype=penalty.dtype, device=valid.device)
+    per_step[valid] = penalty.to(per_step.dtype)
+    return rewards - per_step.view(rewards.shape).cpu().numpy().astype(rewards.dtype)
 
 
 @dataclass

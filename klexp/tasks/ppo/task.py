@@ -22,55 +22,27 @@ One ``training_step`` is one PPO iteration, read top to bottom:
 
 Lightning carries the loop (the task's own train dataloader yields iteration indices), logging,
 checkpoints, callbacks and strategies. Training scalars are written against environment steps
-(``log_step``), every ``trainer.log_every_n_steps`` iterations and on the last.
-
-The networks come from config (``task.actor``, ``task.critic``, see ``klexp.tasks.ppo.actor``);
-the action distribution (``klexp.tasks.ppo.distributions``) from the env's action space.
-
-Outputs for KL terms (``klexp/conf/kl/*.yaml``), on the minibatch states (in the reward: on the rollout):
-
-* ``policy``     — ``π_θ(·|s)``, with gradient (at rollout time, the policy that acted);
-* ``old_policy`` — ``π_old(·|s)``, the policy that collected the rollout (``KL(old_policy ‖ policy)``
-  is the PPO paper's penalty, fixed β or adaptive β, sec. 4);
-* ``reference``  — ``π_ref(·|s)``, a frozen policy from ``reference_checkpoint`` or the env's own
-  (``reference_from_env``) (``KL(policy ‖ reference)`` as in KL-regularised fine-tuning, Ziegler
-  et al. 2019);
-* ``uniform``    — the uniform policy over discrete actions (``KL(policy ‖ uniform) = log K − H``,
-  the entropy bonus as a KL: the same gradient as ``−H``);
-* ``actions``    — the rollout's actions, draws from ``π_old`` (``samples_from: old_policy``).
-
-Measured every minibatch whatever the config, logged as mean and max over the update phase:
-``ppo/kl_k1``, ``ppo/kl_k3`` (Schulman's estimators of ``KL(π_old ‖ π_θ)`` from the log-ratio of
-the rollout's actions, http://joschu.net/blog/kl-approx.html) and ``ppo/kl_exact`` (the closed form
-on the batch states), so the estimators can be compared with the truth; with a reference policy,
-``ppo/kl_reference``, the exact ``KL(π_θ ‖ π_ref)`` on the batch states after the update, whatever
-the estimator and placement of the run's own term. On an exactly solvable env
-(``klexp/TokenSequence-v0``), ``exact/*``: the regularised objective of the current policy, its gap
-to the optimum and its KL to the optimum and to the reference, by enumeration.
+(``log_step``), every ``trainer.log_every_n_steps`` iterations and on the last. Beside this module:
+the networks from config (``actor``), the action distribution of the env's action space
+(``distributions``), what KL terms read (``outputs``), what is logged (``metrics``), the checks of
+the config (``checks``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from klexp.data.step_indices import StepIndices
-from klexp.errors import (
-    ConfigValueError,
-    KlexpError,
-)
 from klexp.lightning.internals import trainer_of
 from klexp.lightning.logging import LOG_STEP_KEY, log_metrics, logs_now
 from klexp.lightning.loss import Term, reward_penalty, terms_in_loss, total_loss
 from klexp.lightning.phase import UpdatePhase
 from klexp.lightning.term import kl_terms_of
-from klexp.nets.frozen import first_mismatch
 from klexp.tasks.base import OptimizerFactory, SchedulerFactory, Task
 from klexp.tasks.ppo.actor import (
     CHECKPOINT_POLICY_KEY,
@@ -79,30 +51,20 @@ from klexp.tasks.ppo.actor import (
     CriticFactory,
     acting_function,
     critic_mlp,
+    greedy_policy,
     load_policy,
     policy_spec,
+    start_from_reference,
 )
-from klexp.tasks.ppo.checks import SAMPLE_SOURCES, check_arguments, check_minibatch, check_terms
+from klexp.tasks.ppo.checks import check_arguments, check_env, check_minibatch, check_networks, check_terms
 from klexp.tasks.ppo.distributions import make_proba_distribution
 from klexp.tasks.ppo.envs import VectorEnvFactory, greedy_episodes, within_bounds
 from klexp.tasks.ppo.loss import LossSettings, MinibatchStats, phase_metrics, ppo_loss
-from klexp.tasks.ppo.rollout import Batch, RolloutState, explained_variance, gae
+from klexp.tasks.ppo.metrics import PPO_CHARTS, evaluation_metrics, exact_metrics, iteration_metrics
+from klexp.tasks.ppo.outputs import PPO_OUTPUTS, SAMPLE_SOURCES, policy_outputs
+from klexp.tasks.ppo.rollout import Batch, RolloutState, gae, penalised
 
 CHECKPOINT_PROGRESS_KEY = "klexp_ppo_progress"
-PPO_OUTPUTS = frozenset({"policy", "old_policy", "reference", "uniform", "actions"})
-#: one chart a quantity (``klexp.Dashboards`` leaves out those the run does not write): the return
-#: first, then each loss on its own scale (the value loss is ~100× the others)
-PPO_CHARTS = {"PPO": {
-    "episodic return": [r"^episode/return$", r"^episode/return_recent$"],
-    "policy loss (clipped surrogate)": [r"^loss/policy$"],
-    "value loss": [r"^loss/value$"],
-    "entropy bonus": [r"^loss/entropy$"],
-    "KL(π_old ‖ π_θ)": [r"^ppo/kl_(k1|k3|exact)$", r"^ppo/kl_after_update$"],
-    "KL(π_θ ‖ π_ref), exact": [r"^ppo/kl_reference$"],
-    "exact: gap to the optimum J* − J": [r"^exact/gap$"],
-    "exact: KL(π ‖ π*)": [r"^exact/kl_optimum$"],
-    "exact: objective J and its optimum J*": [r"^exact/(objective|optimal_objective)$"],
-}}
 
 
 class ActionEvaluation(NamedTuple):
@@ -126,12 +88,7 @@ class PPOTask(Task):
         num_minibatches, update_epochs: each update phase makes ``update_epochs`` passes over the
             rollout in ``num_minibatches`` shuffled minibatches.
         gamma, gae_lambda: discount γ and GAE's λ.
-        norm_adv: normalise advantages per minibatch (each minibatch then needs ≥ 2 states).
-        clip: use the clipped surrogate ``min(r·A, clip(r, 1 − ε, 1 + ε)·A)``; false gives ``r·A``
-            (then a KL term is the trust region, as in the paper's KL-penalty variant).
-        clip_coef: ε.
-        clip_vloss: clip the value update around the rollout's values by ``clip_coef``.
-        ent_coef, vf_coef: weights of the entropy bonus and the value loss.
+        norm_adv, clip, clip_coef, clip_vloss, ent_coef, vf_coef: PPO's loss (``loss.LossSettings``).
         max_grad_norm: clip the global gradient norm (null: no clipping).
         actor, critic: network factories called as ``actor(obs_dim, action_dist)`` and
             ``critic(obs_dim)`` (Hydra ``_partial_: true``); by default separate 64-64 tanh MLPs
@@ -198,17 +155,12 @@ class PPOTask(Task):
         self.eval_episodes = eval_episodes
         self.automatic_optimization = False
         observation_space, self.action_space = env.spaces()
-        if not (isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
-            raise KlexpError(f"env: PPO needs a flat Box observation space, got {observation_space}")
+        # the env's exactly solvable problem, when one is used
+        self.problem = env.problem() if reference_from_env or exact_beta is not None else None
+        check_env(env.id, observation_space, self.problem, reference_from_env, exact_beta)
         self.obs_dim = int(observation_space.shape[0])
         self.action_dist = make_proba_distribution(self.action_space)
-        # the env's exactly solvable problem, when one is used
-        needs_problem = reference_from_env or exact_beta is not None
-        self.problem = env.problem() if needs_problem else None
-        if needs_problem and self.problem is None:
-            raise ConfigValueError("reference_from_env" if reference_from_env else "exact_beta",
-                                   f"env {env.id} has no exactly solvable problem "
-                                   "(klexp/TokenSequence-v0 has one)")
+        check_networks(actor, critic, self.obs_dim, self.action_dist)
         self.actor: nn.Module | None = None
         self.critic: nn.Module | None = None
         # π_ref's parameters per state: the env's logits, or a frozen actor (built with the networks)
@@ -227,15 +179,8 @@ class PPOTask(Task):
         if self.reference_checkpoint is not None:
             self.reference = load_policy(self.reference_checkpoint, self.obs_dim, self.action_dist,
                                          self.make_actor)
-        elif self.init_from_reference:  # (a stage may fill in the checkpoint: checked only now)
-            raise KlexpError("task.init_from_reference needs task.reference_checkpoint")
         if self.init_from_reference:
-            problem = first_mismatch(self.actor.state_dict(), self.reference.state_dict(),
-                                     where="the reference")
-            if problem is not None:
-                raise KlexpError("task.init_from_reference: the reference network differs from "
-                                 f"this task's (task.actor): {problem}")
-            self.actor.load_state_dict(self.reference.state_dict())
+            start_from_reference(self.actor, self.reference)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -311,12 +256,8 @@ class PPOTask(Task):
         state.note_if_solved(self.env.reward_threshold)
         state.unlogged_episodes += episodes
         if logs_now(self) or batch_idx + 1 == self.trainer.num_training_batches:
-            elapsed = time.perf_counter() - state.start_time
-            metrics = {**stats, "ppo/learning_rate": learning_rate,
-                       "ppo/explained_variance": explained_variance(batch.values, batch.returns),
-                       "time/env_steps": float(state.env_steps), "time/sps": state.env_steps / elapsed,
-                       **state.episode_metrics(), **self.exact_metrics("exact")}
-            log_metrics(self, metrics, stage="train")
+            log_metrics(self, {**iteration_metrics(stats, learning_rate, batch, state),
+                               **self.exact_metrics("exact")}, stage="train")
 
     def collect_rollout(self) -> list[tuple[float, int]]:
         """Act ``num_steps`` times in every env; returns (return, length) of finished episodes."""
@@ -359,12 +300,7 @@ class PPOTask(Task):
                   old_params=old_params, advantages=b_obs.new_empty(0), returns=b_obs.new_empty(0),
                   values=torch.from_numpy(values[:-1].reshape(-1)).to(**floats)[valid],
                   reference_params=self.reference(b_obs) if self.reference is not None else None)
-        rewards = buffer.rewards
-        penalty = reward_penalty(self, self.outputs(old_params, b))
-        if penalty is not None:
-            per_step = torch.zeros(steps * envs, dtype=penalty.dtype, device=device)
-            per_step[valid] = penalty.to(per_step.dtype)
-            rewards = rewards - per_step.view(steps, envs).cpu().numpy().astype(rewards.dtype)
+        rewards = penalised(buffer.rewards, reward_penalty(self, self.outputs(old_params, b)), valid)
         advantages, returns = gae(rewards, values, buffer.terminated, buffer.truncated,
                                   self.gamma, self.gae_lambda)
         b.advantages = torch.from_numpy(advantages.reshape(-1)).to(**floats)[valid]
@@ -416,46 +352,26 @@ class PPOTask(Task):
                                 self.critic(obs).view(-1), params)
 
     def outputs(self, params: Tensor, b: Batch) -> dict[str, Any]:
-        """The distributions KL terms read, on the states ``b.obs`` (π_θ's parameters ``params``)."""
-        outputs: dict[str, Any] = {
-            "policy": self.action_dist.distribution(params),
-            "old_policy": self.action_dist.distribution(b.old_params),
-            "actions": b.actions,
-        }
-        if self.reads_uniform:
-            outputs["uniform"] = self.action_dist.uniform(params)
-        if b.reference_params is not None:
-            outputs["reference"] = self.action_dist.distribution(b.reference_params)
-        return outputs
+        """The distributions KL terms read, on the states ``b.obs`` (``klexp.tasks.ppo.outputs``)."""
+        return policy_outputs(self.action_dist, params, b, self.reads_uniform)
 
-    @torch.no_grad()
     def exact_metrics(self, prefix: str) -> dict[str, float]:
-        """On an exactly solvable env with ``exact_beta`` set: the current policy's ``J`` and
-        ``E[r]``, the optimum's ``J*``, the gap ``J* − J = β·KL(π ‖ π*)``, ``KL(π ‖ π*)`` and the
-        sequence-level ``KL(π ‖ π_ref)``, by enumeration."""
-        if self.problem is None or self.exact_beta is None:
-            return {}
-        observations = self.problem.prefix_observations(dtype=self.dtype, device=self.device)
-        return self.problem.metrics(self.actor(observations), self.exact_beta).scalars(prefix)
+        """``exact/*`` on an exactly solvable env (``klexp.tasks.ppo.metrics.exact_metrics``)."""
+        return exact_metrics(self.problem, self.exact_beta, self.actor, prefix, self.dtype, self.device)
 
-    # ------------------------------------------------------------------ acting and evaluating
+    # ------------------------------------------------------------------ evaluating
 
     def test_step(self, batch: int, batch_idx: int) -> None:
         returns, lengths = self.evaluate(self.eval_episodes)
-        log_metrics(self, {"test/return_mean": float(returns.mean()), "test/return_std": float(returns.std()),
-                           "test/return_min": float(returns.min()), "test/length_mean": float(lengths.mean()),
-                           **self.exact_metrics("test/exact")},
+        log_metrics(self, {**evaluation_metrics(returns, lengths), **self.exact_metrics("test/exact")},
                     batch_size=1, stage="test")
 
     @torch.inference_mode()
     def evaluate(self, episodes: int) -> tuple[np.ndarray, np.ndarray]:
         """Return and length of ``episodes`` greedy episodes (argmax action, or the Gaussian's
         mean), one per env copy, on the env's raw rewards."""
-        act = acting_function(self.actor)
-
-        def greedy(obs: np.ndarray) -> np.ndarray:
-            return within_bounds(self.action_dist.mode(act(obs)), self.action_space)
-        return greedy_episodes(self.env, greedy, self.global_rank, episodes)
+        act = greedy_policy(self.actor, self.action_dist, self.action_space)
+        return greedy_episodes(self.env, act, self.global_rank, episodes)
 
     # ------------------------------------------------------------------ config checks and charts
 
