@@ -28,6 +28,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import multiprocessing
 import statistics
 import tempfile
@@ -186,9 +187,13 @@ def column(rows: Iterable[dict], key: str) -> list[float]:
 
 def equal_compute_rows(rows: list[dict], name: str, gap: str) -> list[dict]:
     """The runs of ``name`` at the budget's compute: its ``compute`` runs, or its ``steps`` runs
-    where a step costs what the budget's does."""
-    return select(rows, part="compute", objective=name, gap=gap) or select(
-        rows, part="steps", objective=name, gap=gap)
+    where a step costs what the budget's does (none where neither was run)."""
+    compute = select(rows, part="compute", objective=name, gap=gap)
+    steps = select(rows, part="steps", objective=name, gap=gap)
+    budget = select(rows, part="steps", objective=BUDGET, gap=gap)
+    if compute or not (steps and budget):
+        return compute
+    return steps if math.isclose(float(steps[0]["gmacs"]), float(budget[0]["gmacs"])) else []
 
 
 def ranks(means: dict[str, float]) -> dict[str, int]:
