@@ -40,15 +40,10 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
-from klexp.app.runner import run
+from klexp.app.in_process import run_overrides
 
 # ------------------------------------------------------------------------------------------------
 # The plain single-file PPO (CleanRL style)
@@ -239,16 +234,8 @@ def klexp_ppo(total_timesteps: int, seed: int, run_dir: str) -> dict[str, float]
     overrides = ["experiment=ppo", f"seed={seed}", f"task.total_timesteps={total_timesteps}",
                  "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
                  "trainer.enable_model_summary=false"]
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=CONFIG_NAME, overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = run_dir
-            del cfg["hydra"]
-        with contextlib.redirect_stdout(io.StringIO()):  # the runner's final table
-            summary = run(cfg, run_dir, overrides=overrides)
+    with contextlib.redirect_stdout(io.StringIO()):  # the runner's final table
+        summary = run_overrides(overrides, run_dir)
     metrics = summary["metrics"]
     return {"sps": metrics["time/sps"], "return_recent": metrics["episode/return_recent"]}
 

@@ -38,7 +38,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from klexp.app.config_checks import ConfigError
-from klexp.app.stages import Compose, stage_config
+from klexp.app.stages import Compose, stage_config, stages_to_run
 from klexp.errors import KlexpError
 from klexp.lightning.contract import builds_for_data
 from klexp.nets.frozen import first_mismatch, load_checkpoint
@@ -138,9 +138,7 @@ def stage_stand_ins(cfg: DictConfig, overrides: Sequence[str], compose: Compose,
     its ``on_save_checkpoint`` adds — so that the run's task can be built and checked against its
     stages before they train. None when a stage's task builds only under a trainer."""
     stand_ins = {}
-    for name, stage in (cfg.get("stages") or {}).items():
-        if stage is None:
-            continue
+    for name, stage in stages_to_run(cfg).items():
         stage_cfg, _ = stage_config(cfg, stage, overrides, compose, directory / name)
         try:
             task = instantiate(stage_cfg.task, "task")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from klexp.app.stages import stages_to_run
 from klexp.errors import KlexpError
 
 
@@ -83,15 +84,16 @@ def rerun_arguments(argv: Sequence[str]) -> list[str]:
 
 def finished_stages(run_dir: Path) -> list[str]:
     """Overrides that hand a resumed run the checkpoints its stages already wrote (instead of
-    training them again): ``stages=null`` and each stage's ``checkpoint_to`` key."""
+    training them again): ``stages=null`` and each stage's ``checkpoint_to`` key. A stage the run
+    did not run (its key given) needs none: the run's own overrides give the key again."""
     config_file = run_dir / ".hydra" / "config.yaml"
-    stages = OmegaConf.load(config_file).get("stages") if config_file.is_file() else None
+    stages = stages_to_run(OmegaConf.load(config_file)) if config_file.is_file() else {}
     if not stages:
         return []
     overrides = ["stages=null"]
     for name, stage in stages.items():
         checkpoint = run_dir / name / "checkpoints" / "last.ckpt"
-        if stage is None or not checkpoint.is_file():
+        if not checkpoint.is_file():
             return []  # a stage never finished: run them all again
         overrides.append(f"{stage.checkpoint_to}={quoted(checkpoint)}")
     return overrides

@@ -32,7 +32,7 @@ from klexp.app.console import run_output
 from klexp.app.hparams import hparams_of
 from klexp.app.lifecycle import RunFailed, RunInterrupted, Terminated, refuse_pending
 from klexp.app.preflight import check_before_fit, naming_stand_ins, stage_stand_ins
-from klexp.app.stages import Compose, run_stages
+from klexp.app.stages import Compose, run_stages, stages_to_run
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.checkpoint_io import AtomicCheckpointIO
 from klexp.lightning.contract import check_module_terms, declared_outputs
@@ -107,9 +107,8 @@ def check_before_stages(cfg: DictConfig, overrides: Sequence[str] = (),
     with ``compose``, with a stand-in file holding what that checkpoint will hold
     (``preflight.stage_stand_ins``), so that the network is checked against its stages' too."""
     probe = copy.deepcopy(cfg)
-    for name, stage in (cfg.get("stages") or {}).items():
-        if stage is not None:
-            OmegaConf.update(probe, stage.checkpoint_to, f"<checkpoint of stage {name}>", merge=False)
+    for name, stage in stages_to_run(cfg).items():
+        OmegaConf.update(probe, stage.checkpoint_to, f"<checkpoint of stage {name}>", merge=False)
     task = instantiate_node(probe.task, "task")
     check_terms_against_task(build_terms(probe.get("kl")), task)
     datamodule = instantiate_node(probe.data, "data") if probe.get("data") is not None else None
@@ -154,7 +153,7 @@ def run(
         torch.set_num_threads(int(cfg.threads))
     info: dict[str, Any] = {"experiment": cfg.get("experiment_name"), "seed": cfg.get("seed"),
                             "overrides": list(overrides), "stages": {}}
-    if cfg.get("stages"):
+    if stages_to_run(cfg):
         if compose is None:
             raise KlexpError("stages: this config has stages, which need the Hydra app to compose them")
         check_before_stages(cfg, overrides, compose)

@@ -1,6 +1,7 @@
 """Stages: earlier runs of the same app whose last checkpoints feed config keys of this one (a
 teacher to distil from, a deterministic baseline, a reference policy), so that no experiment
-needs code of its own in the runner."""
+needs code of its own in the runner. A stage whose key the run already sets
+(``task.teacher_checkpoint=<file>``) is not run: the run reuses that checkpoint."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ def _override_root(override: str) -> str:
     return re.split(r"[.@]", key, maxsplit=1)[0]
 
 
+def stages_to_run(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The stages of ``cfg`` that run: each one not null whose ``checkpoint_to`` key ``cfg``
+    leaves null. A key set already names the checkpoint to reuse instead of training the stage
+    again (one key, e.g. ``task.teacher_checkpoint=<file>``); the run checks it before the
+    Trainer exists, as any checkpoint its task reads."""
+    return {name: stage for name, stage in (cfg.get("stages") or {}).items()
+            if stage is not None and OmegaConf.select(cfg, stage.checkpoint_to) is None}
+
+
 def stage_config(cfg: DictConfig, stage: DictConfig, overrides: Sequence[str], compose: Compose,
                  stage_dir: Path) -> tuple[DictConfig, list[str]]:
     """The config a stage runs with, and its overrides: the stage's own ``overrides`` followed by
@@ -46,11 +56,10 @@ def run_stages(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], compose
     checkpoint into the key the stage names (``checkpoint_to``). A stage is composed (by
     ``compose``) from its own ``overrides`` followed by the run's command-line overrides of data,
     trainer, callbacks, logger, env and threads, so a teacher trains on the same data as its
-    student. Returns, per stage, its run directory, checkpoint and final metrics."""
+    student. A stage whose key is set already is not run (``stages_to_run``). Returns, per stage
+    run, its run directory, checkpoint and final metrics."""
     results = {}
-    for name, stage in (cfg.get("stages") or {}).items():
-        if stage is None:
-            continue
+    for name, stage in stages_to_run(cfg).items():
         stage_dir = run_dir / name
         stage_cfg, stage_overrides = stage_config(cfg, stage, overrides, compose, stage_dir)
         console.print(f"[bold]stage {name}[/]: {' '.join(stage_overrides)}")
