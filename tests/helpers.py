@@ -59,11 +59,64 @@ def run_experiment(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]
 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m klexp <args>`` in ``cwd`` (outputs/ lands there)."""
+    """Run ``python -m klexp <args>`` in ``cwd`` (outputs/ lands there), a real process: for the
+    contracts only a process can show (its exit status through a pipe, signals, DDP's ranks)."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "klexp", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def cli(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``klexp <args>`` in ``cwd`` by the command's own entry point (``klexp.app.cli.main``) in this
+    process, as ``run_cli`` would run it but without a Python and Lightning start-up (~6 s): its
+    exit status, stdout and stderr (``sys.exit("klexp: …")`` printed as the interpreter would).
+    What the command changes in the process (working directory, argv, environment, signal
+    handlers, logging, Hydra's global state) is put back, and the run directories it claimed are
+    released, as the kernel would release them when its process ended."""
+    import contextlib
+    import io
+    import logging
+    import signal
+
+    from klexp.app import lifecycle
+    from klexp.app.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    root = logging.getLogger()
+    logging_state = (root.handlers[:], root.level, logging.raiseExceptions)
+    argv, environ, directory = sys.argv[:], dict(os.environ), os.getcwd()
+    held = set(lifecycle._HELD)
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.chdir(cwd)
+    status: int = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exit_info:
+                if isinstance(exit_info.code, str):
+                    print(exit_info.code, file=sys.stderr)
+                    status = 1
+                else:
+                    status = exit_info.code or 0
+    finally:
+        os.chdir(directory)
+        sys.argv[:] = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        for handler in root.handlers[:]:
+            if handler not in logging_state[0]:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:], root.level, logging.raiseExceptions = logging_state
+        GlobalHydra.instance().clear()
+        for claimed in set(lifecycle._HELD) - held:
+            lifecycle.release(claimed)
+    return subprocess.CompletedProcess(["klexp", *args], status, out.getvalue(), err.getvalue())
 
 
 class Sleep:
