@@ -88,6 +88,12 @@ def cli(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     logging_state = (root.handlers[:], root.level, logging.raiseExceptions)
     argv, environ, directory = sys.argv[:], dict(os.environ), os.getcwd()
     held = set(lifecycle._HELD)
+    # Lightning's own lines reach the command's output, as in a process of its own (where they go
+    # to Lightning's handler on stderr; here, imported under pytest, they go up to the root logger,
+    # whose handlers the run's logging config sets): up to the root, whichever way it was imported
+    lightning = logging.getLogger("pytorch_lightning")
+    lightning_state = (lightning.handlers[:], lightning.propagate)
+    lightning.handlers[:], lightning.propagate = [], True
     os.environ.pop("HYDRA_FULL_ERROR", None)
     os.chdir(cwd)
     status: int = 0
@@ -113,6 +119,7 @@ def cli(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                 root.removeHandler(handler)
                 handler.close()
         root.handlers[:], root.level, logging.raiseExceptions = logging_state
+        lightning.handlers[:], lightning.propagate = lightning_state
         GlobalHydra.instance().clear()
         for claimed in set(lifecycle._HELD) - held:
             lifecycle.release(claimed)
