@@ -107,10 +107,11 @@ def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300,
                           text=True, timeout=timeout, env=full_env)
 
 
-def cli(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(args: Sequence[str], cwd: Path, app: str | None = None) -> subprocess.CompletedProcess[str]:
     """``klexp <args>`` in ``cwd`` by the command's own entry point (``klexp.app.cli.main``) in this
     process, as ``run_cli`` would run it but without a Python and Lightning start-up (~6 s): its
     exit status, stdout and stderr (``sys.exit("klexp: …")`` printed as the interpreter would).
+    ``app``: the module of another Hydra app (a user's own), run as ``python -m <app> <args>`` runs it.
     What the command changes in the process (working directory, argv, environment, signal
     handlers, logging, Hydra's global state) is put back, and the run directories it claimed are
     released, as the kernel would release them when its process ended."""
@@ -139,7 +140,13 @@ def cli(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                main(list(args))
+                if app is None:
+                    main(list(args))
+                else:
+                    import runpy
+
+                    sys.argv = [app, *args]
+                    runpy.run_module(app, run_name="__main__", alter_sys=True)
             except SystemExit as exit_info:
                 if isinstance(exit_info.code, str):
                     print(exit_info.code, file=sys.stderr)
