@@ -345,7 +345,6 @@ def test_an_error_of_a_single_run_is_one_line_even_with_a_long_path_through_a_pi
     assert bad_value.stderr.splitlines() == ["klexp: kl.ce.weight: expected a finite number ≥ 0, got -1"]
 
 
-@pytest.mark.slow
 def test_sigterm_before_training_still_ends_the_command_truthfully(tmp_path):
     """Lightning's handler is in place only inside fit and test; before them (building the data,
     the task, the Trainer) SIGTERM still ends the command with one line and 143."""

@@ -84,7 +84,6 @@ def test_the_command_line_reproduces_an_in_process_run(classification, tmp_path)
     assert_identical(classification, cli_run)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [VAE, PPO], ids=["vae", "ppo"])
 def test_vae_and_ppo_reruns_are_bit_exact(overrides, tmp_path):
     run_experiment(overrides, tmp_path / "first")
