@@ -202,7 +202,7 @@ def test_every_documented_command_runs(command, request, tmp_path, monkeypatch, 
     words = fill(command, workspace)
     program, args = words[0], words[1:]
     if program == "klexp":
-        if args and args[0] == "resume=" + str(workspace["<run_dir>"]):
+        if args and "<run_dir>" in workspace and args[0] == f"resume={workspace['<run_dir>']}":
             target = tmp_path / "resumable"
             shutil.copytree(workspace["<run_dir>"], target)
             args = [f"resume={target}"]
