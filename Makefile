@@ -7,6 +7,8 @@ TORCH_INDEX ?=
 PYTEST_ARGS ?=
 # one pytest worker per core, at most 4 (each holds its own torch); tests spawn their own processes too
 PARALLEL := -n auto --maxprocesses=4 --dist worksteal
+# the slowest tests of every run, so that drift in the suite's time shows in CI's log
+DURATIONS := --durations=20
 TORCH_INDEX_FLAG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
 .PHONY: setup run test test-fast lint clean
@@ -24,10 +26,10 @@ run: setup
 	$(BIN)/klexp $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) $(DURATIONS) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) $(DURATIONS) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
+from klexp.app.stages import Compose
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,28 +44,132 @@ def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None
         return _composed(overrides, output_dir or "unused-output-dir")
 
 
-def run_experiment(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]:
-    """Compose and run in-process, as ``klexp <overrides>`` would; returns the run summary."""
-    from klexp.app.runner import run
-
+@contextlib.contextmanager
+def composed_app(overrides: Sequence[str], output_dir: Path | str) -> Iterator[tuple[DictConfig, Compose]]:
+    """Inside Hydra initialised as the app: the composed config and how a stage composes its own."""
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = _composed(overrides, output_dir)
 
         def compose_stage(stage_overrides: Sequence[str]) -> DictConfig:
             return compose(config_name=CONFIG_NAME, overrides=list(stage_overrides))
 
+        yield _composed(overrides, output_dir), compose_stage
+
+
+def run_experiment(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]:
+    """Compose and run in-process, as ``klexp <overrides>`` would; returns the run summary."""
+    from klexp.app.runner import run
+
+    with composed_app(overrides, output_dir) as (cfg, compose_stage):
         return run(cfg, output_dir, overrides=list(overrides), compose=compose_stage)
+
+
+def build_experiment(overrides: Sequence[str], output_dir: Path) -> None:
+    """Everything ``klexp <overrides>`` decides and builds before it trains, as the runner does it:
+    the config's checks, the task, its terms and their checks against it, the data set up, the
+    task's network built (and a stage's, against stand-ins of its checkpoint), the callbacks, the
+    logger and the Trainer. For a command that only changes values of a run trained elsewhere."""
+    from hydra.utils import instantiate
+
+    from klexp.app.config_checks import check_config, check_run_settings
+    from klexp.app.preflight import check_before_fit
+    from klexp.app.runner import (
+        build_callbacks,
+        build_terms,
+        check_before_stages,
+        check_terms_against_task,
+        instantiate_node,
+    )
+
+    with composed_app(overrides, output_dir) as (cfg, compose_stage):
+        check_run_settings(cfg)
+        check_config(cfg)
+        if cfg.get("stages"):
+            check_before_stages(cfg, overrides, compose_stage)
+        else:
+            task = instantiate_node(cfg.task, "task")
+            check_terms_against_task(build_terms(cfg.get("kl")), task)
+            data = instantiate_node(cfg.data, "data") if cfg.get("data") is not None else None
+            check_before_fit(cfg, task, data)
+        build_callbacks(cfg.get("callbacks"))
+        logger = instantiate(cfg.logger) if cfg.get("logger") is not None else False
+        instantiate_node(cfg.trainer, "trainer", logger=logger)
 
 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m klexp <args>`` in ``cwd`` (outputs/ lands there)."""
+    """Run ``python -m klexp <args>`` in ``cwd`` (outputs/ lands there), a real process: for the
+    contracts only a process can show (its exit status through a pipe, signals, DDP's ranks)."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "klexp", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+def cli(args: Sequence[str], cwd: Path, app: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``klexp <args>`` in ``cwd`` by the command's own entry point (``klexp.app.cli.main``) in this
+    process, as ``run_cli`` would run it but without a Python and Lightning start-up (~6 s): its
+    exit status, stdout and stderr (``sys.exit("klexp: …")`` printed as the interpreter would).
+    ``app``: the module of another Hydra app (a user's own), run as ``python -m <app> <args>`` runs it.
+    What the command changes in the process (working directory, argv, environment, signal
+    handlers, logging, Hydra's global state) is put back, and the run directories it claimed are
+    released, as the kernel would release them when its process ended."""
+    import io
+    import logging
+    import signal
+
+    from klexp.app import lifecycle
+    from klexp.app.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    root = logging.getLogger()
+    logging_state = (root.handlers[:], root.level, logging.raiseExceptions)
+    argv, environ, directory = sys.argv[:], dict(os.environ), os.getcwd()
+    held = set(lifecycle._HELD)
+    # Lightning's own lines reach the command's output, as in a process of its own (where they go
+    # to Lightning's handler on stderr; here, imported under pytest, they go up to the root logger,
+    # whose handlers the run's logging config sets): up to the root, whichever way it was imported
+    lightning = logging.getLogger("pytorch_lightning")
+    lightning_state = (lightning.handlers[:], lightning.propagate)
+    lightning.handlers[:], lightning.propagate = [], True
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.chdir(cwd)
+    status: int = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                if app is None:
+                    main(list(args))
+                else:
+                    import runpy
+
+                    sys.argv = [app, *args]
+                    runpy.run_module(app, run_name="__main__", alter_sys=True)
+            except SystemExit as exit_info:
+                if isinstance(exit_info.code, str):
+                    print(exit_info.code, file=sys.stderr)
+                    status = 1
+                else:
+                    status = exit_info.code or 0
+    finally:
+        os.chdir(directory)
+        sys.argv[:] = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        for handler in root.handlers[:]:
+            if handler not in logging_state[0]:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:], root.level, logging.raiseExceptions = logging_state
+        lightning.handlers[:], lightning.propagate = lightning_state
+        GlobalHydra.instance().clear()
+        for claimed in set(lifecycle._HELD) - held:
+            lifecycle.release(claimed)
+    return subprocess.CompletedProcess(["klexp", *args], status, out.getvalue(), err.getvalue())
 
 
 class Sleep:

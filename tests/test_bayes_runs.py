@@ -18,6 +18,7 @@ def event_tags(run_dir):
     return accumulator.Tags()
 
 
+@pytest.mark.slow
 def test_predictive_entropy_is_higher_out_of_distribution_than_on_test_digits(tmp_path):
     """A small Bayesian MLP on digits (class 9 held out): more uncertain on noise and on the unseen
     class than on test digits, both in total (entropy) and in its epistemic part (mutual information)."""

@@ -17,10 +17,11 @@ def ci_run(pytest_args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_ci_fails_when_pytest_collects_nothing():
-    result = ci_run("-k no_test_is_named_like_this")
+def test_ci_fails_when_pytest_collects_nothing(tmp_path):
+    # a folder without tests: collecting the suite only to deselect all of it took minutes
+    result = ci_run(f"{tmp_path} -p no:cacheprovider")
     assert result.returncode != 0
-    assert "no tests ran" in result.stdout or "deselected" in result.stdout, result.stdout[-2000:]
+    assert "no tests ran" in result.stdout, result.stdout[-2000:]
 
 
 @pytest.mark.slow

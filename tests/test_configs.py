@@ -1,5 +1,6 @@
 """Every config in klexp/conf/ composes and instantiates; the runner builds what an experiment names."""
 
+import functools
 import inspect
 from pathlib import Path
 
@@ -44,9 +45,16 @@ def test_every_experiment_composes_validates_and_instantiates(experiment, tmp_pa
     instantiate(cfg.trainer)
 
 
+@functools.cache
+def own_terms(experiment: str) -> tuple[str, ...]:
+    """The names of an experiment's own KL terms."""
+    return tuple(name for name, term in compose_config([f"experiment={experiment}"]).kl.items()
+                 if term is not None)
+
+
 def _compose_option(group: str, option: str, experiment: str, tmp_path):
     if group == "kl":  # the experiment's own terms plus this one
-        own = [name for name in compose_config([f"experiment={experiment}"]).kl]
+        own = list(compose_config([f"experiment={experiment}"]).kl)
         overrides = [f"kl=[{','.join(dict.fromkeys([*own, option]))}]"]
     elif group in ("schedule", "shaping"):
         overrides = [f"+{group}@kl.{experiment_term(experiment)}.{group}={option}"]
@@ -61,8 +69,7 @@ def _compose_option(group: str, option: str, experiment: str, tmp_path):
 
 
 def experiment_term(experiment: str) -> str:
-    cfg = compose_config([f"experiment={experiment}"])
-    return next(name for name, term in cfg.kl.items() if term is not None)
+    return own_terms(experiment)[0]
 
 
 @pytest.mark.parametrize(
@@ -79,7 +86,11 @@ def test_every_group_option_composes_in_some_experiment(group, option, tmp_path)
     with one of the experiments. Valid means composed, checked, and built: a KL term file's term
     must read outputs the experiment's task produces, a schedule must instantiate."""
     errors = []
-    for experiment in ["classification", *EXPERIMENTS]:
+    # the experiments that use the option already are tried first (any experiment may pass)
+    candidates = ["classification", *EXPERIMENTS]
+    if group == "kl":
+        candidates.sort(key=lambda experiment: option not in own_terms(experiment))
+    for experiment in candidates:
         try:
             cfg = _compose_option(group, option, experiment, tmp_path)
             if group in ("schedule", "shaping"):

@@ -4,7 +4,7 @@ Lightning's own output one switch away (``verbose=true``)."""
 from __future__ import annotations
 
 import pytest
-from helpers import run_cli
+from helpers import cli
 
 SMALL = ["data=synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
          "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
@@ -14,7 +14,7 @@ LIGHTNING_CHATTER = ["GPU available", "TPU available", "litlogger", "Total param
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_the_default_run_prints_progress_metrics_and_where_the_logs_are(verbose, tmp_path):
-    result = run_cli([*SMALL, f"verbose={str(verbose).lower()}"], cwd=tmp_path)
+    result = cli([*SMALL, f"verbose={str(verbose).lower()}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     for expected in ("final metrics", "test/acc", "run directory: ",

@@ -4,14 +4,20 @@ lines printed below it (``…`` matches anything).
 
 A training command runs as written, with overrides appended that make it seconds long (one epoch
 of a few batches, a few steps, one rollout; `SMOKE`), and placeholders (`<run dir>`,
-`<sweep dir>`, `<report dir>`) filled with a run and a sweep made first. `make test` and
-`make test-fast` are the suite itself, which CI runs; they are the only commands not run here.
+`<sweep dir>`, `<report dir>`) filled with a run and a sweep made first. `klexp` runs by its entry
+point in this process (``helpers.cli``; `make run` starts the installed command, and a DDP run its
+own processes). A command that only changes values of a run an earlier command trained (same
+experiment, same config-group choices) is composed, checked and built as the run would be, not
+trained again, and so is each job of a sweep: the sweeps themselves, with each launcher and the
+Optuna search, are trained in test_sweeps.py. `make test` and `make test-fast` are the suite
+itself, which CI runs; they are the only commands not run here.
 """
 
 from __future__ import annotations
 
-import os
+import itertools
 import re
+import runpy
 import shlex
 import shutil
 import socket
@@ -22,7 +28,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_experiment
+from helpers import REPO, build_experiment, cli, run_experiment
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from test_benchmarks import RATIOS
+
+from klexp.app.cli import CONFIG_DIR
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NOT_RUN_HERE = {"make test", "make test-fast"}
@@ -51,7 +61,8 @@ SMOKE: dict[str, list[str]] = {
 SCRIPT_SMOKE = {
     "experiments/news_coding/coding.py": ["--messages", "2000", "--blocks", "1", "2"],
     "experiments/distill_seq/gkd_beta.py": [],
-    "experiments/benchmarks/bench_kl.py": ["--rows", "64", "--classes", "10", "--repeats", "2"],
+    "experiments/benchmarks/bench_kl.py": ["--rows", "64", "--classes", "10", "--repeats", "2",
+                                           "--threads", "1"],
     "experiments/benchmarks/bench_vae.py": ["--steps", "5", "--rounds", "1"],
     "experiments/benchmarks/bench_ppo.py": ["--total-timesteps", "2048", "--repeats", "1"],
     "experiments/benchmarks/bench_ddp.py": ["--timesteps", "2048", "--rounds", "1"],
@@ -109,15 +120,9 @@ def workspace(tmp_path_factory):
     for args in (["data=synthetic", *FEW_BATCHES, f"hydra.run.dir={run_dir}"],
                  ["-m", "data=synthetic", *FEW_BATCHES, "kl.ce.weight=0.5,1",
                   f"hydra.sweep.dir={sweep_dir}"]):
-        result = klexp(args, root)
+        result = cli(args, root)
         assert result.returncode == 0, result.stderr[-2000:]
     return {"root": root, "<run_dir>": run_dir, "<sweep_dir>": sweep_dir, "<report_dir>": root / "report"}
-
-
-def klexp(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, "-m", "klexp", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=environment)
 
 
 def fill(command: str, workspace: dict) -> list[str]:
@@ -125,6 +130,52 @@ def fill(command: str, workspace: dict) -> list[str]:
         if placeholder.startswith("<"):
             command = command.replace(placeholder, str(value))
     return shlex.split(command)
+
+
+def experiment_of(args: list[str]) -> str:
+    return next((a.split("=", 1)[1] for a in args if a.startswith("experiment=")), "classification")
+
+
+def structure(args: list[str]) -> tuple[str, frozenset[str]]:
+    """What makes a run train differently, beyond values: its experiment and the overrides that
+    choose config-group options (``env=acrobot``, ``schedule@kl.prior.schedule=cyclical``,
+    ``kl=[…]``) or add and delete keys (``+…``, ``~…``)."""
+    def chooses(override: str) -> bool:
+        key = override.split("=", 1)[0]
+        return key.startswith(("+", "~")) or "@" in key or (CONFIG_DIR / key).is_dir()
+
+    return experiment_of(args), frozenset(a for a in args if "=" in a and chooses(a)
+                                          and not a.startswith("experiment="))
+
+
+def sweep_jobs(args: list[str]) -> list[list[str]]:
+    """The overrides of each job of ``klexp -m <args>`` (every combination of the swept values)."""
+    choices = [[f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+               if override.is_sweep_override() else [override.input_line]
+               for override in OverridesParser.create().parse_overrides([a for a in args if a != "-m"])]
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def trained_commands(commands: list[str]) -> set[str]:
+    """The documented single runs that train: the first of each structure (the others only change
+    its values, and are composed and built)."""
+    first: dict[tuple[str, frozenset[str]], str] = {}
+    for command in commands:
+        program, *args = shlex.split(command)
+        if program == "klexp" and args[:1] not in (["report"], ["rerun"]) and "-m" not in args \
+                and not any(a.startswith(("resume=", "hparams_search=")) for a in args):
+            first.setdefault(structure(args), command)
+    return set(first.values())
+
+
+TRAINED = trained_commands(COMMANDS)
+
+
+def only_built(command: str) -> bool:
+    """Whether the test composes, checks and builds the command's runs, without training them."""
+    program, *args = shlex.split(command)
+    return program == "klexp" and args[:1] not in (["report"], ["rerun"]) and command not in TRAINED \
+        and not any(a.startswith("resume=") for a in args) and not relaunches_itself(args)
 
 
 def free_port() -> int:
@@ -138,41 +189,61 @@ def relaunches_itself(args: list[str]) -> bool:
 
     Lightning's DDP launcher re-runs ``sys.argv``: in this process that is pytest itself, which
     would collect and start this test again in every rank, without end. Such runs go through
-    ``klexp`` in a subprocess.
+    ``klexp`` in a subprocess (in test_ddp.py, which runs the documented one).
     """
     return any(a.startswith("trainer=") and "ddp" in a for a in args)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_documented_command_runs(command, workspace, tmp_path):
+# what trains, starts a process or reads the runs the workspace trains takes seconds: slow
+@pytest.mark.parametrize("command", [c if only_built(c) else pytest.param(c, marks=pytest.mark.slow)
+                                     for c in COMMANDS])
+def test_every_documented_command_runs(command, request, tmp_path, monkeypatch, capsys):
+    workspace = {} if only_built(command) else request.getfixturevalue("workspace")
     words = fill(command, workspace)
     program, args = words[0], words[1:]
     if program == "klexp":
-        if args and args[0] == "resume=" + str(workspace["<run_dir>"]):
+        if args and "<run_dir>" in workspace and args[0] == f"resume={workspace['<run_dir>']}":
             target = tmp_path / "resumable"
             shutil.copytree(workspace["<run_dir>"], target)
             args = [f"resume={target}"]
         elif not args or args[0] not in ("report", "rerun"):
             args = [*args, *smoke_overrides(args)]
-            if "-m" not in args and not relaunches_itself(args):
-                # one run: composed and run in this process, as `klexp` would (the command line's
-                # own handling is tested in test_cli.py), sparing a Python start-up per command
-                summary = run_experiment(args, tmp_path / "run")
-                assert summary["status"] == "completed", command
+            if relaunches_itself(args):  # run once, two ranks against one process: test_ddp.py
+                from test_ddp import documented_ddp_command
+
+                assert documented_ddp_command() == words[1:]
                 return
-            args.append(f"hydra.sweep.dir={tmp_path / 'sweep'}")
-        result = klexp(args, tmp_path)
+            if "-m" in args or any(a.startswith("hparams_search=") for a in args):
+                for number, job in enumerate(sweep_jobs(args)):
+                    build_experiment(job, tmp_path / f"job{number}")
+                return
+            if command not in TRAINED:
+                build_experiment(args, tmp_path / "run")
+                return
+            # one run: composed and run in this process, as `klexp` would (the command line's
+            # own handling is tested in test_cli.py), sparing a Python start-up per command
+            summary = run_experiment(args, tmp_path / "run")
+            assert summary["status"] == "completed", command
+            return
+        result = cli(args, tmp_path)
     elif program == "make":
         if args == ["run"]:  # the quick start's run, at smoke size, into this test's directory
             smoke = [*SMOKE[""], f"hydra.run.dir={tmp_path / 'run'}"]
             args = ["run", "ARGS=" + " ".join(smoke)]
         result = subprocess.run(["make", "-C", str(REPO), *args], capture_output=True, text=True,
                                 timeout=600)
-    elif program == "python":
+    elif program == "python":  # run as `python <script>` runs it, in this process
         script = args[0]
-        result = subprocess.run([sys.executable, str(REPO / script), *args[1:], *SCRIPT_SMOKE[script]],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [script, *args[1:], *SCRIPT_SMOKE[script]])
+        try:
+            runpy.run_path(str(REPO / script), run_name="__main__")
+        except SystemExit as exit_info:
+            assert exit_info.code in (None, 0), (command, exit_info.code)
+        printed = capsys.readouterr().out
+        for line in RATIOS.get(Path(script).name, ()):
+            assert line in printed, (command, line)
+        return
     elif program == "tensorboard":
         port = free_port()
         (tmp_path / "outputs").symlink_to(workspace["root"], target_is_directory=True)
@@ -206,7 +277,7 @@ def matches(expected: str, line: str) -> bool:
 def test_every_transcript_prints_what_the_docs_say(command, expected, tmp_path):
     words = shlex.split(command)
     assert words[0] == "klexp"
-    result = klexp(words[1:], tmp_path)
+    result = cli(words[1:], tmp_path)
     lines = (result.stdout + result.stderr).splitlines()
     for line in expected:
         assert any(matches(line, printed) for printed in lines), (line, lines[-5:])

@@ -163,6 +163,7 @@ def _event_tags(run_dir: Path) -> tuple[set[str], set[str]]:
     return scalars, images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_every_divergence_choice_composes_validates_and_runs(divergence, tmp_path):
     summary = run_experiment(["experiment=gan", f"divergence={divergence}", *FAST, "data.num_train=1000",

@@ -49,6 +49,7 @@ def test_every_import_points_down_the_layers(path):
     assert not upward, f"{module_name(path)} (layer {own}) imports {upward}"
 
 
+@pytest.mark.slow
 def test_the_kl_library_imports_without_lightning_or_hydra():
     code = ("import sys, klexp.core, klexp; klexp.kl; "
             "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'hydra', 'omegaconf') "

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, cli
 
 PROJECT = REPO / "tests" / "user_project"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT), str(REPO / "tests")])}
@@ -47,7 +47,7 @@ def test_the_recorded_config_dir_comes_back_and_a_given_one_wins(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_users_config_dir_run_is_interrupted_resumed_and_rerun(tmp_path):
+def test_a_users_config_dir_run_is_interrupted_resumed_and_rerun(tmp_path, monkeypatch):
     args = ["--config-dir", str(PROJECT / "conf"), "experiment=tinyvae", "callbacks.progress_bar=null",
             "trainer.max_epochs=3", "callbacks.model_checkpoint.every_n_train_steps=2",
             "+callbacks.sleep._target_=helpers.Sleep", "+callbacks.sleep.seconds=0.5", "hydra.run.dir=run"]
@@ -66,7 +66,9 @@ def test_a_users_config_dir_run_is_interrupted_resumed_and_rerun(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
 
-    rerun = klexp("rerun", "run", "callbacks.sleep.seconds=0", "hydra.run.dir=again", cwd=tmp_path)
+    # the rerun by the command's entry point in this process (the resume above was a process)
+    monkeypatch.syspath_prepend(str(PROJECT))
+    rerun = cli(["rerun", "run", "callbacks.sleep.seconds=0", "hydra.run.dir=again"], tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert (again["status"], again["experiment"]) == ("completed", "tinyvae")

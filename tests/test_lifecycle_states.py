@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, REPO, run_cli
+from helpers import FAST, REPO, cli, run_cli
 
 from klexp.app import lifecycle
 from klexp.app.lifecycle import LOCK_FILE, DirectoryLocked, claim, owner_pid, release
@@ -27,7 +27,8 @@ from klexp.lightning.run_summary import (
 
 RUN = [*FAST, "data=synthetic"]
 # 420 synthetic examples in batches of 64: 7 steps an epoch; a slow run is one a test can signal
-SLOW_RUN = ["callbacks.progress_bar=null", "data=synthetic", "trainer.max_epochs=10",
+# (a checkpoint every 2 steps, then 19 seconds of steps left to signal it in)
+SLOW_RUN = ["callbacks.progress_bar=null", "data=synthetic", "trainer.max_epochs=3",
             "callbacks.model_checkpoint.every_n_train_steps=2",
             "+callbacks.sleep._target_=helpers.Sleep", "+callbacks.sleep.seconds=1.0"]
 ENV = {"PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -135,12 +136,11 @@ def test_the_state_diagram_in_the_docs_is_the_lifecycles_table():
 @pytest.fixture(scope="module")
 def completed_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("completed")
-    result = run_cli([*RUN, "hydra.run.dir=run"], cwd=cwd)
+    result = cli([*RUN, "hydra.run.dir=run"], cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
     return cwd
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "status", "line"),
     [([], 0, "klexp: run already completed; nothing to do"),
@@ -154,17 +154,16 @@ def completed_run(tmp_path_factory):
 def test_resuming_a_completed_run_changes_nothing_and_says_so_in_one_line(completed_run, extra, status, line):
     run_dir = completed_run / "run"
     before = files_of(run_dir)
-    result = run_cli(["resume=run", *extra], cwd=completed_run, timeout=60)
+    result = cli(["resume=run", *extra], cwd=completed_run)
     assert result.returncode == status
     assert (result.stdout + result.stderr).strip().splitlines() == [line]
     assert files_of(run_dir) == before
 
 
-@pytest.mark.slow
 def test_a_foreign_file_in_the_run_directory_does_not_make_it_a_run(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "out.txt").write_text("the user's own notes\n")
-    result = run_cli([*RUN, "hydra.run.dir=run"], cwd=tmp_path)
+    result = cli([*RUN, "hydra.run.dir=run"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert status_of(tmp_path / "run")["status"] == COMPLETED
     assert (tmp_path / "run" / "out.txt").read_text() == "the user's own notes\n"
@@ -179,7 +178,7 @@ def test_sigterm_records_interrupted_exits_143_and_the_resume_then_completes(tmp
     wait_for(run_dir / "checkpoints" / "last.ckpt", process)
 
     for args in (["resume=run"], [*SLOW_RUN, "hydra.run.dir=run"]):
-        refused = run_cli(args, cwd=tmp_path, timeout=60)
+        refused = cli(args, cwd=tmp_path)
         assert refused.returncode == 1
         (line,) = refused.stderr.strip().splitlines()
         assert f"run is in use by process {process.pid} ({LOCK_FILE})" in line, line
@@ -193,7 +192,7 @@ def test_sigterm_records_interrupted_exits_143_and_the_resume_then_completes(tmp
     record = status_of(run_dir)
     assert (record["status"], record["signal"]) == ("interrupted", "SIGTERM")
 
-    resumed = run_cli(["resume=run", "callbacks.sleep.seconds=0"], cwd=tmp_path, env=ENV)
+    resumed = cli(["resume=run", "callbacks.sleep.seconds=0"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert status_of(run_dir)["status"] == COMPLETED
 
@@ -313,13 +312,13 @@ def test_a_resume_that_stops_before_training_leaves_the_runs_events_and_record_a
 def test_a_run_stopped_by_sigterm_while_testing_resumes_to_the_uninterrupted_record(tmp_path):
     run = [*FAST, "data=synthetic", "data.eval_batch_size=16", "trainer.limit_test_batches=3"]
     run = [o for o in run if o != "trainer.limit_test_batches=1"]
-    reference = run_cli([*run, "hydra.run.dir=reference"], cwd=tmp_path)
+    reference = cli([*run, "hydra.run.dir=reference"], cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-2000:]
     stopped = run_cli([*run, "hydra.run.dir=run", "+callbacks.stop._target_=faults.SignalAt",
                        "+callbacks.stop.stage=test", "+callbacks.stop.batch=0"], cwd=tmp_path, env=ENV)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     assert status_of(tmp_path / "run")["status"] == "interrupted"
-    resumed = run_cli(["resume=run", "~callbacks.stop"], cwd=tmp_path, env=ENV)
+    resumed = cli(["resume=run", "~callbacks.stop"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final, expected = status_of(tmp_path / "run"), status_of(tmp_path / "reference")
     assert final["status"] == COMPLETED
@@ -341,12 +340,11 @@ def test_an_error_of_a_single_run_is_one_line_even_with_a_long_path_through_a_pi
                      cwd=tmp_path, timeout=60)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"klexp: data.root: directory {missing} does not exist"]
-    bad_value = run_cli(["kl.ce.weight=-1", "data=synthetic", f"hydra.run.dir={tmp_path / 'run'}"],
-                        cwd=tmp_path, timeout=60)
+    bad_value = cli(["kl.ce.weight=-1", "data=synthetic", f"hydra.run.dir={tmp_path / 'run'}"],
+                    cwd=tmp_path)
     assert bad_value.stderr.splitlines() == ["klexp: kl.ce.weight: expected a finite number ≥ 0, got -1"]
 
 
-@pytest.mark.slow
 def test_sigterm_before_training_still_ends_the_command_truthfully(tmp_path):
     """Lightning's handler is in place only inside fit and test; before them (building the data,
     the task, the Trainer) SIGTERM still ends the command with one line and 143."""

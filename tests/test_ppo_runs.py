@@ -55,6 +55,7 @@ def test_ppo_runs_end_to_end_and_logs_every_promised_scalar(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path):
     def run(seed: int, name: str) -> dict[str, float]:
         metrics = run_experiment(["experiment=ppo", *SHORT, f"seed={seed}"], tmp_path / name)["metrics"]
@@ -65,6 +66,7 @@ def test_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path):
     assert first["loss/value"] != other["loss/value"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["experiment=ppo_kl_fixed"],
     ["experiment=ppo_kl_fixed", "task.clip=true", "kl.old_policy_kl.estimator=k3"],
@@ -84,6 +86,7 @@ def test_each_kl_variant_runs_and_logs_its_term(overrides, tmp_path):
     assert "test/return_mean" in metrics
 
 
+@pytest.mark.slow
 def test_adaptive_beta_in_ppo_doubles_and_halves_once_per_update_phase(tmp_path):
     # a target near the KL these updates reach, so β moves both ways
     run_experiment(["experiment=ppo_kl_adaptive", *SHORT, "task.total_timesteps=3072",
@@ -116,6 +119,7 @@ def test_target_kl_stops_the_update_phase_at_its_granularity(check, steps, stop_
     assert summary["metrics"]["kl/target_kl/value"] > 1e-9
 
 
+@pytest.mark.slow
 def test_target_kl_that_is_never_reached_does_not_stop(tmp_path):
     run_experiment(["experiment=ppo_target_kl", *SHORT, "kl.target_kl.target=10"], tmp_path)
     assert scalars(tmp_path, "ppo/update_steps") == [40.0] * 3  # 10 epochs × 4 minibatches
@@ -188,6 +192,7 @@ def test_config_mistakes_fail_with_the_key_named(overrides, message, tmp_path):
         run_experiment([*overrides, *SHORT], tmp_path)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_iterations_step_count_and_learning_rate(tmp_path):
     # 3 iterations of 16 minibatch steps; a checkpoint after the first
     run_experiment(["experiment=ppo", *SHORT, "+callbacks.model_checkpoint.every_n_train_steps=16",
@@ -231,6 +236,7 @@ def test_adaptive_beta_under_two_process_ddp_moves_in_lock_step_on_every_rank(tm
     assert ranks[0]["old_policy_kl"] != 1.0  # β moved from its initial value
 
 
+@pytest.mark.slow
 def test_a_resumed_adaptive_run_continues_with_the_beta_it_had_reached(tmp_path):
     # 6 iterations of 40 minibatch steps (10 epochs × 4); a checkpoint after the third
     common = ["experiment=ppo_kl_adaptive", *SHORT, "task.total_timesteps=1536",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUIET, REPO, run_experiment
+from helpers import QUIET, REPO, cli, run_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from klexp.errors import NonFiniteError
@@ -69,12 +69,12 @@ KILLED_RUNS = {
 @pytest.mark.parametrize("experiment", sorted(KILLED_RUNS))
 def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(experiment, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    args = [f"experiment={experiment}", "data=synthetic", *KILLED_RUNS[experiment],
-            "callbacks.progress_bar=null", "callbacks.model_checkpoint.every_n_train_steps=3",
-            "trainer.log_every_n_steps=1",
-            "+callbacks.sleep._target_=helpers.Sleep", "+callbacks.sleep.seconds=0.15"]
-    reference = subprocess.run([sys.executable, "-m", "klexp", *args], cwd=tmp_path / ".", env=env,
-                               capture_output=True, text=True, timeout=300)
+    run = [f"experiment={experiment}", "data=synthetic", *KILLED_RUNS[experiment],
+           "callbacks.progress_bar=null", "callbacks.model_checkpoint.every_n_train_steps=3",
+           "trainer.log_every_n_steps=1"]
+    # the killed run sleeps in each step (so the kill lands mid-epoch); sleeping changes no number
+    args = [*run, "+callbacks.sleep._target_=helpers.Sleep", "+callbacks.sleep.seconds=0.15"]
+    reference = cli(run, cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr[-2000:]
     (reference_dir,) = (tmp_path / "outputs" / experiment).iterdir()
     reference_dir = reference_dir.rename(tmp_path / "reference")
@@ -96,8 +96,7 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(expe
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
     config_before = (run_dir / ".hydra" / "config.yaml").read_text()
 
-    resumed = subprocess.run([sys.executable, "-m", "klexp", f"resume={run_dir}"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=300)
+    resumed = cli([f"resume={run_dir}", "callbacks.sleep.seconds=0"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _metrics(run_dir) == _metrics(reference_dir)
     # the killed process's events after the checkpoint were purged: one event per step, as in

@@ -161,6 +161,7 @@ def test_no_runs_is_a_one_line_error(tmp_path, capsys):
     assert "no completed runs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point(sweep, tmp_path):
     result = subprocess.run([sys.executable, "-m", "klexp.report", str(sweep), "--out",
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)

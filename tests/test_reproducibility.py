@@ -54,30 +54,36 @@ def assert_identical(first: Path, second: Path) -> None:
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-def test_classification_rerun_is_bit_exact(tmp_path):
-    run_experiment(CLASSIFICATION, tmp_path / "first")
+@pytest.fixture(scope="module")
+def classification(tmp_path_factory):
+    """The classification run (in this process), made once for the tests below."""
+    run_dir = tmp_path_factory.mktemp("classification") / "seed3"
+    run_experiment(CLASSIFICATION, run_dir)
+    return run_dir
+
+
+def test_classification_rerun_is_bit_exact(classification, tmp_path):
     run_experiment(CLASSIFICATION, tmp_path / "second")
-    assert_identical(tmp_path / "first", tmp_path / "second")
+    assert_identical(classification, tmp_path / "second")
 
 
-def test_a_different_seed_gives_different_numbers(tmp_path):
+def test_a_different_seed_gives_different_numbers(classification, tmp_path):
     """The check above can fail: runs that should differ do."""
-    run_experiment(CLASSIFICATION, tmp_path / "seed3")
     run_experiment([*CLASSIFICATION, "seed=4"], tmp_path / "seed4")
     with pytest.raises(AssertionError):
-        assert_identical(tmp_path / "seed3", tmp_path / "seed4")
+        assert_identical(classification, tmp_path / "seed4")
 
 
 @pytest.mark.slow
-def test_the_command_line_reproduces_an_in_process_run(tmp_path):
-    run_experiment(CLASSIFICATION, tmp_path / "in_process")
+def test_the_command_line_reproduces_an_in_process_run(classification, tmp_path):
+    """A process of its own gives the numbers this process gives: what lets the other tests run
+    the command in this process (helpers.cli) and compare with runs made in processes."""
     result = run_cli(CLASSIFICATION, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (cli_run,) = (tmp_path / "outputs" / "classification").iterdir()
-    assert_identical(tmp_path / "in_process", cli_run)
+    assert_identical(classification, cli_run)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [VAE, PPO], ids=["vae", "ppo"])
 def test_vae_and_ppo_reruns_are_bit_exact(overrides, tmp_path):
     run_experiment(overrides, tmp_path / "first")

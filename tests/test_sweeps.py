@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import FAST, run_cli
+from helpers import FAST, cli
 
 # 2 values × 2 seeds of a few-step run; threads pinned, so runs compare bit for bit across launchers
 SWEEP = [*FAST, "data=synthetic", "data.separation=0.5", "trainer.log_every_n_steps=1", "threads=1"]
@@ -34,7 +34,7 @@ def summaries(directory: Path) -> dict[tuple[str, int], dict]:
 @pytest.fixture(scope="module")
 def basic_sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("basic")
-    result = run_cli(["-m", *SWEEP, f"kl.ce.weight={','.join(WEIGHTS)}", "seed=0,1"], cwd=cwd)
+    result = cli(["-m", *SWEEP, f"kl.ce.weight={','.join(WEIGHTS)}", "seed=0,1"], cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir(cwd)
 
@@ -51,8 +51,8 @@ def test_basic_sweep_names_each_run_after_its_overrides_with_the_seed_last(basic
 
 def test_report_of_a_sweep_has_one_row_per_value_with_the_std_over_seeds(basic_sweep, tmp_path):
     out = tmp_path / "report"
-    result = run_cli(["report", str(basic_sweep), "--metrics", "test/acc", "test/nll",
-                      "--tags", "val/acc", "--out", str(out)], cwd=tmp_path, timeout=120)
+    result = cli(["report", str(basic_sweep), "--metrics", "test/acc", "test/nll",
+                  "--tags", "val/acc", "--out", str(out)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kl.ce.weight" in result.stdout and "±" in result.stdout
     table = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
@@ -71,8 +71,8 @@ def test_report_of_a_sweep_has_one_row_per_value_with_the_std_over_seeds(basic_s
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_same_numbers(basic_sweep, tmp_path):
-    result = run_cli(["-m", "launcher=joblib", *SWEEP, f"kl.ce.weight={','.join(WEIGHTS)}", "seed=0"],
-                     cwd=tmp_path)
+    result = cli(["-m", "launcher=joblib", *SWEEP, f"kl.ce.weight={','.join(WEIGHTS)}", "seed=0"],
+                 cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     directory = sweep_dir(tmp_path)
     hydra_cfg = yaml.safe_load((directory / "multirun.yaml").read_text())["hydra"]
@@ -91,8 +91,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes_with_the_same_numbers(b
 
 @pytest.mark.slow
 def test_optuna_search_runs_trials_and_maximises_the_returned_objective(tmp_path):
-    result = run_cli(["experiment=confidence_penalty", "hparams_search=confidence_optuna",
-                      "hydra.sweeper.n_trials=2", *SWEEP], cwd=tmp_path)
+    result = cli(["experiment=confidence_penalty", "hparams_search=confidence_optuna",
+                  "hydra.sweeper.n_trials=2", *SWEEP], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     directory = sweep_dir(tmp_path, "confidence_penalty")
     trials = [json.loads(p.read_text()) for p in directory.rglob("summary.json")]

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -161,7 +162,11 @@ def test_tags_dashboards_and_run_record_reach_a_users_own_trainer(tmp_path):
 
 
 def run_app(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "PYTHONPATH": str(PROJECT), **(env or {})}
+    """``python -m tinyvae.train <args>``: in this process (``helpers.cli``), unless ``env`` asks
+    for a process of its own (another ``PYTHONPATH``)."""
+    if env is None:
+        return cli(args, cwd, app="tinyvae.train")
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT), **env}
     environment.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "tinyvae.train", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=300)
@@ -177,11 +182,8 @@ def test_the_users_hydra_app_composes_klexps_config_groups(tmp_path):
 
 
 def test_the_klexp_command_runs_a_users_task_and_data_from_its_config_dir(tmp_path):
-    environment = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    result = subprocess.run([sys.executable, "-m", "klexp", "--config-dir", str(PROJECT / "conf"),
-                             "experiment=tinyvae", "callbacks.progress_bar=null", "trainer.max_epochs=1",
-                             "trainer.log_every_n_steps=1"],
-                            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    result = cli(["--config-dir", str(PROJECT / "conf"), "experiment=tinyvae", "callbacks.progress_bar=null",
+                  "trainer.max_epochs=1", "trainer.log_every_n_steps=1"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (run_dir,) = (tmp_path / "outputs" / "tinyvae").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())

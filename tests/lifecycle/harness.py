@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,12 +201,18 @@ class Harness:
 
     # -- the reference ----------------------------------------------------------------------------
 
-    def run_reference(self) -> Path:
+    def run_reference(self, made: Path | None = None) -> Path:
+        """The uninterrupted run, in the tree: ``made`` (one made for this config already, see
+        ``reference_run``) copied, else run here."""
         self.tree.mkdir(parents=True, exist_ok=True)
         run_dir = self.tree / "reference"
-        process = self.launch("reference", [*EXPERIMENT, f"hydra.run.dir={run_dir}"])
-        if process.wait() != 0 or status(run_dir) != "completed":
-            raise AssertionError(f"the reference run failed:\n{process.stderr[-3000:]}")
+        if made is not None:
+            shutil.copytree(made, run_dir)
+            self.history.append(f"reference: {made} copied")
+        else:
+            process = self.launch("reference", [*EXPERIMENT, f"hydra.run.dir={run_dir}"])
+            if process.wait() != 0 or status(run_dir) != "completed":
+                raise AssertionError(f"the reference run failed:\n{process.stderr[-3000:]}")
         self.reference = summary(run_dir)["metrics"]
         self.reference_steps = logged_steps(run_dir)
         assert len(self.reference_steps) == STEPS, self.reference_steps
@@ -489,6 +496,18 @@ class Harness:
         return "\n".join([header, f"reproduce with: --lifecycle-seed {self.seed}", "sequence:",
                           *(f"  {line}" for line in self.history), "violations:",
                           *(f"  - {v}" for v in self.violations)])
+
+
+def reference_run(directory: Path) -> Path:
+    """The uninterrupted run of ``EXPERIMENT`` made by the command's entry point in this process
+    (the numbers a process of its own gives: test_reproducibility.py), to copy into each tree."""
+    from helpers import cli
+
+    run_dir = directory / "reference"
+    result = cli([*EXPERIMENT, f"hydra.run.dir={run_dir}"], directory)
+    if result.returncode != 0 or status(run_dir) != "completed":
+        raise AssertionError(f"the reference run failed:\n{result.stderr[-3000:]}")
+    return run_dir
 
 
 def _tail(text: str, lines: int = 6) -> str:
