@@ -1,6 +1,5 @@
 """Every config in klexp/conf/ composes and instantiates; the runner builds what an experiment names."""
 
-import functools
 import inspect
 from pathlib import Path
 
@@ -45,13 +44,6 @@ def test_every_experiment_composes_validates_and_instantiates(experiment, tmp_pa
     instantiate(cfg.trainer)
 
 
-@functools.cache
-def own_terms(experiment: str) -> tuple[str, ...]:
-    """The names of an experiment's own KL terms."""
-    return tuple(name for name, term in compose_config([f"experiment={experiment}"]).kl.items()
-                 if term is not None)
-
-
 def _compose_option(group: str, option: str, experiment: str, tmp_path):
     if group == "kl":  # the experiment's own terms plus this one
         own = list(compose_config([f"experiment={experiment}"]).kl)
@@ -69,7 +61,8 @@ def _compose_option(group: str, option: str, experiment: str, tmp_path):
 
 
 def experiment_term(experiment: str) -> str:
-    return own_terms(experiment)[0]
+    cfg = compose_config([f"experiment={experiment}"])
+    return next(name for name, term in cfg.kl.items() if term is not None)
 
 
 @pytest.mark.parametrize(
@@ -86,10 +79,9 @@ def test_every_group_option_composes_in_some_experiment(group, option, tmp_path)
     with one of the experiments. Valid means composed, checked, and built: a KL term file's term
     must read outputs the experiment's task produces, a schedule must instantiate."""
     errors = []
-    # the experiments that use the option already are tried first (any experiment may pass)
-    candidates = ["classification", *EXPERIMENTS]
-    if group == "kl":
-        candidates.sort(key=lambda experiment: option not in own_terms(experiment))
+    # the experiments whose file names the option are tried first (any experiment may pass)
+    candidates = sorted(["classification", *EXPERIMENTS], key=lambda experiment: option not in (
+        CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text())
     for experiment in candidates:
         try:
             cfg = _compose_option(group, option, experiment, tmp_path)
