@@ -207,30 +207,25 @@ def test_a_resumed_run_continues_its_iterations_step_count_and_learning_rate(tmp
 
 
 @pytest.mark.slow
-def test_target_kl_under_two_process_ddp_stops_every_rank_together(tmp_path):
-    # each rank has its own envs, so its KL differs; a rank stopping alone would leave the other
-    # waiting in the gradient all-reduce (this run used to hang)
-    # 2048 env steps over 2 ranks × 4 envs × 64 steps: 4 iterations
-    result = run_cli(["experiment=ppo_target_kl", "trainer=ddp", "trainer.accelerator=cpu",
-                      "task.total_timesteps=2048", "task.num_steps=64", "task.eval_episodes=2",
-                      "kl.target_kl.target=1e-4", "callbacks.progress_bar=null",
-                      "trainer.log_every_n_steps=1"], cwd=tmp_path, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "ppo_target_kl").iterdir()
-    steps = scalars(run_dir, "ppo/update_steps")
-    assert len(steps) == 4 and min(steps) < 40  # it did stop early
-
-
-@pytest.mark.slow
-def test_adaptive_beta_under_two_process_ddp_moves_in_lock_step_on_every_rank(tmp_path):
-    # each rank measures the KL on its own rollouts; the controller must adapt to their mean
+def test_under_two_process_ddp_target_kl_stops_every_rank_together_and_adaptive_beta_moves_in_lock_step(
+        tmp_path):
+    """One two-process run holds both claims (one DDP start-up instead of two): a target-KL stop
+    taken by every rank together — each rank has its own envs, so its KL differs, and a rank
+    stopping alone would leave the other waiting in the gradient all-reduce (this run used to
+    hang) — and an adaptive β that adapts to the ranks' mean KL, the same on every rank."""
     env = {"PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = run_cli(["experiment=ppo_kl_adaptive", "trainer=ddp", "trainer.accelerator=cpu",
-                      "task.total_timesteps=4096", "task.num_steps=64", "task.eval_episodes=2",
-                      "callbacks.progress_bar=null", "+callbacks.record._target_=helpers.RecordTermWeights",
+    # 4096 env steps over 2 ranks × 4 envs × 64 steps: 8 iterations
+    result = run_cli(["experiment=ppo_kl_adaptive", "kl=[old_policy_kl,target_kl]", "trainer=ddp",
+                      "trainer.accelerator=cpu", "task.total_timesteps=4096", "task.num_steps=64",
+                      "task.eval_episodes=2", "kl.target_kl.target=1e-4", "callbacks.progress_bar=null",
+                      "trainer.log_every_n_steps=1",
+                      "+callbacks.record._target_=helpers.RecordTermWeights",
                       f"+callbacks.record.directory={tmp_path / 'weights'}"],
                      cwd=tmp_path, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "ppo_kl_adaptive").iterdir()
+    steps = scalars(run_dir, "ppo/update_steps")
+    assert len(steps) == 8 and min(steps) < 40  # it did stop early, and no rank hung
     ranks = [json.loads((tmp_path / "weights" / f"weights_rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]
     assert ranks[0]["old_policy_kl"] != 1.0  # β moved from its initial value
