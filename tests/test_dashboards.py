@@ -20,7 +20,13 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
 import klexp
-from klexp.lightning.dashboards import FINAL_PREFIX, HPARAMS_RUN, NONFINITE_NOTE, NONFINITE_SUFFIX
+from klexp.lightning.dashboards import (
+    FINAL_PREFIX,
+    HPARAMS_RUN,
+    NONFINITE_NOTE,
+    NONFINITE_SUFFIX,
+    event_files,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +104,7 @@ def logdir(tmp_path_factory) -> Path:
 
 def events(run: Path) -> list:
     """The events of one TensorBoard run directory (not its sub-runs), in file order."""
-    return [event for path in sorted(run.glob("events.out.tfevents.*"))
+    return [event for path in event_files(run)
             for event in EventFileLoader(str(path)).Load()]
 
 
@@ -232,3 +238,14 @@ def test_names_say_whose_and_no_chart_repeats_another(logdir):
     assert "episode/length" not in ppo  # CartPole pays 1 a step: the length is the return
     assert "episode/length" in scalar_points(logdir / "ppo_tokens" / "tb")
     assert "loss/total" in scalar_points(logdir / "classification" / "tb")
+
+
+def test_event_files_are_read_in_the_order_they_were_made_not_by_name(tmp_path):
+    """A run's writers 9 and 10, made in one second, sort 10 first by name: its points then read
+    out of step order (seen once when a worker had made nine writers before a run)."""
+    names = ["events.out.tfevents.1796691126.vm.host.2187.10",
+             "events.out.tfevents.1796691126.vm.host.2187.9",
+             "events.out.tfevents.1796691125.vm.host.2187.11"]
+    for name in names:
+        (tmp_path / name).touch()
+    assert [path.name for path in event_files(tmp_path)] == [names[2], names[1], names[0]]

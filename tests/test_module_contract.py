@@ -25,6 +25,7 @@ from klexp.app.config_checks import ConfigError
 from klexp.app.runner import check_terms_against_task
 from klexp.errors import KlexpError, TermTypeError
 from klexp.lightning import contract
+from klexp.lightning.dashboards import event_files
 from klexp.tasks.bayes import BayesByBackpropTask
 from klexp.tasks.density_fit import DensityFitTask
 from klexp.tasks.distill_seq import SequenceDistillTask
@@ -129,7 +130,7 @@ def test_charts_and_the_x_axis_default_to_none():
 
 def layout_of(log_dir: Path) -> dict[str, list[str]]:
     """The last Custom Scalars layout written (chart title → regexes), or none."""
-    configs = [value for path in sorted(log_dir.glob("events.out.tfevents.*"))
+    configs = [value for path in event_files(log_dir)
                for event in EventFileLoader(str(path)).Load() for value in event.summary.value
                if value.tag == "custom_scalars__config__"]
     if not configs:

@@ -69,6 +69,22 @@ class Series:
         return "/".join(kind for kind in ("+inf", "-inf", "NaN") if kind in names)
 
 
+
+def event_files(directory: str | Path) -> list[Path]:
+    """The TensorBoard event files of one run directory (not its sub-runs) in the order they were
+    created: by the creation time and then the writer's number in their names
+    (``events.out.tfevents.<time>.<host>.<pid>.<number>``), as numbers — by name, a run's writers
+    number 9 and 10 made in one second read 10 first, and its points out of step order."""
+    def created(path: Path) -> tuple[int, int, str]:
+        parts = path.name.split(".")
+        try:
+            return int(parts[3]), int(parts[-1]), path.name
+        except (IndexError, ValueError):
+            return 0, 0, path.name
+
+    return sorted(Path(directory).glob("events.out.tfevents.*"), key=created)
+
+
 class EventTags:
     """The scalar tags written to one TensorBoard run directory (its own event files, not its
     sub-runs'), read incrementally: each ``update`` reads only what was appended since."""
@@ -82,7 +98,7 @@ class EventTags:
     def update(self) -> dict[str, Series]:
         from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-        for path in sorted(self.directory.glob("events.out.tfevents.*")):
+        for path in event_files(self.directory):
             loader = self._loaders.setdefault(path, EventFileLoader(str(path)))
             for event in loader.Load():
                 self._add(event)
