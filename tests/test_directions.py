@@ -15,7 +15,7 @@ import klexp
 from klexp.app.runner import build_terms
 from klexp.core.directions import Forward, JensenShannon, Reverse, as_direction
 from klexp.core.estimate import ClosedForm, MonteCarlo, OnSamples
-from klexp.core.shaping import FreeBits
+from klexp.core.shaping import Capacity, FreeBits
 from klexp.errors import ConfigValueError, KlexpError
 from klexp.lightning.from_config import kl_term
 from klexp.lightning.term import KLMeasure, KLPenalty, KLTerm, MeasureOptions
@@ -26,7 +26,7 @@ def test_jensen_shannon_has_no_estimator_and_no_per_dimension_log_to_give():
         JensenShannon(estimator="k3")  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         JensenShannon(log_dims=True)  # type: ignore[call-arg]
-    assert JensenShannon().estimator.name == "analytic" and not JensenShannon().splits
+    assert JensenShannon().estimator.name == "analytic"
 
 
 @pytest.mark.parametrize(("given", "key", "message"), [
@@ -82,10 +82,22 @@ def test_a_direction_object_measures_what_its_shorthand_measures():
     assert KLTerm("x", p="a", q="b", direction=Forward("k1")).sampled == "a"
 
 
-def test_free_bits_are_refused_for_a_divergence_that_does_not_split_over_dimensions():
+def test_a_shaping_holds_the_divergence_it_shapes_and_free_bits_only_a_kl():
+    """Free bits floor each dimension's KL; the Jensen–Shannon divergence of two products is not a
+    sum over dimensions, so ``FreeBits`` takes a KL direction and a JS free-bits term cannot be
+    written (a capacity of JS can)."""
     with pytest.raises(ConfigValueError) as error:
-        KLTerm("prior", p="posterior", q="prior", direction=JensenShannon(), shaping=FreeBits(0.1))
-    assert error.value.key == "shaping" and "does not split over dimensions" in str(error.value)
+        FreeBits(0.1, of=JensenShannon())
+    assert error.value.key == "of" and "does not split over dimensions" in str(error.value)
+    floored = KLTerm("prior", p="posterior", q="prior", direction=FreeBits(0.1, of=Reverse("k1")))
+    assert repr(floored.direction) == repr(Reverse("k1")) and floored.sampled == "prior"
+    assert isinstance(floored.shaping, FreeBits) and floored.shaping.nats == 0.1
+    js = KLTerm("fit", p="a", q="b", direction=Capacity(1.0, of=JensenShannon()))
+    assert isinstance(js.direction, JensenShannon) and isinstance(js.shaping, Capacity)
+    assert "shaping" not in inspect.signature(KLTerm).parameters
+    with pytest.raises(ConfigValueError) as error:
+        KLPenalty("ref", "policy", "reference", FreeBits(0.1))  # only a loss term weights a shaping
+    assert error.value.key == "direction"
 
 
 def test_the_config_converter_builds_the_same_direction_from_flat_keys():

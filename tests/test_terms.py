@@ -19,6 +19,7 @@ from torch.distributions import Categorical, Independent, Normal
 
 from klexp.core import AdaptiveBeta, LinearWarmup
 from klexp.core.controllers import Controller
+from klexp.core.directions import Forward, JensenShannon, Reverse
 from klexp.core.estimate import ClosedForm, MonteCarlo, OnSamples
 from klexp.core.shaping import Capacity, FreeBits, PerExample
 from klexp.errors import ConfigValueError, KlexpError, NonFiniteError
@@ -145,7 +146,8 @@ def test_gradient_descent_on_the_term_moves_q_towards_p():
 def test_free_bits_floor_each_dimension_and_stop_its_gradient():
     """Kingma et al. 2016: loss = Σ_i max(λ, batch-mean KL_i); no gradient below λ."""
     mu = MU.clone().requires_grad_()
-    term = KLTerm("kl", p="posterior", q="prior", shaping=FreeBits(0.1), weight=2.0, log_dims=True)
+    term = KLTerm("kl", p="posterior", q="prior", direction=FreeBits(0.1, of=Forward(log_dims=True)),
+                  weight=2.0)
     loss = term(gaussian_outputs(mu), "train", 0)
     assert loss.item() == pytest.approx(2.0 * (0.1 + 0.5 + 1.0), rel=1e-12)
     loss.backward()
@@ -159,7 +161,7 @@ def test_free_bits_floor_each_dimension_and_stop_its_gradient():
 
 
 def test_free_bits_with_sum_reduction_scale_with_the_batch():
-    term = KLTerm("kl", p="posterior", q="prior", shaping=FreeBits(0.1), reduction="sum")
+    term = KLTerm("kl", p="posterior", q="prior", direction=FreeBits(0.1), reduction="sum")
     assert term(gaussian_outputs(MU), "train", 0).item() == pytest.approx(2 * 1.6, rel=1e-12)
 
 
@@ -168,7 +170,7 @@ def test_free_bits_with_sum_reduction_scale_with_the_batch():
 def test_capacity_penalises_the_distance_to_the_target_kl(capacity):
     """Burgess et al. 2018: loss = γ·|KL − C(t)|; C(4) = 2 for the schedule too."""
     mu = MU.clone().requires_grad_()
-    term = KLTerm("kl", p="posterior", q="prior", shaping=Capacity(capacity), weight=10.0)
+    term = KLTerm("kl", p="posterior", q="prior", direction=Capacity(capacity), weight=10.0)
     loss = term(gaussian_outputs(mu), "train", step=4)
     value = sum(KL_PER_ELEMENT) / 2
     assert loss.item() == pytest.approx(10.0 * abs(value - 2.0), rel=1e-12)
@@ -178,7 +180,7 @@ def test_capacity_penalises_the_distance_to_the_target_kl(capacity):
 
 
 def test_per_example_share_scales_the_loss_but_not_the_logged_value():
-    term = KLTerm("weights", p="posterior", q="prior", shaping=PerExample("num_train"), weight=1.0)
+    term = KLTerm("weights", p="posterior", q="prior", direction=PerExample("num_train"), weight=1.0)
     loss = term(gaussian_outputs(MU), "train", 0)
     value = sum(KL_PER_ELEMENT) / 2
     assert loss.item() == pytest.approx(value / 100, rel=1e-12)
@@ -382,7 +384,7 @@ BAD_ARGUMENTS = [
     ({"reduction": "max"}, "reduction"),
     ({"schedule": 0.5}, "schedule"),
     ({"direction": "js", "estimator": "k3"}, "estimator"),
-    ({"direction": "js", "shaping": FreeBits(0.1)}, "shaping"),
+    ({"direction": FreeBits(0.1, of=Reverse("k3")), "estimator": "k1"}, "estimator"),
     ({"direction": "js", "log_dims": True}, "log_dims"),
 ]
 
@@ -421,6 +423,10 @@ BAD_CONFIGS = [
     ({"placement": "reward", "estimator": "k1"}, "estimator"),
     ({"placement": "reward", "estimator": "k3"}, "estimator"),
     ({"placement": "reward", "shaping": FreeBits(0.1)}, "shaping"),
+    # the term's direction is what its shaping shapes: free bits need a KL, and `of` is not a key
+    ({"direction": "js", "shaping": FreeBits(0.1)}, "shaping"),
+    ({"shaping": FreeBits(0.1, of="reverse")}, "shaping"),
+    ({"shaping": "free_bits"}, "shaping"),
 ]
 
 
@@ -456,7 +462,10 @@ def test_a_monte_carlo_term_in_the_reward_takes_the_rollouts_actions_and_the_exa
 
 @pytest.mark.parametrize(("shaping", "key"), [(lambda: FreeBits(-0.5), "nats"),
                                               (lambda: Capacity(-1.0), "target"),
-                                              (lambda: PerExample(""), "count")])
+                                              (lambda: PerExample(""), "count"),
+                                              (lambda: FreeBits(0.1, of=JensenShannon()), "of"),
+                                              (lambda: FreeBits(0.1, of="js"), "of"),
+                                              (lambda: Capacity(1.0, of="sideways"), "of")])
 def test_bad_shapings_name_their_argument(shaping, key):
     with pytest.raises(ConfigValueError) as error:
         shaping()
@@ -466,7 +475,8 @@ def test_bad_shapings_name_their_argument(shaping, key):
 @pytest.mark.parametrize("role", ["p", "q", "samples", "shaping"])
 def test_an_unknown_output_name_is_named_with_the_available_ones(role):
     arguments = {"name": "kl", "p": "posterior", "q": "prior", "estimator": "k3"}
-    arguments.update({"shaping": PerExample("typo")} if role == "shaping"
+    arguments.update({"direction": PerExample("typo", of=Forward("k3")), "estimator": None}
+                     if role == "shaping"
                      else {"estimator": OnSamples("typo")} if role == "samples" else {role: "typo"})
     term = KLTerm(**arguments)
     with pytest.raises(KlexpError) as error:
@@ -494,7 +504,7 @@ def test_evaluation_skips_a_term_whose_outputs_are_missing():
 
 
 def test_free_bits_need_independent_distributions():
-    term = KLTerm("kl", p="p", q="q", shaping=FreeBits(0.1))
+    term = KLTerm("kl", p="p", q="q", direction=FreeBits(0.1))
     with pytest.raises(ConfigValueError) as error:
         term(coin_outputs(), "train", 0)
     assert error.value.key == "shaping"
@@ -594,7 +604,8 @@ def test_per_dimension_values_of_nested_independent_distributions_split_every_ev
             base = Normal(loc, torch.ones_like(loc))
             return Independent(Independent(base, 1), 1) if nested else Independent(base, 2)
         return {"posterior": wrap(mu), "prior": wrap(torch.zeros_like(mu))}
-    values = [KLTerm("kl", p="posterior", q="prior", shaping=FreeBits(0.1), log_dims=True)(outputs(n))
+    values = [KLTerm("kl", p="posterior", q="prior", direction=FreeBits(0.1, of=Forward(log_dims=True)))(
+                  outputs(n))
               for n in (False, True)]
     assert values[0].item() == values[1].item() == pytest.approx(0.1 + 0.5 + 2.0 + 0.1 + 0.5 + 0.1)
 

@@ -176,7 +176,7 @@ def test_the_users_hydra_app_composes_klexps_config_groups(tmp_path):
     result = run_app(f"hydra.run.dir={tmp_path / 'run'}", "kl.prior.weight=2.0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     config = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
-    assert "_target_: klexp.KLTerm" in config and "_target_: klexp.LinearWarmup" in config
+    assert "_target_: klexp.kl_term" in config and "_target_: klexp.LinearWarmup" in config
     weights = [value for _, value in scalars(tmp_path / "run" / "tb")["kl/prior/weight"]]
     assert weights[:3] == pytest.approx([0.0, 0.1, 0.2]) and weights[-1] == 2.0
 
@@ -236,7 +236,7 @@ def test_an_installed_klexp_adds_its_configs_to_any_hydra_app_by_its_plugin(tmp_
     result = run_app(f"hydra.run.dir={tmp_path / 'run'}", "hydra.searchpath=[]", "trainer.max_steps=2",
                      cwd=tmp_path, env={"PYTHONPATH": f"{target}{os.pathsep}{PROJECT}"})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "_target_: klexp.KLTerm" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    assert "_target_: klexp.kl_term" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
     # the plugin and the configs are the installed copy's (an editable checkout has them too)
     code = "import hydra_plugins.klexp_search_path as p, klexp.conf as c; print(p.__file__, c.__file__)"
     where = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

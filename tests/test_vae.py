@@ -159,7 +159,7 @@ def test_free_bits_give_no_gradient_to_dimensions_below_lambda_and_full_gradient
     posterior = Independent(Normal(loc, scale), 1)
     prior = Independent(Normal(torch.zeros(3, 4), torch.ones(3, 4)), 1)
     per_dim = kl_divergence(posterior.base_dist, prior.base_dist).mean(0)  # ½ μ²: 0.005, 2, 0, 1.125
-    term = KLTerm("prior", "posterior", "prior", shaping=FreeBits(0.5))
+    term = KLTerm("prior", "posterior", "prior", FreeBits(0.5))
     loss = term({"posterior": posterior, "prior": prior}, "train", 0)
     assert loss.item() == pytest.approx(0.5 + per_dim[1].item() + 0.5 + per_dim[3].item(), rel=1e-5)
     loss.backward()

@@ -8,7 +8,8 @@ holding what only it can take:
   not split over event dimensions (the mixture of two products is not a product).
 
 Since only the KL directions hold an estimator and a per-dimension log, a Jensen–Shannon term with
-``k3`` cannot be written. The shorthand ``forward`` | ``reverse`` | ``js``, with an ``estimator``
+``k3`` cannot be written (nor free bits of one: ``klexp.core.shaping.FreeBits`` shapes a KL
+direction). The shorthand ``forward`` | ``reverse`` | ``js``, with an ``estimator``
 and ``log_dims`` beside it as a config writes them, becomes its object in ``as_direction``.
 """
 
@@ -26,8 +27,6 @@ class Direction(ABC):
 
     #: the shorthand (``klexp.core.measure.measure``'s ``direction``)
     name: ClassVar[str]
-    #: the divergence splits over the event dimensions of ``Independent`` distributions
-    splits: ClassVar[bool] = True
     estimator: Estimator = ClosedForm()
     log_dims: bool = False
     #: the keys of ``as_direction`` this type does not take → why
@@ -72,7 +71,6 @@ class JensenShannon(Direction):
     """The Jensen–Shannon divergence, in [0, ln 2]; it takes no estimator and no per-dimension log."""
 
     name = "js"
-    splits = False
     #: what it says to the keys a KL direction takes
     refuses: ClassVar[dict[str, str]] = {
         "estimator": "Jensen–Shannon has no k1/k2/k3 estimator; use estimator=analytic",
@@ -88,24 +86,27 @@ DIRECTIONS: dict[str, type[Direction]] = {kind.name: kind for kind in (Forward, 
 
 
 def as_direction(direction: Direction | str, estimator: Estimator | str | None = None,
-                 log_dims: bool | None = None) -> Direction:
+                 log_dims: bool | None = None, *, key: str = "direction") -> Direction:
     """A direction from its object, or from its shorthand with the ``estimator`` and ``log_dims``
     written beside it (``direction="reverse", estimator="k3"`` → ``Reverse(MonteCarlo("k3"))``).
     The closed form is every direction's default, so ``estimator="analytic"`` goes with any; a key
-    the chosen type does not take is refused naming it."""
+    the chosen type does not take is refused naming it; ``key`` names the argument itself."""
     if isinstance(direction, Direction):
-        for key, value in (("estimator", estimator), ("log_dims", log_dims)):
+        for name, value in (("estimator", estimator), ("log_dims", log_dims)):
             if value is not None:
-                raise ConfigValueError(key, f"the direction {direction!r} holds its {key}; set it there")
+                raise ConfigValueError(name, f"the direction {direction!r} holds its {name}; set it there")
         return direction
-    require_in("direction", direction, tuple(DIRECTIONS))
+    if not isinstance(direction, str):
+        raise ConfigValueError(key, "expected a direction (klexp.Forward, klexp.Reverse, "
+                               f"klexp.JensenShannon) or its shorthand, got {direction!r}")
+    require_in(key, direction, tuple(DIRECTIONS))
     given: dict[str, Any] = {}
     if estimator is not None and not isinstance(chosen := as_estimator(estimator), ClosedForm):
         given["estimator"] = chosen
     if log_dims:
         given["log_dims"] = log_dims
     kind = DIRECTIONS[direction]
-    for key, value in given.items():
-        if key in kind.refuses:
-            raise ConfigValueError(key, f"{kind.refuses[key]}, got {str(value)!r}")
+    for name, value in given.items():
+        if name in kind.refuses:
+            raise ConfigValueError(name, f"{kind.refuses[name]}, got {str(value)!r}")
     return kind(**given)

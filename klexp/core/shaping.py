@@ -1,38 +1,69 @@
-"""Shaping: what a KL term does to the divergence it measured before weighting it.
+"""Shaping: what a KL term weights instead of the divergence it measures.
 
-A term's loss is ``weight(t) · shaping(D)``; without shaping it is ``weight(t) · D``. Each shaping
-is one small object, chosen in the config like a schedule (``klexp/conf/shaping/``):
+A term's loss is ``weight(t) · shaping(D)``; without shaping it is ``weight(t) · D``. A shaping holds
+the divergence ``D`` it shapes (``of``: a direction of ``klexp.core.directions``, ``KL(p ‖ q)`` in
+closed form unless named), so that a shaping that needs what only some divergences have (free bits
+need one value per event dimension) says so in the type of its own argument. Each is one small
+object, chosen in the config like a schedule (``klexp/conf/shaping/``; there the term's
+``direction`` says what it shapes):
 
-* ``FreeBits(nats=λ)`` (Kingma et al. 2016, "Improved Variational Inference with Inverse
+* ``FreeBits(nats=λ, of=KL)`` (Kingma et al. 2016, "Improved Variational Inference with Inverse
   Autoregressive Flow", eq. 15): ``Σ_i max(λ, KL_i)`` over the event dimensions ``i``, each
   ``KL_i`` the batch mean of dimension ``i``; a dimension below ``λ`` contributes a constant, so
-  the optimiser has no reason to push it further down.
-* ``Capacity(target=C(t))`` (Burgess et al. 2018, "Understanding disentangling in β-VAE", eq. 8):
-  ``|D − C(t)|``, ``C`` a number or a schedule of the training step.
-* ``PerExample(count="num_train")``: ``D / N`` with ``N`` read from an output, the share of a
+  the optimiser has no reason to push it further down. ``of`` is a KL direction (``Forward`` or
+  ``Reverse``): the Jensen–Shannon divergence of two products is not a sum over dimensions.
+* ``Capacity(target=C(t), of=D)`` (Burgess et al. 2018, "Understanding disentangling in β-VAE",
+  eq. 8): ``|D − C(t)|``, ``C`` a number or a schedule of the training step.
+* ``PerExample(count="num_train", of=D)``: ``D / N`` with ``N`` read from an output, the share of a
   whole-model KL that belongs to one training example (Blundell et al. 2015: the minibatch loss
   ``NLL + KL(q(w) ‖ p(w)) / N`` sums to ``−ELBO`` over an epoch).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 from torch import Tensor
 
+from klexp.core.directions import Direction, Forward, Reverse, as_direction
 from klexp.core.measure import Measurement
 from klexp.core.schedules import Schedule, as_schedule
-from klexp.errors import require, require_finite_non_negative
+from klexp.errors import ConfigValueError, require, require_finite_non_negative
+
+#: what a shaping shapes when it names nothing: ``KL(p ‖ q)`` in closed form
+UNNAMED: Direction = Forward()
 
 
 class Shaping(ABC):
-    """Turns a measured divergence into the quantity a term weights."""
+    """Turns the divergence ``of`` a term measures into the quantity the term weights."""
 
     #: the estimate must be made per event dimension (the shaping reads ``per_dim``)
     needs_dims: bool = False
+
+    def __init__(self, of: Direction | str) -> None:
+        self.of = self._shapes(as_direction(of, key="of"))
+
+    def _shapes(self, of: Direction) -> Direction:
+        """``of``, if this type of shaping can shape it; else ``ConfigValueError`` naming ``of``."""
+        return of
+
+    @property
+    def names_its_divergence(self) -> bool:
+        """Whether ``of`` was named (a config's term names it with its own ``direction``)."""
+        return self.of is not UNNAMED
+
+    def applied_to(self, of: Direction) -> Self:
+        """This shaping, shaping ``of`` instead."""
+        shaped = copy.copy(self)
+        shaped.of = shaped._shapes(of)
+        return shaped
+
+    def _of_repr(self) -> str:
+        return f", of={self.of!r}" if self.names_its_divergence else ""
 
     def reads(self) -> tuple[str, ...]:
         """Names of task outputs the shaping reads, besides the term's distributions."""
@@ -51,9 +82,16 @@ class FreeBits(Shaping):
 
     needs_dims = True
 
-    def __init__(self, nats: float) -> None:
+    def __init__(self, nats: float, of: Forward | Reverse | str = UNNAMED) -> None:
         require_finite_non_negative("nats", nats)
         self.nats = float(nats)
+        super().__init__(of)
+
+    def _shapes(self, of: Direction) -> Direction:
+        if not isinstance(of, (Forward, Reverse)):
+            raise ConfigValueError("of", f"free bits floor the KL of each event dimension: they shape "
+                                   f"Forward or Reverse, and {of!r} does not split over dimensions")
+        return of
 
     def __call__(self, value: Tensor, measurement: Measurement, *, step: int,
                  outputs: Mapping[str, Any], batch_scale: float) -> Tensor:
@@ -61,32 +99,34 @@ class FreeBits(Shaping):
         return measurement.per_dim.clamp(min=self.nats).sum() * batch_scale
 
     def __repr__(self) -> str:
-        return f"FreeBits(nats={self.nats})"
+        return f"FreeBits(nats={self.nats}{self._of_repr()})"
 
 
 class Capacity(Shaping):
     """``|D − C(t)|`` with the target capacity ``C(t)``, a number of nats or a schedule."""
 
-    def __init__(self, target: float | Schedule) -> None:
+    def __init__(self, target: float | Schedule, of: Direction | str = UNNAMED) -> None:
         if not isinstance(target, Schedule):
             require(isinstance(target, (int, float)) and not isinstance(target, bool)
                     and 0 < target < math.inf, "target", "a finite number > 0 or a schedule", target)
         self.target = as_schedule(target, "target")
+        super().__init__(of)
 
     def __call__(self, value: Tensor, measurement: Measurement, *, step: int,
                  outputs: Mapping[str, Any], batch_scale: float) -> Tensor:
         return (value - self.target.value(step)).abs()
 
     def __repr__(self) -> str:
-        return f"Capacity(target={self.target!r})"
+        return f"Capacity(target={self.target!r}{self._of_repr()})"
 
 
 class PerExample(Shaping):
     """``D / N`` with ``N = outputs[count]``, the number of training examples."""
 
-    def __init__(self, count: str = "num_train") -> None:
+    def __init__(self, count: str = "num_train", of: Direction | str = UNNAMED) -> None:
         require(isinstance(count, str) and count != "", "count", "the name of a task output", count)
         self.count = count
+        super().__init__(of)
 
     def reads(self) -> tuple[str, ...]:
         return (self.count,)
@@ -96,4 +136,4 @@ class PerExample(Shaping):
         return value / float(outputs[self.count])
 
     def __repr__(self) -> str:
-        return f"PerExample(count={self.count!r})"
+        return f"PerExample(count={self.count!r}{self._of_repr()})"

@@ -5,11 +5,11 @@ step to subtract from its rewards; ``klexp.lightning.target_kl.TargetKL`` stops 
 ``p`` and ``q`` name two distributions among a step's outputs (``klexp.lightning.loss`` says how
 outputs reach the term); ``D`` is the divergence of ``direction`` computed with ``estimator``
 (``klexp.core.measure``); the weight is ``weight`` times a schedule of the step or a controller
-driven by the measured KL; a shaping (free bits, capacity, per-example share) may change what is
-weighted. The term keeps per-batch tallies on the device and logs them under ``kl/<name>/...`` on
-the training steps Lightning writes, and as epoch means under ``val/kl/<name>/...`` and
-``test/kl/<name>/...``; it updates its controller once per training step and saves the
-controller's state in checkpoints.
+driven by the measured KL; a shaping (free bits, capacity, per-example share), given in place of
+the direction it holds, may change what is weighted. The term keeps per-batch tallies on the
+device and logs them under ``kl/<name>/...`` on the training steps Lightning writes, and as epoch
+means under ``val/kl/<name>/...`` and ``test/kl/<name>/...``; it updates its controller once per
+training step and saves the controller's state in checkpoints.
 """
 
 from __future__ import annotations
@@ -353,26 +353,25 @@ class KLMeasure(Term):
         self._flush("test", pl_module, trainer.global_step)
 
     def __repr__(self) -> str:
+        shaping = "" if self.shaping is None else f", shaping={self.shaping!r}"
         return (f"{type(self).__name__}(name={self.name!r}, {self.direction} D({self.p} ‖ {self.q}), "
-                f"estimator={self.estimator}, weight={self.weight}, schedule={self.schedule!r})")
+                f"estimator={self.estimator}, weight={self.weight}, schedule={self.schedule!r}{shaping})")
 
 
 class KLTerm(KLMeasure, LossTerm):
     """``weight · schedule(t) · shaping(D)`` added to the loss (``KLMeasure`` says what ``D`` is).
 
     Args:
-        shaping: what the term weights instead of ``D`` (``klexp.core.shaping``: free bits,
-            capacity, per-example share), or None.
+        direction: as ``KLMeasure``'s, or a shaping that holds it (``klexp.core.shaping``:
+            ``FreeBits(λ, of=Forward())``, ``Capacity(C, of=…)``, ``PerExample(count, of=…)``): the
+            term then weights the shaped divergence instead of ``D``.
         The others: ``KLMeasure`` (after ``direction``, by keyword: ``MeasureOptions``).
     """
 
-    def __init__(self, name: str, p: str, q: str, direction: Direction | str = "forward", *,
-                 shaping: Shaping | None = None, **options: Unpack[MeasureOptions]) -> None:
-        super().__init__(name, p, q, direction, **options)
-        require(shaping is None or isinstance(shaping, Shaping), "shaping", "a shaping", shaping)
-        if shaping is not None and shaping.needs_dims and not self.direction.splits:
-            raise ConfigValueError("shaping", f"{shaping!r} weights the divergence of each dimension, "
-                                   f"and {self.direction!r} does not split over dimensions")
+    def __init__(self, name: str, p: str, q: str, direction: Direction | Shaping | str = "forward",
+                 **options: Unpack[MeasureOptions]) -> None:
+        shaping = direction if isinstance(direction, Shaping) else None
+        super().__init__(name, p, q, direction if shaping is None else shaping.of, **options)
         self.shaping = shaping
 
     def contribute(self, outputs: Mapping[str, Any], stage: str, step: int) -> tuple[Tensor, Tensor]:
