@@ -6,17 +6,14 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from klexp.app.cli import CONFIG_DIR, CONFIG_NAME, register_resolvers
-from klexp.app.stages import Compose
+from klexp.app.in_process import composed_app, run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,43 +23,15 @@ FAST = [*QUIET, "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 
 
-def _composed(overrides: Sequence[str], output_dir: Path | str) -> DictConfig:
-    """Compose inside an initialised Hydra context, as the app sees it (hydra node removed)."""
-    cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg["hydra"]
-    return cfg
-
-
 def compose_config(overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
     """The composed config as the app would see it (hydra node removed, output_dir set)."""
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return _composed(overrides, output_dir or "unused-output-dir")
-
-
-@contextlib.contextmanager
-def composed_app(overrides: Sequence[str], output_dir: Path | str) -> Iterator[tuple[DictConfig, Compose]]:
-    """Inside Hydra initialised as the app: the composed config and how a stage composes its own."""
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-
-        def compose_stage(stage_overrides: Sequence[str]) -> DictConfig:
-            return compose(config_name=CONFIG_NAME, overrides=list(stage_overrides))
-
-        yield _composed(overrides, output_dir), compose_stage
+    with composed_app(overrides, output_dir or "unused-output-dir") as (cfg, _):
+        return cfg
 
 
 def run_experiment(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]:
     """Compose and run in-process, as ``klexp <overrides>`` would; returns the run summary."""
-    from klexp.app.runner import run
-
-    with composed_app(overrides, output_dir) as (cfg, compose_stage):
-        return run(cfg, output_dir, overrides=list(overrides), compose=compose_stage)
+    return run_overrides(overrides, output_dir)
 
 
 def build_experiment(overrides: Sequence[str], output_dir: Path) -> None:
