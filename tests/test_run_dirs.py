@@ -22,6 +22,8 @@ from klexp.app.run_dirs import (
     check_sweep_job_directory,
     guard_overrides,
     is_first_process,
+    swept_dependency,
+    unnamed_swept_key,
 )
 
 
@@ -176,3 +178,37 @@ def test_an_unresolvable_interpolation_in_the_run_directory_is_one_line_before_a
                                      "Interpolation key 'nowhere' not found")
     assert "Traceback" not in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+# Which sweeps could make two runs meet, read from the templates before any job (the default
+# subdir below is klexp/conf/config.yaml's).
+SUBDIR = "${experiment_name}/${sweep_subdir:${hydra:job.override_dirname},${seed}}"
+EXCLUDED = ["seed", "experiment", "verbose", "task.teacher_checkpoint"]
+GROUPS = ["experiment", "data", "task"]
+
+
+@pytest.mark.parametrize(("template", "swept", "found"), [
+    ("outputs/multirun/${now:%Y}", ["experiment", "seed"], None),
+    ("outputs/${experiment_name}", ["seed", "kl.ce.weight"], None),
+    ("outputs/${experiment_name}", ["experiment"], ("experiment_name", "experiment")),
+    ("outputs/${experiment_name}", ["data"], ("experiment_name", "data")),  # a group sets any key
+    ("outputs/s${seed}", ["seed"], ("seed", "seed")),
+    ("outputs/${kl.ce.weight}", ["+kl.ce"], ("kl.ce.weight", "kl.ce")),
+    ("outputs/${kl}", ["kl.ce.weight"], ("kl", "kl.ce.weight")),
+    ("outputs/${kl.cem}", ["kl.ce"], None),
+])
+def test_a_sweep_directory_that_depends_on_what_the_sweep_varies_is_found(template, swept, found):
+    assert swept_dependency(template, swept, GROUPS) == found
+
+
+@pytest.mark.parametrize(("subdir", "swept", "unnamed"), [
+    (SUBDIR, ["experiment", "seed", "kl.ce.weight"], None),
+    (SUBDIR, ["seed", "verbose"], "verbose"),
+    (SUBDIR, ["task.teacher_checkpoint"], "task.teacher_checkpoint"),
+    ("${sweep_subdir:${hydra:job.override_dirname},${seed}}", ["experiment"], "experiment"),
+    ("fixed", ["kl.ce.weight"], "kl.ce.weight"),
+    ("${hydra:job.num}", ["verbose"], None),
+    ("${verbose}/${hydra:job.override_dirname}", ["verbose"], None),
+])
+def test_a_swept_key_that_no_level_of_a_runs_folder_names_is_found(subdir, swept, unnamed):
+    assert unnamed_swept_key(subdir, swept, EXCLUDED) == unnamed

@@ -17,7 +17,11 @@ WEIGHTS = ("0.5", "2")
 
 
 def sweep_dir(cwd: Path, experiment: str = "classification") -> Path:
-    (directory,) = (cwd / "outputs" / "multirun" / experiment).iterdir()
+    """The one directory of the one sweep made in ``cwd``: the sweep's own record and lock in it,
+    its runs in a folder named after their experiment."""
+    (directory,) = (cwd / "outputs" / "multirun").iterdir()
+    assert [p.name for p in directory.iterdir() if p.is_dir()] == [experiment]
+    assert "klexp.lock" in {p.name for p in directory.iterdir()}
     return directory
 
 
@@ -43,7 +47,8 @@ def test_basic_sweep_names_each_run_after_its_overrides_with_the_seed_last(basic
     runs = sorted(p.parent.relative_to(basic_sweep).as_posix() for p in basic_sweep.rglob("summary.json"))
     assert len(runs) == 4
     for run in runs:
-        combination, seed = run.split("/")
+        experiment, combination, seed = run.split("/")
+        assert experiment == "classification"
         assert seed in ("seed=0", "seed=1")
         assert "kl.ce.weight=" in combination and "seed" not in combination
     assert all(s["status"] == "completed" for s in summaries(basic_sweep).values())

@@ -9,7 +9,7 @@ runs=outputs/studies/classification_kl
 rm -rf "$runs"
 # the four losses, each experiment's own settings
 "$KLEXP" -m experiment=classification,label_smoothing,distill,confidence_penalty seed=0,1,2 \
-    launcher=joblib callbacks.progress_bar=null 'hydra.sweep.dir='"$runs"'/${experiment_name}'
+    launcher=joblib callbacks.progress_bar=null "hydra.sweep.dir=$runs"
 # reference for distill: its student network (128 hidden units, no dropout) trained on labels alone
 "$KLEXP" -m experiment=classification 'task.net.hidden=[128]' task.net.dropout=0 seed=0,1,2 \
     launcher=joblib callbacks.progress_bar=null "hydra.sweep.dir=$runs/small_network"

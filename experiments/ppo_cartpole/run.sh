@@ -11,7 +11,7 @@ rm -rf "$runs"
 # experiments' own values; `ppo` alone defaults to 2.5e-4 and 4 epochs, so the override changes it)
 "$KLEXP" -m experiment=ppo,ppo_kl_fixed,ppo_kl_adaptive,ppo_target_kl \
     ++task.optimizer.lr=1e-3 ++task.update_epochs=10 seed=1,2,3 \
-    launcher=joblib callbacks.progress_bar=null 'hydra.sweep.dir='"$runs"'/${experiment_name}'
+    launcher=joblib callbacks.progress_bar=null "hydra.sweep.dir=$runs"
 # reference: clipped PPO at its own (CleanRL) defaults, lr 2.5e-4 and 4 epochs
 "$KLEXP" -m experiment=ppo seed=1,2,3 \
     launcher=joblib callbacks.progress_bar=null "hydra.sweep.dir=$runs/ppo_defaults"

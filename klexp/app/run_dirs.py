@@ -22,11 +22,13 @@ process (global rank 0) checks, and the others write no ``.hydra/`` record of th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -40,6 +42,9 @@ RANK_VARIABLES = ("RANK", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "SLURM_PROCID
 GUARD_KEY = "hydra.callbacks.run_directory"
 GUARD_TARGET = "klexp.app.run_dirs.RunDirectoryGuard"
 SHOWN_ENTRIES = 4
+#: a plain interpolation of a config key (``${experiment_name}``, ``${kl.ce.weight}``), not a
+#: resolver's (``${now:…}``, ``${hydra:…}``)
+KEY_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
 
 
 class RunDirectoryInUse(KlexpError):
@@ -98,11 +103,79 @@ def check_new_sweep_directory(directory: Path) -> None:
             "continues one of its runs)")
 
 
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys and config groups a sweep varies: its command line's sweep overrides
+    (``seed=0,1``, ``experiment=a,b``) and its sweeper's ``params`` (Optuna's search space)."""
+    overrides = [str(o) for o in config.hydra.overrides.task]
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)
+            if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    return keys + ([str(key) for key in params] if params else [])
+
+
+def swept_dependency(template: str, swept: Iterable[str], groups: Iterable[str]) -> tuple[str, str] | None:
+    """``(interpolated key, swept key)`` if the directory ``template`` (unresolved) interpolates a
+    config key the sweep may change: the swept key itself, a key inside or around it, or any key
+    when the sweep varies a config group (``experiment`` sets ``experiment_name``); else None."""
+    groups = set(groups)
+    for used in KEY_INTERPOLATION.findall(template):
+        for key in swept:
+            key = key.lstrip("+~")
+            if (key in groups or key == used or used.startswith(key + ".")
+                    or key.startswith(used + ".")):
+                return used, key
+    return None
+
+
+def unnamed_swept_key(subdir: str, swept: Iterable[str], excluded: Iterable[str]) -> str | None:
+    """A swept key whose value the ``subdir`` template (unresolved) does not put in a run's
+    folder, so that two of the sweep's jobs would share one: not in ``${hydra:job.override_dirname}``
+    (absent, or the key among its ``excluded``) nor interpolated itself (``${seed}``; an
+    ``experiment`` by its ``${experiment_name}``); None when every job is told apart (also by a
+    job number: ``${hydra:job.num}``)."""
+    if "hydra:job.num" in subdir or "hydra:job.id" in subdir:
+        return None
+    named = set(KEY_INTERPOLATION.findall(subdir))
+    by_overrides = "hydra:job.override_dirname" in subdir
+    for key in swept:
+        key = key.lstrip("+~")
+        if key in named or (key == "experiment" and "experiment_name" in named):
+            continue
+        if not by_overrides or key in set(excluded):
+            return key
+    return None
+
+
+def check_sweep_directories(config: DictConfig) -> None:
+    """Refuse, before the sweep starts, what would make two of its runs meet: a ``hydra.sweep.dir``
+    that resolves differently from job to job (the directory checked and locked here would not
+    hold the jobs, and a job landing on an earlier run's folder would have its record replaced
+    before any check could run), or a swept key that no level of a run's folder names (two jobs
+    would share one)."""
+    sweep = OmegaConf.to_container(config.hydra.sweep, resolve=False)
+    swept = swept_keys(config)
+    found = swept_dependency(str(sweep["dir"]), swept, config.hydra.runtime.choices.keys())
+    if found is not None:
+        used, key = found
+        raise RunDirectoryInUse(
+            f"hydra.sweep.dir: {sweep['dir']} depends on {used}, which this sweep varies ({key}); "
+            "give the sweep one fixed directory (each run's folder in it already starts with its "
+            "experiment_name: hydra.sweep.subdir)")
+    excluded = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys") or []
+    unnamed = unnamed_swept_key(str(sweep["subdir"]), swept, excluded)
+    if unnamed is not None:
+        raise RunDirectoryInUse(
+            f"hydra.sweep.subdir: this sweep varies {unnamed}, which no level of a run's folder "
+            "names (override_dirname leaves it out), so its runs would share folders; sweep it in "
+            "separate commands, or name it in hydra.sweep.subdir")
+
+
 def check_sweep_job_directory(directory: Path, record: str | None) -> None:
     """Refuse a sweep job whose directory held an earlier run before this job's own record
-    (``record``, Hydra's output_subdir) was written. The sweep directory itself was new, so this
-    happens only when ``hydra.sweep.dir`` depends on a swept key; the earlier run's checkpoints,
-    events and summary are then kept, though Hydra has already replaced its record."""
+    (``record``, Hydra's output_subdir) was written. ``check_sweep_directories`` refuses the sweeps
+    whose jobs could meet an earlier run before any job starts; this is the last line behind it
+    (a ``hydra.sweep.subdir`` of the user's own that maps two jobs to one folder in ways it cannot
+    read): the earlier run's checkpoints, events and summary are kept, its record is replaced."""
     own = (Path(record).parts[0],) if record else ()
     found = artefacts(directory, ignore=own)
     if found:
@@ -167,6 +240,7 @@ class RunDirectoryGuard(Callback):
         if not is_first_process():
             return
         try:
+            check_sweep_directories(config)
             take_new_directory(_resolved_path(config, "hydra.sweep.dir"), "hydra.sweep.dir",
                                check_new_sweep_directory)
         except RunDirectoryInUse as error:
