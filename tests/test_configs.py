@@ -1,6 +1,8 @@
 """Every config in klexp/conf/ composes and instantiates; the runner builds what an experiment names."""
 
 import inspect
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -60,9 +62,27 @@ def _compose_option(group: str, option: str, experiment: str, tmp_path):
     return cfg
 
 
+def likely_contexts(group: str, option: str) -> list[str]:
+    """Every experiment (the default first), those likeliest to be the option's context first:
+    the ones that compose the group (for a schedule or shaping, which is added to a term, the
+    ones that do not yet), then the ones that name the option, then the ones naming a word that
+    shares the longest start with it (``distill_top_k`` → ``distill_forward``'s)."""
+    added = group in ("schedule", "shaping")
+
+    def distance(experiment: str) -> tuple[bool, bool, int]:
+        text = (CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text()
+        shared = max((len(os.path.commonprefix([option, word]))  # noqa: RUF071 (words, not paths)
+                      for word in re.findall(r"[a-z_]+", text)), default=0)
+        return (f"/{group}" in text) == added, option not in text, -shared
+    return sorted(["classification", *EXPERIMENTS], key=distance)
+
+
 def experiment_term(experiment: str) -> str:
     cfg = compose_config([f"experiment={experiment}"])
-    return next(name for name, term in cfg.kl.items() if term is not None)
+    names = [name for name, term in (cfg.kl or {}).items() if term is not None]
+    if not names:
+        raise ValueError(f"experiment={experiment} has no KL term to add a schedule or shaping to")
+    return names[0]
 
 
 @pytest.mark.parametrize(
@@ -79,10 +99,7 @@ def test_every_group_option_composes_in_some_experiment(group, option, tmp_path)
     with one of the experiments. Valid means composed, checked, and built: a KL term file's term
     must read outputs the experiment's task produces, a schedule must instantiate."""
     errors = []
-    # the experiments whose file names the option are tried first (any experiment may pass)
-    candidates = sorted(["classification", *EXPERIMENTS], key=lambda experiment: option not in (
-        CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text())
-    for experiment in candidates:
+    for experiment in likely_contexts(group, option):
         try:
             cfg = _compose_option(group, option, experiment, tmp_path)
             if group in ("schedule", "shaping"):

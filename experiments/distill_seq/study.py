@@ -47,9 +47,7 @@ from omegaconf import OmegaConf
 
 from klexp.app.cli import CONFIG_DIR
 from klexp.app.in_process import run_overrides
-from klexp.nets.frozen import read_checkpoint
 from klexp.report import Run
-from klexp.tasks.distill_seq import CHECKPOINT_NET_KEY
 
 #: name → overrides (kl term and the sequences it trains on)
 OBJECTIVES: dict[str, list[str]] = {
@@ -456,6 +454,10 @@ def main() -> None:
         summarise(read_csv(args.out / "runs.csv"), read_csv(args.out / "curves.csv"), args.out,
                   args.betas, args.beta_seeds)
         return
+    # torch and Lightning only for training: --replot draws from the CSVs without them
+    from klexp.nets.frozen import read_checkpoint
+    from klexp.tasks.distill_seq import CHECKPOINT_NET_KEY
+
     with tempfile.TemporaryDirectory() as scratch:
         teacher_dir = Path(scratch) / "teacher"
         teacher_steps = [f"trainer.max_steps={args.teacher_steps}"] if args.teacher_steps else []
