@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from helpers import REPO, cli
@@ -18,11 +17,6 @@ from helpers import REPO, cli
 PROJECT = REPO / "tests" / "user_project"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT), str(REPO / "tests")])}
 ENV.pop("HYDRA_FULL_ERROR", None)
-
-
-def klexp(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "klexp", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_the_recorded_config_dir_comes_back_and_a_given_one_wins(tmp_path):
@@ -60,14 +54,14 @@ def test_a_users_config_dir_run_is_interrupted_resumed_and_rerun(tmp_path, monke
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
 
-    # the flag after the overrides, where the injected ones used to land behind it
-    resumed = klexp("resume=run", "callbacks.sleep.seconds=0", "--config-dir", str(PROJECT / "conf"),
-                    cwd=tmp_path)
+    # the resume and the rerun by the command's entry point in this process (the killed run was
+    # the process), the flag after the overrides, where the injected ones used to land behind it
+    monkeypatch.syspath_prepend(str(PROJECT))
+    resumed = cli(["resume=run", "callbacks.sleep.seconds=0", "--config-dir", str(PROJECT / "conf")],
+                  tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
 
-    # the rerun by the command's entry point in this process (the resume above was a process)
-    monkeypatch.syspath_prepend(str(PROJECT))
     rerun = cli(["rerun", "run", "callbacks.sleep.seconds=0", "hydra.run.dir=again"], tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
