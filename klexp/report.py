@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import re
@@ -51,15 +50,13 @@ from rich.table import Table
 
 from klexp.app.lifecycle import is_locked
 from klexp.errors import KlexpError
+from klexp.record import SUMMARY_FILE, read_summary
 
 #: Override keys that do not change what a run computes (a resumed run continues its own).
 NOT_A_GROUP_KEY = frozenset({"seed", "ckpt_path"})
 REDUCTIONS = ("max", "min", "mean", "last")
 _FIRST_STEP = re.compile(r"^first_step:(?P<tag>.+?)(?P<op>>=|<=)(?P<value>[-+]?[0-9.]+(?:[eE][-+]?\d+)?)$")
 TABLE_FILE, CSV_FILE = "report.md", "report.csv"
-#: The runner's run record (``klexp.lightning.run_summary.SUMMARY_FILE``; not imported from there, which would
-#: load Lightning and add seconds to every report).
-SUMMARY_FILE = "summary.json"
 
 
 # ---------------------------------------------------------------------------- runs
@@ -170,11 +167,11 @@ class Survey:
                        self.relative[run.directory])
 
 
-def _read_summary(path: Path) -> dict[str, Any] | str:
-    """The record in ``path``, or why it cannot be used."""
+def _read_summary(job_dir: Path) -> dict[str, Any] | str:
+    """The record in ``job_dir``, or why it cannot be used."""
     try:
-        summary = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        summary = read_summary(job_dir)
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError among them
         return f"unreadable {SUMMARY_FILE}: {error}"
     if not isinstance(summary, dict):
         return f"unreadable {SUMMARY_FILE}: not a JSON object"
@@ -213,7 +210,7 @@ def survey(directories: Iterable[Path]) -> Survey:
                 found[run_dir] = LeftOut(run_dir, "never started", _saved_overrides(job_dir),
                                          relative[run_dir])
                 continue
-            summary = _read_summary(job_dir / SUMMARY_FILE)
+            summary = _read_summary(job_dir)
             found[run_dir] = Run(run_dir, summary) if isinstance(summary, dict) else \
                 LeftOut(run_dir, summary, _saved_overrides(job_dir), relative[run_dir])
     ordered = [found[key] for key in sorted(found)]

@@ -6,7 +6,7 @@ from helpers import FAST, QUIET, run_experiment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from klexp.errors import KlexpError
-from klexp.lightning.run_summary import read_summary
+from klexp.record import read_summary
 
 SETS = ("in_dist", "ood_noise", "ood_class")
 

@@ -20,6 +20,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 
 import klexp
+import klexp.record
 from klexp.lightning.dashboards import (
     FINAL_PREFIX,
     HPARAMS_RUN,
@@ -200,7 +201,7 @@ def test_hparams_hold_the_resolved_config_and_the_final_metrics(logdir):
         for key, value in expected.items():
             assert hparams.get(key) == (pytest.approx(value) if isinstance(value, float) else value), (
                 name, key, hparams.get(key))
-        summary = klexp.lightning.run_summary.read_summary(logdir / name)["metrics"]
+        summary = klexp.record.read_summary(logdir / name)["metrics"]
         final = {k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}
         assert final and set(final) <= set(metrics), name
         for tag, value in final.items():

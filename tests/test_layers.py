@@ -12,9 +12,9 @@ import pytest
 from helpers import REPO
 
 #: layer of each sub-package: a module may import only from its own layer or the ones below
-LAYERS = {"klexp.errors": 0, "klexp.core": 1, "klexp.lightning": 2, "klexp.nets": 3, "klexp.data": 3,
-          "klexp.tasks": 4, "klexp.app": 5, "klexp.report": 5, "klexp.__main__": 5,
-          "klexp.conf": 5}
+LAYERS = {"klexp.errors": 0, "klexp.record": 0, "klexp.core": 1, "klexp.lightning": 2,
+          "klexp.nets": 3, "klexp.data": 3, "klexp.tasks": 4, "klexp.app": 5, "klexp.report": 5,
+          "klexp.__main__": 5, "klexp.conf": 5}
 PACKAGE = REPO / "klexp"
 
 

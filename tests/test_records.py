@@ -3,7 +3,8 @@
 import json
 import math
 
-from klexp.lightning.run_summary import SUMMARY_FILE, read_summary, write_record
+from klexp.lightning.run_summary import write_record
+from klexp.record import SUMMARY_FILE, read_summary
 from klexp.report import build_report
 
 

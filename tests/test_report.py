@@ -169,13 +169,6 @@ def test_python_dash_m_entry_point(sweep, tmp_path):
     assert (tmp_path / "out" / "report.csv").is_file()
 
 
-def test_the_report_reads_the_file_the_runner_writes():
-    from klexp import report
-    from klexp.lightning import run_summary
-
-    assert report.SUMMARY_FILE == run_summary.SUMMARY_FILE
-
-
 def test_a_group_that_does_not_override_a_key_comes_before_those_that_do(tmp_path):
     write_run(tmp_path / "small" / "seed=0", ["task.hidden=[128]"], 0, {"test/acc": 0.9})
     write_run(tmp_path / "default" / "seed=0", [], 0, {"test/acc": 0.95})

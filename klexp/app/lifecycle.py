@@ -33,12 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from klexp.errors import KlexpError
+from klexp.record import COMPLETED, FAILED, INTERRUPTED, RUNNING, SUMMARY_FILE, recorded_status
 
-# The record's statuses (``klexp.lightning.run_summary.STATUSES``, pinned equal by a test): named
-# here too so that the command, which decides on them before anything heavy loads, imports no
-# Lightning.
-NEW, RUNNING, COMPLETED, FAILED, INTERRUPTED = "new", "running", "completed", "failed", "interrupted"
-SUMMARY_FILE = "summary.json"
+#: a directory without a record; the other states are the record's statuses (``klexp.record``)
+NEW = "new"
 LOCK_FILE = "klexp.lock"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 #: exit status of a completed run (and of a resume of one that has nothing to do); a failed run or
@@ -310,8 +308,6 @@ def artefacts(directory: Path, ignore: Sequence[str] = ()) -> list[str]:
 def state_of(run_dir: Path) -> str:
     """The run directory's state: ``new`` without a record, else the record's status (a
     ``running`` one whose lock is free is a killed run)."""
-    from klexp.lightning.run_summary import recorded_status
-
     return recorded_status(run_dir) or NEW
 
 

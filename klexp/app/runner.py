@@ -40,8 +40,9 @@ from klexp.lightning.dashboards import Dashboards
 from klexp.lightning.internals import checkpoint_logging_step
 from klexp.lightning.logging import LOG_STEP_KEY
 from klexp.lightning.loss import Term
-from klexp.lightning.run_summary import RunSummary, recorded_metrics, stop_signal
+from klexp.lightning.run_summary import RunSummary, stop_signal
 from klexp.nets.frozen import load_checkpoint
+from klexp.record import recorded_metrics
 
 console = Console(stderr=True, soft_wrap=True)  # a line in a pipe is never cut at 80 columns
 

@@ -35,14 +35,19 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from klexp.errors import KlexpError
 from klexp.lightning.checkpoint_io import atomic_write_text
+from klexp.record import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    RUNNING,
+    STATUSES,
+    SUMMARY_FILE,
+    recorded_status,
+    strict_json,
+)
 
-SUMMARY_FILE = "summary.json"
 _VERSIONED = ("torch", "pytorch_lightning", "hydra", "omegaconf", "gymnasium", "torchmetrics",
               "tensorboard", "numpy")
-
-#: how a run ended, or that it has not (yet): ``summary.json``'s ``status``
-RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
-STATUSES = (RUNNING, COMPLETED, FAILED, INTERRUPTED)
 
 
 class RecordRegression(KlexpError):
@@ -203,32 +208,6 @@ def write_record(path: Path, data: Mapping[str, Any]) -> None:
                                        allow_nan=False) + "\n")
 
 
-#: how a record writes the numbers JSON has no literal for (Python's own ``float`` reads them back)
-NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float written as ``"nan"``, ``"inf"`` or ``"-inf"``: a record
-    is standard JSON (``NaN``/``Infinity`` are not, and strict readers such as ``jq`` refuse them),
-    and ``float(text)`` reads them back (``read_summary`` does)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Mapping):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(item) for item in value]
-    return value
-
-
-def recorded_status(run_dir: str | Path) -> str | None:
-    """The ``status`` in a run directory's ``summary.json``; None when there is no readable one."""
-    try:
-        status = json.loads((Path(run_dir) / SUMMARY_FILE).read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return status if status in STATUSES else None
-
-
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The one-number entries of a metrics mapping (tensors of one element, ints, floats), except
     Lightning's ``step``: the x-axis a module with its own logging step hands its epoch metrics
@@ -248,26 +227,6 @@ def final_metrics(metrics: Mapping[str, Any],
     """The finite scalar metrics whose names start with one of ``prefixes``."""
     return {k: v for k, v in scalar_metrics(metrics).items()
             if k.startswith(prefixes) and math.isfinite(v)}
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The ``summary.json`` of a run directory, its non-finite metrics (written as strings, see
-    ``strict_json``) read back as floats."""
-    summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
-    metrics = summary.get("metrics") if isinstance(summary, dict) else None
-    if isinstance(metrics, dict):
-        summary["metrics"] = {key: NON_FINITE.get(value, value) if isinstance(value, str) else value
-                              for key, value in metrics.items()}
-    return summary
-
-
-def recorded_metrics(run_dir: str | Path) -> dict[str, float]:
-    """The metrics of a run directory's ``summary.json``; none when there is no readable one."""
-    try:
-        metrics = read_summary(run_dir).get("metrics")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return dict(metrics) if isinstance(metrics, dict) else {}
 
 
 def library_versions() -> dict[str, str]:
