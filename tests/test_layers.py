@@ -49,6 +49,29 @@ def test_every_import_points_down_the_layers(path):
     assert not upward, f"{module_name(path)} (layer {own}) imports {upward}"
 
 
+#: the modules that may reach into a library's private modules (each pinned by its own test)
+INTERNALS = {"klexp.core.torch_internals", "klexp.lightning.internals", "klexp.app.hydra_internals"}
+
+
+def private_imports(path: Path) -> set[str]:
+    """The modules ``path`` imports that a library keeps private (a dotted part starting ``_``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name != "__future__" and not name.startswith("klexp")
+            and any(part.startswith("_") and not part.startswith("__") for part in name.split("."))}
+
+
+def test_only_the_internals_modules_import_a_librarys_private_modules():
+    found = {module_name(path): private_imports(path) for path in MODULES}
+    assert {name for name, imports in found.items() if imports} <= INTERNALS, found
+    assert private_imports(PACKAGE / "app" / "hydra_internals.py") == {"hydra._internal.utils"}
+
+
 @pytest.mark.slow
 def test_the_kl_library_imports_without_lightning_or_hydra():
     code = ("import sys, klexp.core, klexp; klexp.kl; "

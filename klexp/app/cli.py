@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +16,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from klexp.app.hydra_internals import compact_errors_reported_by, one_line
 from klexp.app.lifecycle import (
     EXIT_FAILED,
     RunEnding,
@@ -84,6 +85,13 @@ NO_RUN_FLAGS = ("--shell-completion", "-sc", "--experimental-rerun")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
+def report_in_one_line(error: CompactHydraException) -> NoReturn:
+    """End the command on a mistake Hydra found (an override it cannot parse, a config that does
+    not compose, an option that does not exist) with one line, as klexp's own mistakes end."""
+    line = one_line(error)
+    raise SystemExit(end_with(line if line.startswith("klexp: ") else f"klexp: {line}", EXIT_FAILED))
+
+
 def with_overrides(args: list[str], extra: list[str]) -> list[str]:
     """``args`` with ``extra`` overrides beside the user's own: Hydra's parser reads the overrides
     as one run of words, so Hydra's flags (with their values) go first, then the user's overrides,
@@ -131,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
         args = with_overrides(args, guard_overrides(args, resume=bool(resume)))
     sys.argv = [sys.argv[0], *args]
     try:
-        return app()
+        with compact_errors_reported_by(report_in_one_line):
+            return app()
     except (KeyboardInterrupt, Terminated) as stop:
         line, status = interruption_line(stop)
         sys.exit(end_with(line, status))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from klexp.app.hydra_internals import flag_actions
 from klexp.app.stages import stages_to_run
 from klexp.errors import KlexpError
 
@@ -35,9 +36,7 @@ def saved_overrides(run_dir: Path, command: str = "rerun") -> list[str]:
 def split_flags(args: Sequence[str]) -> tuple[list[str], list[str]]:
     """``args`` as (Hydra's flags with their values, overrides), by Hydra's own argument parser's
     table of flags: ``--config-dir d a=1 -m`` → (``--config-dir d -m``, ``a=1``)."""
-    from hydra._internal.utils import get_args_parser
-
-    actions = get_args_parser()._option_string_actions
+    actions = flag_actions()
     flags: list[str] = []
     overrides: list[str] = []
     words = list(args)

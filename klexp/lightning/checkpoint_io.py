@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 
@@ -74,7 +73,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         pl.Trainer(plugins=[klexp.AtomicCheckpointIO()])
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options")
