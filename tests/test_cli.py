@@ -156,6 +156,17 @@ def test_a_sweep_whose_runs_would_share_a_folder_is_refused_before_any_job(tmp_p
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_sweeps_key_that_only_its_swept_options_have_is_one_line_that_says_how_to_set_it(tmp_path):
+    """Hydra checks a sweep's fixed overrides against the config with each swept group at its
+    default (the classification task has no iw_samples): the line says so and gives the ++ form."""
+    result = cli(["-m", "experiment=vae,vae_annealed", "task.iw_samples=2", "seed=0"], cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("klexp: Could not override 'task.iw_samples'.")
+    assert line.endswith("++task.iw_samples=… sets a key only some of the swept options have)")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_the_command_adds_its_own_overrides_where_hydras_parser_reads_them():
     from klexp.app.cli import with_overrides
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,10 +87,16 @@ NO_RUN_FLAGS = ("--shell-completion", "-sc", "--experimental-rerun")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-def report_in_one_line(error: CompactHydraException) -> NoReturn:
+def report_in_one_line(error: CompactHydraException, sweep: bool = False) -> NoReturn:
     """End the command on a mistake Hydra found (an override it cannot parse, a config that does
     not compose, an option that does not exist) with one line, as klexp's own mistakes end."""
     line = one_line(error)
+    key = re.match(r"Could not override '([^']+)'", line)
+    if sweep and key:
+        # Hydra checks a sweep's fixed overrides against the config with each swept group at its
+        # default (hydra-ecosystem/hydra#2888): a key only the swept options have needs ++
+        line += (f" (a sweep checks its fixed overrides before any job, with each swept group at its "
+                 f"default: ++{key[1]}=… sets a key only some of the swept options have)")
     raise SystemExit(end_with(line if line.startswith("klexp: ") else f"klexp: {line}", EXIT_FAILED))
 
 
@@ -139,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
         args = with_overrides(args, guard_overrides(args, resume=bool(resume)))
     sys.argv = [sys.argv[0], *args]
     try:
-        with compact_errors_reported_by(report_in_one_line):
+        sweep = any(a in MULTIRUN_FLAGS for a in args)
+        with compact_errors_reported_by(functools.partial(report_in_one_line, sweep=sweep)):
             return app()
     except (KeyboardInterrupt, Terminated) as stop:
         line, status = interruption_line(stop)
