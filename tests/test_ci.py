@@ -15,7 +15,7 @@ def ci_run(pytest_args: str) -> subprocess.CompletedProcess[str]:
     # one pytest worker: the few tests here need no more, and each worker is a Python start-up
     return subprocess.run([str(REPO / ".ci" / "run")], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTEST_ARGS": pytest_args,
-                                            "WORKERS": "1"})
+                                            "WORKERS": "1", "MAKEFLAGS": ""})
 
 
 @pytest.mark.slow

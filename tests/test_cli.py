@@ -165,6 +165,12 @@ def test_a_sweeps_key_that_only_its_swept_options_have_is_one_line_that_says_how
     assert line.startswith("klexp: Could not override 'task.iw_samples'.")
     assert line.endswith("++task.iw_samples=… sets a key only some of the swept options have)")
     assert not (tmp_path / "outputs").exists()
+    # a sweep of values only: a misspelt key is just that
+    typo = cli(["-m", "seed=0,1", "kl.ce.wieght=1"], cwd=tmp_path)
+    assert typo.returncode == 1
+    assert typo.stderr.strip().splitlines() == [
+        "klexp: Could not override 'kl.ce.wieght'. To append to your config use +kl.ce.wieght=1; "
+        "Key 'wieght' is not in struct"]
 
 
 def test_the_command_adds_its_own_overrides_where_hydras_parser_reads_them():

@@ -63,7 +63,7 @@ def _compose_option(group: str, option: str, experiment: str, tmp_path):
 
 
 def likely_contexts(group: str, option: str) -> list[str]:
-    """Every experiment (the default first), those likeliest to be the option's context first:
+    """Every experiment, those likeliest to be the option's context first:
     the ones that compose the group (for a schedule or shaping, which is added to a term, the
     ones that do not yet), then the ones that name the option, then the ones naming a word that
     shares the longest start with it (``distill_top_k`` → ``distill_forward``'s)."""
@@ -74,7 +74,7 @@ def likely_contexts(group: str, option: str) -> list[str]:
         shared = max((len(os.path.commonprefix([option, word]))  # noqa: RUF071 (words, not paths)
                       for word in re.findall(r"[a-z_]+", text)), default=0)
         return (f"/{group}" in text) == added, option not in text, -shared
-    return sorted(["classification", *EXPERIMENTS], key=distance)
+    return sorted(EXPERIMENTS, key=distance)
 
 
 def experiment_term(experiment: str) -> str:
@@ -110,7 +110,7 @@ def test_every_group_option_composes_in_some_experiment(group, option, tmp_path)
                 terms = build_terms(cfg.kl)
                 check_terms_against_task(terms, instantiate_node(cfg.task, "task"))
         except Exception as error:
-            errors.append(f"{experiment}: {str(error).splitlines()[0]}")
+            errors.append(f"{experiment}: {(str(error).splitlines() or [type(error).__name__])[0]}")
             continue
         return
     pytest.fail(f"{group}={option} works with no experiment: {errors[:3]}")

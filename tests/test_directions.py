@@ -4,7 +4,9 @@ config's shorthand (``direction: reverse`` beside ``estimator: k3``) composes to
 
 from __future__ import annotations
 
+import copy
 import inspect
+import pickle
 
 import pytest
 import torch
@@ -98,6 +100,19 @@ def test_a_shaping_holds_the_divergence_it_shapes_and_free_bits_only_a_kl():
     with pytest.raises(ConfigValueError) as error:
         KLPenalty("ref", "policy", "reference", FreeBits(0.1))  # only a loss term weights a shaping
     assert error.value.key == "direction"
+
+
+@pytest.mark.parametrize("copied", [copy.copy, copy.deepcopy, lambda s: pickle.loads(pickle.dumps(s))],
+                         ids=["copy", "deepcopy", "pickle"])
+def test_whether_a_shaping_names_its_divergence_survives_a_copy(copied):
+    """A config's term applies its own direction to a shaping that names none (``kl_term``); a
+    copied one (a launcher's worker unpickles its config) must still say whether it named one."""
+    assert not copied(FreeBits(0.1)).names_its_divergence
+    assert copied(FreeBits(0.1, of=Reverse("k3"))).names_its_divergence
+    assert repr(copied(FreeBits(0.1))) == "FreeBits(nats=0.1)"
+    term = kl_term("prior", "posterior", "prior", direction="reverse", estimator="k3",
+                   shaping=copied(FreeBits(0.1)))
+    assert repr(term.direction) == repr(Reverse("k3"))
 
 
 def test_the_config_converter_builds_the_same_direction_from_flat_keys():

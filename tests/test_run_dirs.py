@@ -196,6 +196,18 @@ GROUPS = ["experiment", "data", "task"]
     ("outputs/${kl.ce.weight}", ["+kl.ce"], ("kl.ce.weight", "kl.ce")),
     ("outputs/${kl}", ["kl.ce.weight"], ("kl", "kl.ce.weight")),
     ("outputs/${kl.cem}", ["kl.ce"], None),
+    # a group swept under a package sets keys too, whether or not the sweep's config chose it yet
+    ("outputs/${kl.prior.weight}", ["+shaping@kl.prior.shaping"],
+     ("kl.prior.weight", "shaping@kl.prior.shaping")),
+    # Hydra's node, resolved again for each job: what differs from job to job
+    ("outputs/${hydra:job.override_dirname}", ["seed"], ("hydra:job.override_dirname", "seed")),
+    ("outputs/${hydra:job.num}", ["kl.ce.weight"], ("hydra:job.num", "kl.ce.weight")),
+    ("outputs/${hydra:runtime.choices.experiment}", ["experiment"],
+     ("hydra:runtime.choices.experiment", "experiment")),
+    ("outputs/${hydra:runtime.choices.data}", ["experiment", "seed"], None),
+    ("outputs/${hydra:runtime.choices.shaping@kl.prior.shaping}", ["+shaping@kl.prior.shaping"],
+     ("hydra:runtime.choices.shaping@kl.prior.shaping", "shaping@kl.prior.shaping")),
+    ("outputs/${hydra:job.name}", ["seed"], None),
 ])
 def test_a_sweep_directory_that_depends_on_what_the_sweep_varies_is_found(template, swept, found):
     assert swept_dependency(template, swept, GROUPS) == found

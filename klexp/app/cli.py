@@ -14,7 +14,8 @@ from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -87,9 +88,20 @@ NO_RUN_FLAGS = ("--shell-completion", "-sc", "--experimental-rerun")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
+def sweeps_a_config_group(overrides: Sequence[str]) -> bool:
+    """Whether ``overrides`` sweep a config group of klexp's (``experiment=a,b``, ``+shaping@…=a,b``)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException:
+        return False  # Hydra names it
+    return any(o.is_sweep_override() and (o.package is not None or (CONFIG_DIR / o.key_or_group).is_dir())
+               for o in parsed)
+
+
 def report_in_one_line(error: CompactHydraException, sweep: bool = False) -> NoReturn:
     """End the command on a mistake Hydra found (an override it cannot parse, a config that does
-    not compose, an option that does not exist) with one line, as klexp's own mistakes end."""
+    not compose, an option that does not exist) with one line, as klexp's own mistakes end;
+    ``sweep``: the command sweeps a config group."""
     line = one_line(error)
     key = re.match(r"Could not override '([^']+)'", line)
     if sweep and key:
@@ -147,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         args = with_overrides(args, guard_overrides(args, resume=bool(resume)))
     sys.argv = [sys.argv[0], *args]
     try:
-        sweep = any(a in MULTIRUN_FLAGS for a in args)
+        sweep = any(a in MULTIRUN_FLAGS for a in args) and sweeps_a_config_group(split_flags(args)[1])
         with compact_errors_reported_by(functools.partial(report_in_one_line, sweep=sweep)):
             return app()
     except (KeyboardInterrupt, Terminated) as stop:

@@ -58,7 +58,7 @@ def one_line(error: BaseException) -> str:
     cause = error.__cause__
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
         text += f"; {str(cause).strip().splitlines()[0]}"
-    return text
+    return text or type(error).__name__
 
 
 @contextlib.contextmanager

@@ -44,5 +44,6 @@ def run_overrides(overrides: Sequence[str], output_dir: Path | str) -> dict[str,
     ``output_dir`` as the run directory; returns the run's summary (its ``summary.json``)."""
     from klexp.app.runner import run  # Lightning is imported to run, not to compose
 
+    overrides = list(overrides)
     with composed_app(overrides, output_dir) as (cfg, compose_stage):
         return run(cfg, Path(output_dir), overrides=list(overrides), compose=compose_stage)

@@ -45,6 +45,10 @@ SHOWN_ENTRIES = 4
 #: a plain interpolation of a config key (``${experiment_name}``, ``${kl.ce.weight}``), not a
 #: resolver's (``${now:…}``, ``${hydra:…}``)
 KEY_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+#: an interpolation of Hydra's own node (``${hydra:job.num}``, ``${hydra:runtime.choices.data}``)
+HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([\w.@]+)\}")
+#: what Hydra's node holds that differs from one job of a sweep to the next, whatever it varies
+PER_JOB = ("job.num", "job.id", "job.override_dirname")
 
 
 class RunDirectoryInUse(KlexpError):
@@ -105,10 +109,11 @@ def check_new_sweep_directory(directory: Path) -> None:
 
 def swept_keys(config: DictConfig) -> list[str]:
     """The keys and config groups a sweep varies: its command line's sweep overrides
-    (``seed=0,1``, ``experiment=a,b``) and its sweeper's ``params`` (Optuna's search space)."""
+    (``seed=0,1``, ``experiment=a,b``; a group given a package by its ``group@package`` name) and
+    its sweeper's ``params`` (Optuna's search space)."""
     overrides = [str(o) for o in config.hydra.overrides.task]
-    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)
-            if o.is_sweep_override()]
+    keys = [o.key_or_group + (f"@{o.package}" if o.package else "")
+            for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
     params = OmegaConf.select(config, "hydra.sweeper.params")
     return keys + ([str(key) for key in params] if params else [])
 
@@ -116,14 +121,21 @@ def swept_keys(config: DictConfig) -> list[str]:
 def swept_dependency(template: str, swept: Iterable[str], groups: Iterable[str]) -> tuple[str, str] | None:
     """``(interpolated key, swept key)`` if the directory ``template`` (unresolved) interpolates a
     config key the sweep may change: the swept key itself, a key inside or around it, or any key
-    when the sweep varies a config group (``experiment`` sets ``experiment_name``); else None."""
-    groups = set(groups)
+    when the sweep varies a config group (``experiment`` sets ``experiment_name``); or a value of
+    Hydra's node that differs from job to job (``PER_JOB``, the choice of a swept group); else
+    None."""
+    swept = [key.lstrip("+~") for key in swept]
+    groups = {group.split("@")[0] for group in groups}
     for used in KEY_INTERPOLATION.findall(template):
         for key in swept:
-            key = key.lstrip("+~")
-            if (key in groups or key == used or used.startswith(key + ".")
+            if (key in groups or "@" in key or key == used or used.startswith(key + ".")
                     or key.startswith(used + ".")):
                 return used, key
+    for used in HYDRA_INTERPOLATION.findall(template):
+        choice = used.removeprefix("runtime.choices.")
+        for key in swept:
+            if used in PER_JOB or (choice != used and choice.split("@")[0] == key.split("@")[0]):
+                return f"hydra:{used}", key
     return None
 
 

@@ -34,9 +34,6 @@ from klexp.core.measure import Measurement
 from klexp.core.schedules import Schedule, as_schedule
 from klexp.errors import ConfigValueError, require, require_finite_non_negative
 
-#: what a shaping shapes when it names nothing: ``KL(p ‖ q)`` in closed form
-UNNAMED: Direction = Forward()
-
 
 class Shaping(ABC):
     """Turns the divergence ``of`` a term measures into the quantity the term weights."""
@@ -44,8 +41,10 @@ class Shaping(ABC):
     #: the estimate must be made per event dimension (the shaping reads ``per_dim``)
     needs_dims: bool = False
 
-    def __init__(self, of: Direction | str) -> None:
-        self.of = self._shapes(as_direction(of, key="of"))
+    def __init__(self, of: Direction | str | None) -> None:
+        # unnamed: KL(p ‖ q) in closed form, until a config's term applies its own direction
+        self._named = of is not None
+        self.of = self._shapes(as_direction(Forward() if of is None else of, key="of"))
 
     def _shapes(self, of: Direction) -> Direction:
         """``of``, if this type of shaping can shape it; else ``ConfigValueError`` naming ``of``."""
@@ -54,12 +53,13 @@ class Shaping(ABC):
     @property
     def names_its_divergence(self) -> bool:
         """Whether ``of`` was named (a config's term names it with its own ``direction``)."""
-        return self.of is not UNNAMED
+        return self._named
 
     def applied_to(self, of: Direction) -> Self:
         """This shaping, shaping ``of`` instead."""
         shaped = copy.copy(self)
         shaped.of = shaped._shapes(of)
+        shaped._named = True
         return shaped
 
     def _of_repr(self) -> str:
@@ -82,7 +82,7 @@ class FreeBits(Shaping):
 
     needs_dims = True
 
-    def __init__(self, nats: float, of: Forward | Reverse | str = UNNAMED) -> None:
+    def __init__(self, nats: float, of: Forward | Reverse | str | None = None) -> None:
         require_finite_non_negative("nats", nats)
         self.nats = float(nats)
         super().__init__(of)
@@ -105,7 +105,7 @@ class FreeBits(Shaping):
 class Capacity(Shaping):
     """``|D − C(t)|`` with the target capacity ``C(t)``, a number of nats or a schedule."""
 
-    def __init__(self, target: float | Schedule, of: Direction | str = UNNAMED) -> None:
+    def __init__(self, target: float | Schedule, of: Direction | str | None = None) -> None:
         if not isinstance(target, Schedule):
             require(isinstance(target, (int, float)) and not isinstance(target, bool)
                     and 0 < target < math.inf, "target", "a finite number > 0 or a schedule", target)
@@ -123,7 +123,7 @@ class Capacity(Shaping):
 class PerExample(Shaping):
     """``D / N`` with ``N = outputs[count]``, the number of training examples."""
 
-    def __init__(self, count: str = "num_train", of: Direction | str = UNNAMED) -> None:
+    def __init__(self, count: str = "num_train", of: Direction | str | None = None) -> None:
         require(isinstance(count, str) and count != "", "count", "the name of a task output", count)
         self.count = count
         super().__init__(of)

@@ -31,9 +31,8 @@ def load_checkpoint(path: str, key: str) -> dict[str, Any]:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise KlexpError(f"{key}: {file} is not a readable checkpoint ({type(error).__name__}: "
-                         f"{reason})") from None
+        reason = ": ".join([type(error).__name__, *str(error).strip().splitlines()[:1]])
+        raise KlexpError(f"{key}: {file} is not a readable checkpoint ({reason})") from None
 
 
 def read_checkpoint(path: str, key: str, spec_key: str, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
