@@ -156,6 +156,17 @@ def test_a_sweep_whose_runs_would_share_a_folder_is_refused_before_any_job(tmp_p
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_sweep_whose_later_job_would_be_refused_is_refused_before_its_first_job(tmp_path):
+    """Each job used to be checked as it started: the job of weight 1 trained, then the sweep
+    ended on the job of weight -1. Every job is composed and checked first (klexp.app.sweep_checks)."""
+    result = cli(["-m", *FAST, "data=synthetic", "kl.ce.weight=1,-1", "seed=0,1"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "klexp: sweep job kl.ce.weight=-1 seed=0: kl.ce.weight: expected a finite number ≥ 0, got -1 "
+        "(no job of the sweep has run)"]
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_sweeps_key_that_only_its_swept_options_have_is_one_line_that_says_how_to_set_it(tmp_path):
     """Hydra checks a sweep's fixed overrides against the config with each swept group at its
     default (the classification task has no iw_samples): the line says so and gives the ++ form."""

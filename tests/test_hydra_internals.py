@@ -95,3 +95,15 @@ def test_hydras_report_of_an_error_is_one_line_with_what_it_says(message, cause,
     if cause is not None:
         error.__cause__ = ConfigKeyError(cause)
     assert hydra_internals.one_line(error) == line
+
+
+def test_the_default_sweeper_is_the_class_klexp_reads_sweeps_ahead_for():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from klexp.app.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_ == hydra_internals.BASIC_SWEEPER
+    assert get_class(hydra_internals.BASIC_SWEEPER).__name__ == "BasicSweeper"

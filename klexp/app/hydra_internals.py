@@ -1,10 +1,12 @@
 """Every place klexp reaches into Hydra's private modules (``hydra._internal``), in one module.
 
 Hydra's public API neither tells its own flags from overrides nor lets an application report a
-config that does not compose in its own words. The command needs both: the flags to resume and
-rerun a run as it was started (``klexp.app.resume``), and one line for every mistake a config can
-hold, where Hydra prints several (the key, ``full_key``, ``object_type``, the config search path,
-a list of options one a line, the ``HYDRA_FULL_ERROR`` hint). Each touch is a function here, and
+config that does not compose in its own words, and its default sweeper's class lives in a private
+module. The command needs all three: the flags to resume and rerun a run as it was started
+(``klexp.app.resume``), the sweeper's name to read a sweep's jobs ahead
+(``klexp.app.sweep_checks``), and one line for every mistake a config can hold, where Hydra prints
+several (the key, ``full_key``, ``object_type``, the config search path, a list of options one a
+line, the ``HYDRA_FULL_ERROR`` hint). Each touch is a function or a name here, and
 ``tests/test_hydra_internals.py`` runs each against the installed Hydra, so an upgrade that moves
 one fails there, naming it.
 """
@@ -20,6 +22,10 @@ from typing import Any, NoReturn
 import hydra._internal.utils as hydra_utils
 from hydra.errors import CompactHydraException
 from omegaconf.errors import OmegaConfBaseException
+
+#: the class of Hydra's default sweeper, whose jobs are the product of its sweeps (a config's
+#: ``hydra.sweeper._target_`` names it)
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def flag_actions() -> dict[str, argparse.Action]:

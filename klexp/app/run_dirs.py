@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
@@ -34,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from klexp.app.lifecycle import DirectoryLocked, artefacts, claim, release
+from klexp.app.sweep_checks import SweepJobRefused, check_sweep_jobs
 from klexp.errors import KlexpError
 
 # Where launchers put a process's rank: torchrun (RANK, LOCAL_RANK, GROUP_RANK), Lightning's DDP
@@ -253,7 +255,9 @@ class RunDirectoryGuard(Callback):
             return
         try:
             check_sweep_directories(config)
+            check_sweep_jobs(config, lambda overrides: compose(config.hydra.job.config_name,
+                                                               overrides=list(overrides)))
             take_new_directory(_resolved_path(config, "hydra.sweep.dir"), "hydra.sweep.dir",
                                check_new_sweep_directory)
-        except RunDirectoryInUse as error:
+        except (RunDirectoryInUse, SweepJobRefused) as error:
             raise SystemExit(f"klexp: {error}") from None
