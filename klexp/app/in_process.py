@@ -46,4 +46,4 @@ def run_overrides(overrides: Sequence[str], output_dir: Path | str) -> dict[str,
 
     overrides = list(overrides)
     with composed_app(overrides, output_dir) as (cfg, compose_stage):
-        return run(cfg, Path(output_dir), overrides=list(overrides), compose=compose_stage)
+        return run(cfg, Path(output_dir), overrides=overrides, compose=compose_stage)

@@ -62,8 +62,8 @@ def check_sweep_jobs(config: DictConfig, compose: Callable[[Sequence[str]], Dict
     from klexp.app.config_checks import check_config, check_run_settings
     from klexp.app.runner import build_terms
 
-    swept = {o.get_key_element() for o in OverridesParser.create().parse_overrides(
-        [str(o) for o in config.hydra.overrides.task]) if o.is_sweep_override()}
+    # every job lists the same keys in the same order: the swept ones are those whose values differ
+    varying = [index for index in range(len(jobs[0])) if len({job[index] for job in jobs}) > 1]
     for number, job in enumerate(jobs):
         own = [o for o in job if not o.lstrip("+~").startswith("hydra.")]
         cfg = compose(own)
@@ -75,5 +75,5 @@ def check_sweep_jobs(config: DictConfig, compose: Callable[[Sequence[str]], Dict
             check_config(cfg)
             build_terms(cfg.get("kl"))
         except KlexpError as error:
-            named = " ".join(o for o in job if o.split("=", 1)[0] in swept) or f"#{number}"
+            named = " ".join(job[index] for index in varying) or f"#{number}"
             raise SweepJobRefused(f"sweep job {named}: {error} (no job of the sweep has run)") from None
