@@ -70,6 +70,21 @@ def test_a_kl_term_changes_the_loss_and_the_gradient_by_exactly_the_term(tmp_pat
         assert not torch.equal(without.gradients[name], gradient) or name.startswith("decoder")
 
 
+def test_a_users_module_takes_a_shaped_term_through_the_public_api(tmp_path):
+    """Free bits above every dimension's KL (λ = 100 nats, 2 latent dimensions): the term adds the
+    constant 2λ to the loss and nothing to the gradient — the shaping holds the divergence it
+    floors (``of``), given to ``KLTerm`` in place of its direction."""
+    floored = klexp.KLTerm("prior", p="posterior", q="prior",
+                           direction=klexp.FreeBits(100.0, of=klexp.Reverse("k3")))
+    pl.seed_everything(1, verbose=False)
+    with_term = first_step(tmp_path, TinyVAE(), floored)
+    pl.seed_everything(1, verbose=False)
+    without = first_step(tmp_path, TinyVAE())
+    torch.testing.assert_close(with_term.loss, without.loss + 200.0, rtol=1e-6, atol=0)
+    for name, gradient in without.gradients.items():
+        torch.testing.assert_close(with_term.gradients[name], gradient, rtol=1e-6, atol=1e-7)
+
+
 def test_a_term_whose_outputs_never_arrive_stops_the_first_batch_naming_both_sides(tmp_path):
     term = klexp.KLTerm("prior", p="posterior", q="prior")
     with pytest.raises(klexp.KlexpError) as error:
